@@ -1,0 +1,194 @@
+"""Run configuration: one dataclass, loaded with precedence CLI > config file > defaults, then validated.
+
+No torch here: validation that needs a device (is CUDA there?) lives in the runner.
+"""
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from . import activations, inits
+
+
+class ConfigError(ValueError):
+    """Bad user input: reported as one line with exit code 2."""
+
+
+ARCHS = ("mlp", "cnn")
+PADDINGS = ("zeros", "circular")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "float64", "bfloat16")
+BIASES = ("zeros", "torch_default", "normal")
+FORMATS = ("png", "svg", "pdf")
+INIT_OPTIONS = ("gain", "scale", "mode", "distribution", "std", "bound", "value")
+
+
+@dataclass
+class RunConfig:
+    # network (DESIGN section 1)
+    arch: str = "mlp"  # mlp | cnn
+    depth: int = 50  # number of blocks, layers l = 1..depth
+    width: int = 512  # hidden units (MLP) or channels (CNN) of every block
+    input_dim: int | None = None  # MLP input size; None: width, so every layer is square
+    in_channels: int = 3  # CNN input channels
+    image_size: int = 32  # CNN input is image_size x image_size
+    kernel_size: int = 3  # odd, stride 1, "same" padding
+    padding: str = "zeros"  # zeros | circular (circular makes CNN theory exact)
+    act: str = "tanh"
+    slope: float = 0.01  # leaky_relu negative slope
+    # initializer; None means "the scheme's own default" (see `initprobe list`)
+    init: str = "glorot_uniform"  # a registry name or package.module:function
+    gain: float | str | None = None  # a number, or "auto": PyTorch's gain for the activation
+    scale: float | None = None  # variance_scaling
+    mode: str | None = None  # fan_in | fan_out | fan_avg | fan_geo_avg (he_*, variance_scaling)
+    distribution: str | None = None  # uniform | normal | truncated_normal (presets and variance_scaling)
+    std: float | None = None  # normal, truncated_normal
+    bound: float | None = None  # uniform
+    value: float | None = None  # constant
+    bias: str = "zeros"  # zeros | torch_default | normal
+    bias_std: float | None = None  # with bias = normal
+    # measurement
+    batch: int = 256
+    seeds: int = 3  # independent networks and batches; plots show a band over them
+    seed: int = 0  # seed s, s+1, ... for the networks; same seed, same numbers
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "float32"  # network dtype; statistics are computed in at least float32
+    # output
+    out: str | None = None  # run directory; None: results/<generated name>
+    plots: bool = True
+    plot_format: str = "png"
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def closest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _check_type(key: str, value, where: str):
+    default = FIELDS[key].default
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    kinds = {"gain": (float, str), "input_dim": (int,), "bias_std": (float,), "scale": (float,), "std": (float,),
+             "bound": (float,), "value": (float,), "mode": (str,), "distribution": (str,), "out": (str,)}
+    allowed = kinds.get(key, (type(default),))
+    if value is None and default is None:
+        return value
+    if not any(ok[k](value) for k in allowed):
+        want = " or ".join(k.__name__ for k in allowed)
+        raise ConfigError(f"{where}{key}: expected {want}, got {value!r}")
+    return float(value) if allowed == (float,) else value
+
+
+def from_dict(data: dict, where: str = "", base: RunConfig | None = None) -> RunConfig:
+    """A RunConfig from `data` over `base`; keys may use dashes; unknown keys and wrong types are named."""
+    values = dataclasses.asdict(base or RunConfig())
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in FIELDS:
+            raise ConfigError(f"{where}unknown key '{raw_key}'{closest(key, FIELDS)}")
+        values[key] = _check_type(key, value, where)
+    return RunConfig(**values)
+
+
+def load_toml(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"malformed config file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def load(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides`; validated."""
+    cfg = RunConfig()
+    if path is not None:
+        data = load_toml(path)
+        data = data.get("run", data)
+        cfg = from_dict(data, f"{path}: ", cfg)
+    cfg = from_dict(overrides or {}, "", cfg)
+    validate(cfg)
+    return cfg
+
+
+def parse_value(text: str):
+    """A `--set key=value` value: TOML syntax where it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _one_of(key: str, value, valid):
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}, got '{value}'{closest(str(value), valid)}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError with one clear line for anything that cannot run."""
+    _one_of("arch", cfg.arch, ARCHS)
+    _one_of("padding", cfg.padding, PADDINGS)
+    _one_of("device", cfg.device, DEVICES)
+    _one_of("dtype", cfg.dtype, DTYPES)
+    _one_of("bias", cfg.bias, BIASES)
+    _one_of("plot_format", cfg.plot_format, FORMATS)
+    for key in ("depth", "width", "batch", "seeds", "in_channels", "image_size", "kernel_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.input_dim is not None and cfg.input_dim < 1:
+        raise ConfigError(f"input_dim must be at least 1, got {cfg.input_dim}")
+    if cfg.arch == "cnn":
+        if cfg.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
+        if cfg.image_size < cfg.kernel_size:
+            raise ConfigError(f"image_size {cfg.image_size} is too small for kernel_size {cfg.kernel_size}")
+    try:
+        activations.get(cfg.act)
+        spec = inits.get(cfg.init)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    if spec.cnn_only and cfg.arch != "cnn":
+        raise ConfigError(f"init '{cfg.init}' needs a convolution weight; use --arch cnn")
+    for key in INIT_OPTIONS:
+        value = getattr(cfg, key)
+        if value is not None and key not in spec.defaults:
+            takes = ", ".join(spec.defaults) or "no options"
+            raise ConfigError(f"{key} does not apply to init '{cfg.init}' (it takes {takes})")
+    if isinstance(cfg.gain, str) and cfg.gain != "auto":
+        raise ConfigError(f"gain must be a number or 'auto', got '{cfg.gain}'")
+    if cfg.mode is not None:
+        _one_of("mode", cfg.mode, inits.MODES)
+    if cfg.distribution is not None:
+        _one_of("distribution", cfg.distribution, inits.DISTRIBUTIONS)
+    for key in ("std", "bound", "scale", "bias_std"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must be non-negative, got {getattr(cfg, key)}")
+    if (cfg.bias == "normal") != (cfg.bias_std is not None):
+        raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
+
+
+def init_params(cfg: RunConfig) -> dict:
+    """The resolved options of the init: the scheme's defaults overridden by what the config sets.
+    gain 'auto' becomes the activation's gain (PyTorch's where defined)."""
+    spec = inits.get(cfg.init)
+    params = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in spec.defaults.items()}
+    if params.get("gain") == "auto":
+        params["gain"] = activations.get(cfg.act).gain(cfg.slope)
+    return params

@@ -1,0 +1,162 @@
+"""The run directory (DESIGN section 3): config.json, layers.csv, histograms.csv, summary.json, plots/.
+
+A run is written into a hidden `.NAME.partial-PID` folder beside its final place and renamed into place when
+complete, so an interrupted run never leaves a directory that looks finished, and an existing run is never
+overwritten. JSON holds no NaN/Infinity tokens (not JSON): non-finite numbers are written as the strings
+"nan", "inf", "-inf".
+"""
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError
+
+STABLE_BAND = 10.0  # verdict: stable if the end-to-end ratio is within [1/10, 10], else vanishing/exploding
+RESULTS_ROOT = Path("results")
+
+
+def layers_frame(stats: np.ndarray, seeds: list[int], columns: list[str]) -> pd.DataFrame:
+    """Tidy rows (seed, layer) from stats of shape (n_seeds, depth, n_columns)."""
+    n_seeds, depth, _ = stats.shape
+    frame = pd.DataFrame(stats.reshape(n_seeds * depth, -1), columns=columns)
+    frame.insert(0, "layer", np.tile(np.arange(1, depth + 1), n_seeds))
+    frame.insert(0, "seed", np.repeat(seeds, depth))
+    return frame
+
+
+def geometric_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.exp(np.mean(np.log(values))))
+
+
+def verdict(ratio: float, nonfinite: bool) -> str:
+    if nonfinite or ratio > STABLE_BAND:
+        return "exploding"
+    if not ratio >= 1.0 / STABLE_BAND:  # includes 0 and nan
+        return "vanishing"
+    return "stable"
+
+
+def first_nonfinite(frame: pd.DataFrame, columns: list[str]) -> tuple[int | None, list[str]]:
+    bad = ~np.isfinite(frame[columns].to_numpy(dtype=float))
+    if not bad.any():
+        return None, []
+    rows = np.flatnonzero(bad.any(axis=1))
+    layer = int(frame["layer"].to_numpy()[rows].min())
+    at_layer = bad[frame["layer"].to_numpy() == layer].any(axis=0)
+    return layer, [c for c, b in zip(columns, at_layer) if b]
+
+
+def summarize(frame: pd.DataFrame, measured: list[str], timings: dict) -> dict:
+    """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer."""
+    depth = int(frame["layer"].max())
+    first = frame[frame["layer"] == 1].set_index("seed")
+    last = frame[frame["layer"] == depth].set_index("seed")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        forward = geometric_mean(last["act_var"] / first["act_var"])
+        backward = geometric_mean(first["grad_preact_var"] / last["grad_preact_var"])
+    layer, cols = first_nonfinite(frame, measured)
+    fwd_bad = any(c.startswith(("act", "preact")) for c in cols)
+    bwd_bad = any(c.startswith(("grad", "weight_grad")) for c in cols)
+    per_layer = 1.0 / max(depth - 1, 1)
+    return {
+        "forward_ratio": forward,
+        "backward_ratio": backward,
+        "forward_gain_per_layer": forward**per_layer,
+        "backward_gain_per_layer": backward**per_layer,
+        "forward_verdict": verdict(forward, fwd_bad),
+        "backward_verdict": verdict(backward, bwd_bad),
+        "first_nonfinite_layer": layer,
+        "nonfinite_columns": cols,
+        "stable_band": [1.0 / STABLE_BAND, STABLE_BAND],
+        "timings": timings,
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # "nan", "inf", "-inf"
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def default_name(cfg) -> str:
+    return f"{cfg.arch}-{cfg.init.replace(':', '.')}-{cfg.act}-d{cfg.depth}-w{cfg.width}"
+
+
+def reserve(out: str | None, name: str, root: Path = RESULTS_ROOT) -> tuple[Path, Path]:
+    """(final, staging) directories. An explicit `out` must not exist; a generated name gets -2, -3, ...
+    The staging folder is created now, so an unwritable place fails before any work is done."""
+    if out is not None:
+        final = Path(out)
+        if final.exists():
+            raise ConfigError(f"output directory {final} already exists; choose another --out or remove it")
+    else:
+        final, n = root / name, 1
+        while final.exists():
+            n += 1
+            final = root / f"{name}-{n}"
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as e:
+        raise ConfigError(f"cannot write to {final.parent}: {e.strerror or e}") from None
+    return final, staging
+
+
+def publish(staging: Path, final: Path) -> Path:
+    """Move a complete staging directory into place; never replaces an existing run."""
+    try:
+        if final.exists():
+            raise FileExistsError
+        os.rename(staging, final)
+    except OSError:
+        raise ConfigError(f"{final} appeared while the run was going; this run is kept in {staging}") from None
+    return final
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFrame, summary: dict) -> None:
+    write_json(staging / "config.json", config)
+    frame.to_csv(staging / "layers.csv", index=False)
+    hist.to_csv(staging / "histograms.csv", index=False)
+    write_json(staging / "summary.json", summary)
+
+
+def read_run(path: str | Path) -> dict:
+    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary'}; ConfigError if it is not one."""
+    path = Path(path)
+    if not (path / "layers.csv").is_file() or not (path / "config.json").is_file():
+        raise ConfigError(f"{path} is not a run directory (no layers.csv/config.json)")
+    hist_path = path / "histograms.csv"
+    return {
+        "path": path,
+        "config": read_json(path / "config.json"),
+        "layers": pd.read_csv(path / "layers.csv"),
+        "histograms": pd.read_csv(hist_path) if hist_path.is_file() else None,
+        "summary": read_json(path / "summary.json") if (path / "summary.json").is_file() else {},
+    }

@@ -1,0 +1,123 @@
+"""`run(cfg)`: what `initprobe run` does, as a function a notebook can call.
+
+config -> models (+ inits, activations) -> probe -> results (CSV/JSON) -> plots.
+"""
+
+import dataclasses
+import datetime
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from . import __version__, activations, config, models, probe, results
+
+
+@dataclass
+class RunResult:
+    path: Path
+    layers: pd.DataFrame
+    summary: dict
+    config: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu. Asking for a device that is not there is a ConfigError."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise config.ConfigError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__})")
+    if name == "mps" and not has_mps:
+        raise config.ConfigError("--device mps: no Apple MPS device is available")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() if device.type == "cpu" else device.type
+
+
+def environment(device: torch.device, command: list[str] | None) -> dict:
+    return {
+        "initprobe_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "command": command if command is not None else sys.argv,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int], None] | None = None):
+    """Probe `cfg.seeds` independent networks; returns (layers frame, histogram frame, probe seconds).
+    Everything stays on the device until the one transfer at the end."""
+    act = activations.get(cfg.act)
+    phi = activations.torch_fn(cfg.act, cfg.slope)
+    threshold = activations.SATURATION_LEVEL * act.max_abs_dphi(cfg.slope)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    wanted = probe.hist_layers(cfg.depth)
+    stats, hists = [], {}
+    start = time.perf_counter()
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        x0 = models.make_input(cfg, cfg.batch, device, gen)
+        lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if cfg.init == "lsuv" else None
+        layers = models.build(cfg, device, gen, lsuv_batch)
+        cotangent = torch.randn(x0.shape[:1] + (cfg.width,) + x0.shape[2:], device=device,
+                                dtype=x0.dtype, generator=gen)
+        rows, kept = probe.probe(layers, phi, x0, cotangent, threshold, wanted if i == 0 else ())
+        stats.append(rows)
+        if i == 0:  # histograms of the first seed's network (ranges differ between seeds)
+            hists = probe.histograms(kept)
+        if on_seed:
+            on_seed(i + 1)
+    host = probe.to_host([torch.stack(stats)] + [t for c, r, _ in hists.values() for t in (c, r)])
+    seconds = time.perf_counter() - start  # the transfer synchronises, so this holds on a GPU too
+    frame = results.layers_frame(host[0], seeds, probe.COLUMNS)
+    return frame, histogram_frame(hists, host[1:]), seconds
+
+
+def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
+    rows = []
+    for n, (quantity, (_, _, layers)) in enumerate(hists.items()):
+        counts, (lo, hi) = host[2 * n], host[2 * n + 1]
+        bins = counts.shape[1]
+        edges = lo + (hi - lo) * (pd.RangeIndex(bins + 1).to_numpy() / bins)
+        for layer, row in zip(layers, counts):
+            rows += [(quantity, layer, edges[b], edges[b + 1], row[b]) for b in range(bins)]
+    return pd.DataFrame(rows, columns=["quantity", "layer", "bin_left", "bin_right", "count"])
+
+
+def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
+        command: list[str] | None = None, root: Path = results.RESULTS_ROOT) -> RunResult:
+    """Validate, probe, write the run directory, plot. Raises ConfigError for bad input before any work."""
+    t0 = time.perf_counter()
+    config.validate(cfg)
+    device = resolve_device(cfg.device)
+    final, staging = results.reserve(cfg.out, results.default_name(cfg), root)
+    try:
+        resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
+        info = {"config": resolved, "init_params": config.init_params(cfg),
+                "environment": environment(device, command)}
+        frame, hist, probe_seconds = measure(cfg, device, on_seed)
+        summary = results.summarize(frame, probe.COLUMNS, {"probe_seconds": probe_seconds})
+        summary["timings"]["run_seconds"] = time.perf_counter() - t0
+        results.write_run(staging, info, frame, hist, summary)
+    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
+        results.discard(staging)
+        raise
+    results.publish(staging, final)
+    if cfg.plots:
+        from . import plots
+
+        plots.plot_run(final, cfg.plot_format)
+    return RunResult(final, frame, summary, info)
