@@ -3,7 +3,6 @@
 No torch here: validation that needs a device (is CUDA there?) lives in the runner.
 """
 
-import dataclasses
 import difflib
 import sys
 from dataclasses import dataclass, fields
@@ -35,7 +34,7 @@ class RunConfig:
     # network (DESIGN section 1)
     arch: str = "mlp"  # mlp | cnn
     depth: int = 50  # number of blocks, layers l = 1..depth
-    width: int = 512  # hidden units (MLP) or channels (CNN) of every block
+    width: int | None = None  # hidden units (MLP) or channels (CNN) of every block; None: 512 MLP, 64 CNN
     input_dim: int | None = None  # MLP input size; None: width, so every layer is square
     in_channels: int = 3  # CNN input channels
     image_size: int = 32  # CNN input is image_size x image_size
@@ -55,7 +54,7 @@ class RunConfig:
     bias: str = "zeros"  # zeros | torch_default | normal
     bias_std: float | None = None  # with bias = normal
     # measurement
-    batch: int = 256
+    batch: int | None = None  # None: 256 for the MLP, 32 for the CNN (a 32x32 CNN costs far more per input)
     seeds: int = 3  # independent networks and batches; plots show a band over them
     seed: int = 0  # seed s, s+1, ... for the networks; same seed, same numbers
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -64,6 +63,15 @@ class RunConfig:
     out: str | None = None  # run directory; None: results/<generated name>
     plots: bool = True
     plot_format: str = "png"
+
+    def __post_init__(self):
+        if self.width is None:
+            self.width = ARCH_DEFAULTS[self.arch][0] if self.arch in ARCH_DEFAULTS else 512
+        if self.batch is None:
+            self.batch = ARCH_DEFAULTS[self.arch][1] if self.arch in ARCH_DEFAULTS else 256
+
+
+ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not given
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
@@ -82,7 +90,7 @@ def _check_type(key: str, value, where: str):
         float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         str: lambda v: isinstance(v, str),
     }
-    kinds = {"gain": (float, str), "input_dim": (int,), "bias_std": (float,), "scale": (float,), "std": (float,),
+    kinds = {"gain": (float, str), "input_dim": (int,), "width": (int,), "batch": (int,), "bias_std": (float,), "scale": (float,), "std": (float,),
              "bound": (float,), "value": (float,), "mode": (str,), "distribution": (str,), "out": (str,)}
     allowed = kinds.get(key, (type(default),))
     if value is None and default is None:
@@ -93,15 +101,16 @@ def _check_type(key: str, value, where: str):
     return float(value) if allowed == (float,) else value
 
 
-def from_dict(data: dict, where: str = "", base: RunConfig | None = None) -> RunConfig:
-    """A RunConfig from `data` over `base`; keys may use dashes; unknown keys and wrong types are named."""
-    values = dataclasses.asdict(base or RunConfig())
+def checked(data: dict, where: str = "") -> dict:
+    """`data` with keys normalised (dashes allowed) and type-checked; unknown keys and wrong types are named.
+    Kept as a dict of what was given, so that defaults which depend on other keys (width, batch) resolve last."""
+    values = {}
     for raw_key, value in data.items():
         key = raw_key.replace("-", "_")
         if key not in FIELDS:
             raise ConfigError(f"{where}unknown key '{raw_key}'{closest(key, FIELDS)}")
         values[key] = _check_type(key, value, where)
-    return RunConfig(**values)
+    return values
 
 
 def load_toml(path: str | Path) -> dict:
@@ -118,12 +127,11 @@ def load_toml(path: str | Path) -> dict:
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides`; validated."""
-    cfg = RunConfig()
+    given = {}
     if path is not None:
         data = load_toml(path)
-        data = data.get("run", data)
-        cfg = from_dict(data, f"{path}: ", cfg)
-    cfg = from_dict(overrides or {}, "", cfg)
+        given = checked(data.get("run", data), f"{path}: ")
+    cfg = RunConfig(**{**given, **checked(overrides or {})})
     validate(cfg)
     return cfg
 

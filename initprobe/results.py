@@ -44,37 +44,40 @@ def verdict(ratio: float, nonfinite: bool) -> str:
     return "stable"
 
 
-def first_nonfinite(frame: pd.DataFrame, columns: list[str]) -> tuple[int | None, list[str]]:
-    bad = ~np.isfinite(frame[columns].to_numpy(dtype=float))
-    if not bad.any():
-        return None, []
-    rows = np.flatnonzero(bad.any(axis=1))
-    layer = int(frame["layer"].to_numpy()[rows].min())
-    at_layer = bad[frame["layer"].to_numpy() == layer].any(axis=0)
-    return layer, [c for c, b in zip(columns, at_layer) if b]
+FORWARD = ("preact_mean", "preact_var", "act_mean", "act_var", "weight_var")
+BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
 
 
-def summarize(frame: pd.DataFrame, measured: list[str], timings: dict) -> dict:
-    """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer."""
+def nonfinite_layers(frame: pd.DataFrame, columns) -> np.ndarray:
+    """Layers (ascending) where any seed has a non-finite value in `columns`."""
+    cols = [c for c in columns if c in frame]
+    bad = ~np.isfinite(frame[cols].to_numpy(dtype=float)).all(axis=1)
+    return np.unique(frame["layer"].to_numpy()[bad])
+
+
+def summarize(frame: pd.DataFrame, timings: dict) -> dict:
+    """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer.
+    Non-finite means an overflow in a mean or variance. The forward pass meets layers bottom-up and the
+    backward top-down, so each direction's first non-finite layer is the first it reaches."""
     depth = int(frame["layer"].max())
     first = frame[frame["layer"] == 1].set_index("seed")
     last = frame[frame["layer"] == depth].set_index("seed")
     with np.errstate(divide="ignore", invalid="ignore"):
         forward = geometric_mean(last["act_var"] / first["act_var"])
         backward = geometric_mean(first["grad_preact_var"] / last["grad_preact_var"])
-    layer, cols = first_nonfinite(frame, measured)
-    fwd_bad = any(c.startswith(("act", "preact")) for c in cols)
-    bwd_bad = any(c.startswith(("grad", "weight_grad")) for c in cols)
+    fwd_bad, bwd_bad = nonfinite_layers(frame, FORWARD), nonfinite_layers(frame, BACKWARD)
+    any_bad = nonfinite_layers(frame, FORWARD + BACKWARD)
     per_layer = 1.0 / max(depth - 1, 1)
     return {
         "forward_ratio": forward,
         "backward_ratio": backward,
         "forward_gain_per_layer": forward**per_layer,
         "backward_gain_per_layer": backward**per_layer,
-        "forward_verdict": verdict(forward, fwd_bad),
-        "backward_verdict": verdict(backward, bwd_bad),
-        "first_nonfinite_layer": layer,
-        "nonfinite_columns": cols,
+        "forward_verdict": verdict(forward, fwd_bad.size > 0),
+        "backward_verdict": verdict(backward, bwd_bad.size > 0),
+        "first_nonfinite_layer": int(any_bad[0]) if any_bad.size else None,
+        "first_nonfinite_forward": int(fwd_bad[0]) if fwd_bad.size else None,
+        "first_nonfinite_backward": int(bwd_bad[-1]) if bwd_bad.size else None,
         "stable_band": [1.0 / STABLE_BAND, STABLE_BAND],
         "timings": timings,
     }

@@ -109,7 +109,7 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment(device, command)}
         frame, hist, probe_seconds = measure(cfg, device, on_seed)
-        summary = results.summarize(frame, probe.COLUMNS, {"probe_seconds": probe_seconds})
+        summary = results.summarize(frame, {"probe_seconds": probe_seconds})
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         results.write_run(staging, info, frame, hist, summary)
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind

@@ -1,0 +1,32 @@
+# One command sets up and runs: `make run` (the default experiment) or `make test`.
+# torch==2.13.0 is installed first and on its own: on these machines it is a CPU build already on disk,
+# and once it is there, the package's torch>=2.2 pulls nothing more (never a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/initprobe run --init glorot_uniform --act tanh --depth 50
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check initprobe tests
+
+bench: install
+	$(VENV)/bin/initprobe bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
