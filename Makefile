@@ -5,24 +5,30 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+# tests also need pytest, ruff and ray (the sweep's Ray backend is tested against a real local Ray)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,ray]"
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
 
 run: install
 	$(VENV)/bin/initprobe run --init glorot_uniform --act tanh --depth 50
 
-test: install
+test: $(DEV_STAMP)
 	$(PY) -m pytest
 
-lint: install
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check initprobe tests
 
 bench: install

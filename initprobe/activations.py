@@ -55,8 +55,35 @@ class Activation:
         return 1.0 / math.sqrt(second_moment(self, 1.0, slope))
 
     def max_abs_dphi(self, slope: float = 0.01) -> float:
-        grid = np.linspace(-30.0, 30.0, 600001)
-        return float(np.max(np.abs(self.dphi(grid, slope))))
+        return float(np.max(np.abs(self.dphi(_GRID, slope))))
+
+    def saturation(self, slope: float = 0.01):
+        """How the probe finds the flat part of phi, abs(phi'(h)) < 5% of max abs(phi'):
+        ('interval', (lo, hi)) when the non-flat set is one interval (checking h against two numbers is
+        cheap), else ('threshold', t) to compare abs(phi'(h)) with t elementwise."""
+        threshold = SATURATION_LEVEL * self.max_abs_dphi(slope)
+        live = np.abs(self.dphi(_GRID, slope)) >= threshold
+        idx = np.flatnonzero(live)
+        if idx.size == 0 or idx[-1] - idx[0] + 1 != idx.size:
+            return "threshold", threshold
+        lo = -math.inf if idx[0] == 0 else _edge(self, slope, threshold, _GRID[idx[0] - 1], _GRID[idx[0]])
+        hi = math.inf if idx[-1] == _GRID.size - 1 else _edge(self, slope, threshold, _GRID[idx[-1] + 1],
+                                                              _GRID[idx[-1]])
+        return "interval", (lo, hi)
+
+
+_GRID = np.linspace(-50.0, 50.0, 1_000_001)  # where phi' is inspected; beyond it every phi' is monotone
+
+
+def _edge(act, slope, threshold, flat, live) -> float:
+    """Bisect for the boundary between a flat grid point and a live one."""
+    for _ in range(60):
+        mid = 0.5 * (flat + live)
+        if abs(act.dphi(np.array([mid]), slope)[0]) >= threshold:
+            live = mid
+        else:
+            flat = mid
+    return float(live)
 
 
 ACTIVATIONS: dict[str, Activation] = {

@@ -6,6 +6,8 @@ free each .grad at once. The caller stacks the rows of all seeds and moves them 
 Variances are biased (divide by the number of elements), over all elements of the tensor.
 """
 
+import math
+
 import torch
 from torch.func import jvp
 
@@ -20,79 +22,116 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _var(t: torch.Tensor, dtype) -> torch.Tensor:
-    return t.to(dtype).var(correction=0)
+def moments(t: torch.Tensor, raw: dict, name: str, l: int) -> None:
+    """Sum and sum of squares of all elements: two BLAS-speed reductions (torch.var_mean costs ~15x more).
+    Used where the mean is small against the spread (h, gradients, weights): E[t^2] - E[t]^2 loses nothing."""
+    v = t.reshape(-1)
+    raw[name + "_sum"][l], raw[name + "_sq"][l] = v.sum(), torch.dot(v, v)
 
 
-def mean_pair_correlation(h: torch.Tensor, dtype) -> torch.Tensor:
-    """Mean over pairs of inputs (a != b) of <h_a, h_b> / (|h_a| |h_b|) — the c^l of mean-field theory.
-    With unit rows u_a: sum_{a != b} u_a.u_b = |sum_a u_a|^2 - B, so this costs O(B * units)."""
-    rows = h.reshape(h.shape[0], -1).to(dtype)  # (batch, units [* spatial])
-    b = rows.shape[0]
-    if b < 2:
-        return torch.tensor(float("nan"), dtype=dtype, device=h.device)
-    u = rows / rows.norm(dim=1, keepdim=True)
-    total = u.sum(0)
-    return (total.dot(total) - b) / (b * (b - 1))
+def act_moments(x: torch.Tensor, scratch: torch.Tensor, raw: dict, l: int) -> None:
+    """Sum and sum of squared deviations: two-pass, exact when the mean dominates (sigmoid, relu outputs)."""
+    v = x.reshape(-1)
+    total = v.sum()
+    dev = torch.sub(v, total / v.numel(), out=scratch.reshape(-1))
+    raw["act_sum"][l], raw["act_sq"][l] = total, torch.dot(dev, dev)
 
 
-def forward_stats(h, x, phi, saturation_threshold, dtype) -> list[torch.Tensor]:
-    hf, xf = h.to(dtype), x.to(dtype)
-    pre_var, pre_mean = torch.var_mean(hf, correction=0)
-    act_var, act_mean = torch.var_mean(xf, correction=0)
-    _, dphi = jvp(phi, (h,), (torch.ones_like(h),))  # phi'(h), elementwise
-    saturated = (dphi.abs() < saturation_threshold).to(dtype).mean()
-    zero = (x == 0).to(dtype).mean()
-    return [pre_mean, pre_var, act_mean, act_var, saturated, zero, mean_pair_correlation(hf, dtype)]
+def preact_moments(h: torch.Tensor, raw: dict, l: int) -> None:
+    """Sum, sum of squares and |sum_a u_a|^2 of h (batch, ...), u_a = h_a / |h_a| its unit rows.
+    The last gives the mean pair correlation: sum_{a != b} u_a.u_b = |sum_a u_a|^2 - B, in O(B * units)."""
+    rows = h.reshape(h.shape[0], -1)  # (batch, units [* spatial])
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    unit_sum = torch.mv(rows.t(), norms.reciprocal())  # (units,)
+    raw["pre_sum"][l], raw["pre_sq"][l], raw["pre_pairs"][l] = rows.sum(), norms.dot(norms), unit_sum.dot(unit_sum)
 
 
-def probe(layers, phi, x0, cotangent, saturation_threshold, hist_layers=()):
+def saturated_count(h, phi, saturation, scratch) -> torch.Tensor:
+    """Elements where abs(phi'(h)) < threshold. `saturation` is ('interval', (lo, hi)), the set where phi is
+    not flat (a cheap comparison), or ('threshold', t) for activations whose non-flat set is not one interval
+    (gelu, silu, mish, sin: phi'(h) by forward-mode AD)."""
+    kind, value = saturation
+    flags = scratch.reshape(-1)
+    if kind == "threshold":
+        _, dphi = jvp(phi, (h,), (torch.ones_like(h),))
+        return torch.count_nonzero(dphi.abs() < value)
+    lo, hi = value
+    if lo == -hi:  # symmetric (tanh, sigmoid, softsign, hardtanh, identity): one pass
+        return torch.count_nonzero(torch.abs(h.reshape(-1), out=flags).gt_(hi))
+    count = torch.count_nonzero(torch.lt(h.reshape(-1), lo, out=flags)) if lo > -math.inf else 0
+    if hi < math.inf:
+        count = count + torch.count_nonzero(torch.gt(h.reshape(-1), hi, out=flags))
+    return count
+
+
+RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "sat", "nonzero", "w_sum", "w_sq",
+       "gw_sum", "gw_sq", "gh_sum", "gh_sq", "gx_sum", "gx_sq")
+
+
+def probe(layers, phi, x0, cotangent, saturation, hist_layers=()):
     """Statistics (depth, len(COLUMNS)) on the device, and histogram inputs {(quantity, l): tensor}.
 
-    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
+    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent.
+    Per layer only raw sums are kept (0-d tensors on the device); `finish` turns them into columns."""
     dtype = stat_dtype(x0.dtype)
-    depth = len(layers)
-    nan = torch.tensor(float("nan"), dtype=dtype, device=x0.device)
-    fwd, grad_pre, grad_act, w_var, w_grad = ([nan] * depth for _ in range(5))
+    raw = {name: [0] * len(layers) for name in RAW}
     kept = {}
 
-    def store(slot, l, key=None):
+    def grad_hook(name, l, key=None):
         def hook(grad):
-            slot[l] = _var(grad, dtype)
+            moments(grad.to(dtype), raw, name, l)
             if key is not None:
-                kept[key] = grad.detach().clone()
+                kept[key] = grad.detach().to(dtype, copy=True)
 
         return hook
 
-    def store_weight_grad(l):
+    def weight_grad_hook(l):
         def hook(p):
-            w_grad[l] = _var(p.grad, dtype)
-            p.grad = None  # free it now: memory stays one layer's worth, whatever the depth
+            moments(p.grad.to(dtype), raw, "gw", l)
+            p.grad = None  # free it at once: memory stays one layer's worth, whatever the depth
 
         return hook
 
-    handles = []
+    handles, scratch = [], None
     x = x0
     for l, layer in enumerate(layers):
         w = layer.weight
-        w_var[l] = _var(w.detach(), dtype)
-        handles.append(w.register_post_accumulate_grad_hook(store_weight_grad(l)))
+        handles.append(w.register_post_accumulate_grad_hook(weight_grad_hook(l)))
         h = layer(x)
         x = phi(h)
         with torch.no_grad():
-            fwd[l] = forward_stats(h.detach(), x.detach(), phi, saturation_threshold, dtype)
+            hd, xd = h.detach().to(dtype), x.detach().to(dtype)
+            if scratch is None or scratch.shape != hd.shape:
+                scratch = torch.empty_like(hd)
+            moments(w.detach().to(dtype), raw, "w", l)
+            preact_moments(hd, raw, l)
+            act_moments(xd, scratch, raw, l)
+            raw["sat"][l] = saturated_count(hd, phi, saturation, scratch)
+            raw["nonzero"][l] = torch.count_nonzero(xd)
             if l + 1 in hist_layers:
-                kept[("act", l + 1)] = x.detach()
-        h.register_hook(store(grad_pre, l, ("grad_preact", l + 1) if l + 1 in hist_layers else None))
-        x.register_hook(store(grad_act, l))
+                kept[("act", l + 1)] = xd
+        h.register_hook(grad_hook("gh", l, ("grad_preact", l + 1) if l + 1 in hist_layers else None))
+        x.register_hook(grad_hook("gx", l))
     x.backward(cotangent)
     for handle in handles:
         handle.remove()
-    for layer in layers:
-        layer.zero_grad(set_to_none=True)  # bias grads
-    rows = [torch.stack([f[0], f[1], f[2], f[3], grad_pre[l], grad_act[l], w_var[l], w_grad[l], f[4], f[5], f[6]])
-            for l, f in enumerate(fwd)]
-    return torch.stack(rows), kept
+    n_weights = torch.tensor([layer.weight.numel() for layer in layers], dtype=dtype, device=x0.device)
+    return finish(raw, x0.shape[0], x.numel(), n_weights, dtype), kept
+
+
+def finish(raw: dict, batch: int, n: int, n_weights: torch.Tensor, dtype) -> torch.Tensor:
+    """Columns from the raw per-layer sums, for all layers at once (a handful of vector ops)."""
+    device = n_weights.device
+    r = {k: torch.stack([torch.as_tensor(v, device=device) for v in vals]).to(dtype) for k, vals in raw.items()}
+
+    def var(name, count):  # biased: E[t^2] - E[t]^2, clamped at 0 against rounding
+        return (r[name + "_sq"] / count - (r[name + "_sum"] / count) ** 2).clamp_min(0)
+
+    pairs = batch * (batch - 1)
+    corr = (r["pre_pairs"] - batch) / pairs if pairs else torch.full_like(r["pre_sum"], math.nan)
+    columns = [r["pre_sum"] / n, var("pre", n), r["act_sum"] / n, r["act_sq"] / n, var("gh", n), var("gx", n),
+               var("w", n_weights), var("gw", n_weights), r["sat"] / n, 1 - r["nonzero"] / n, corr]
+    return torch.stack(columns, dim=1)
 
 
 def histograms(kept: dict, bins: int = HIST_BINS):

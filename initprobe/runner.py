@@ -62,7 +62,7 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     Everything stays on the device until the one transfer at the end."""
     act = activations.get(cfg.act)
     phi = activations.torch_fn(cfg.act, cfg.slope)
-    threshold = activations.SATURATION_LEVEL * act.max_abs_dphi(cfg.slope)
+    saturation = act.saturation(cfg.slope)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     wanted = probe.hist_layers(cfg.depth)
     stats, hists = [], {}
@@ -74,7 +74,7 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
         layers = models.build(cfg, device, gen, lsuv_batch)
         cotangent = torch.randn(x0.shape[:1] + (cfg.width,) + x0.shape[2:], device=device,
                                 dtype=x0.dtype, generator=gen)
-        rows, kept = probe.probe(layers, phi, x0, cotangent, threshold, wanted if i == 0 else ())
+        rows, kept = probe.probe(layers, phi, x0, cotangent, saturation, wanted if i == 0 else ())
         stats.append(rows)
         if i == 0:  # histograms of the first seed's network (ranges differ between seeds)
             hists = probe.histograms(kept)
