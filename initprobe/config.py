@@ -59,6 +59,7 @@ class RunConfig:
     seed: int = 0  # seed s, s+1, ... for the networks; same seed, same numbers
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "float32"  # network dtype; statistics are computed in at least float32
+    checkpoint: bool | None = None  # recompute layers in the backward (O(sqrt(depth)) memory); None: when needed
     # output
     out: str | None = None  # run directory; None: results/<generated name>
     plots: bool = True
@@ -91,7 +92,7 @@ def _check_type(key: str, value, where: str):
         str: lambda v: isinstance(v, str),
     }
     kinds = {"gain": (float, str), "input_dim": (int,), "width": (int,), "batch": (int,), "bias_std": (float,), "scale": (float,), "std": (float,),
-             "bound": (float,), "value": (float,), "mode": (str,), "distribution": (str,), "out": (str,)}
+             "bound": (float,), "value": (float,), "checkpoint": (bool,), "mode": (str,), "distribution": (str,), "out": (str,)}
     allowed = kinds.get(key, (type(default),))
     if value is None and default is None:
         return value

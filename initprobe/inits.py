@@ -167,20 +167,17 @@ def zeros_(w, generator=None):
 
 
 @_no_grad
-def lsuv_(layers, forward_one, x, generator=None, tol=LSUV_TOL, max_iter=LSUV_MAX_ITER):
-    """Mishkin & Matas 2015: orthogonal pre-init, then, layer by layer, divide W^l by the std of h^l on the
-    batch `x` until |Var(h^l) - 1| < tol or max_iter rescalings. `forward_one(l, x)` returns (h^l, x^l)."""
-    for layer in layers:
-        orthogonal_(layer.weight, generator=generator)
-    for l, layer in enumerate(layers):
+def lsuv_(weights, forward_one, x, tol=LSUV_TOL, max_iter=LSUV_MAX_ITER):
+    """Mishkin & Matas 2015, after an orthogonal pre-init: layer by layer, divide W^l by the std of h^l on
+    the batch `x` until |Var(h^l) - 1| < tol or max_iter rescalings. `forward_one(l, x)` returns (h^l, x^l)."""
+    for l, w in enumerate(weights):
         for _ in range(max_iter):
-            h, _x = forward_one(l, x)
-            var = h.float().var(correction=0).item()  # data-dependent init: a host sync is inherent here
+            var = forward_one(l, x)[0].float().var(correction=0).item()  # data-dependent: a sync is inherent
             if not math.isfinite(var) or var == 0.0 or abs(var - 1.0) < tol:
                 break
-            layer.weight.div_(math.sqrt(var))
+            w.div_(math.sqrt(var))
         x = forward_one(l, x)[1]
-    return layers
+    return weights
 
 
 @dataclass(frozen=True)

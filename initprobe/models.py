@@ -1,10 +1,15 @@
-"""Build the probed network from a RunConfig: `depth` Linear or Conv2d layers, the activation applied by the
-probe. `layers[l - 1]` is layer l of DESIGN section 1 everywhere in the code."""
+"""The probed network of DESIGN section 1: `depth` Linear or Conv2d blocks, as plain (weight, bias) tensors.
+
+Layer l (1-based in files and plots) is `params[l - 1]` here. Each layer's weights are drawn from a generator
+of its own, seeded from the run's seed, so any layer can be made again on demand: the checkpointed probe
+regenerates weights in the backward pass instead of holding 10,000 layers of them in memory, and gets the same
+numbers as the plain path.
+"""
 
 import math
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from . import activations, config, inits
 
@@ -17,15 +22,13 @@ def layer_sizes(cfg: config.RunConfig) -> list[tuple[int, int]]:
     return [(first if l == 0 else cfg.width, cfg.width) for l in range(cfg.depth)]
 
 
-def empty_layers(cfg: config.RunConfig, device, dtype) -> nn.ModuleList:
-    def make(n_in, n_out):
-        if cfg.arch == "mlp":
-            return nn.Linear(n_in, n_out, device="meta", dtype=dtype)
-        return nn.Conv2d(n_in, n_out, cfg.kernel_size, padding=cfg.kernel_size // 2,
-                         padding_mode=cfg.padding, device="meta", dtype=dtype)
+def weight_shape(cfg: config.RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
+    """As nn.Linear (out, in) / nn.Conv2d (out, in, k, k), so fans are PyTorch's."""
+    return (n_out, n_in) if cfg.arch == "mlp" else (n_out, n_in, cfg.kernel_size, cfg.kernel_size)
 
-    # on "meta" nn skips its own default init, which we would overwrite anyway
-    return nn.ModuleList(make(i, o) for i, o in layer_sizes(cfg)).to_empty(device=device)
+
+def layer_seeds(depth: int, generator: torch.Generator) -> list[int]:
+    return torch.randint(2**62, (depth,), generator=generator, device=generator.device).tolist()
 
 
 def init_bias_(b, w, cfg: config.RunConfig, generator):
@@ -38,24 +41,50 @@ def init_bias_(b, w, cfg: config.RunConfig, generator):
 
 
 @torch.no_grad()
-def build(cfg: config.RunConfig, device, generator, lsuv_input=None) -> nn.ModuleList:
-    """The network for one seed, every weight and bias drawn from `generator`."""
-    layers = empty_layers(cfg, device, DTYPES[cfg.dtype])
+def make_layer(cfg: config.RunConfig, l: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of layer index l (0-based), drawn from a generator seeded with `seed`.
+    lsuv's pre-init is orthogonal; its rescaling happens in `build`."""
+    n_in, n_out = layer_sizes(cfg)[l]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dtype = DTYPES[cfg.dtype]
+    w = torch.empty(weight_shape(cfg, n_in, n_out), device=device, dtype=dtype)
+    b = torch.empty(n_out, device=device, dtype=dtype)
     spec = inits.get(cfg.init)
-    params = config.init_params(cfg)
-    for layer in layers:
-        init_bias_(layer.bias, layer.weight, cfg, generator)
-        if spec.fn is not inits.lsuv_:
-            spec.fn(layer.weight, generator=generator, **params)
     if spec.fn is inits.lsuv_:
-        phi = activations.torch_fn(cfg.act, cfg.slope)
+        inits.orthogonal_(w, generator=gen)
+    else:
+        spec.fn(w, generator=gen, **config.init_params(cfg))
+    init_bias_(b, w, cfg, gen)
+    return w, b
 
-        def forward_one(l, x):
-            h = layers[l](x)
-            return h, phi(h)
 
-        inits.lsuv_(layers, forward_one, lsuv_input, generator=generator)
-    return layers
+def block(cfg: config.RunConfig, x, w, b):
+    """h = W x + b (MLP) or a stride-1 'same' convolution (CNN), padded as nn.Conv2d pads."""
+    if cfg.arch == "mlp":
+        return F.linear(x, w, b)
+    p = cfg.kernel_size // 2
+    if cfg.padding == "circular":
+        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b)
+    return F.conv2d(x, w, b, padding=p)
+
+
+@torch.no_grad()
+def build(cfg: config.RunConfig, seeds: list[int], device, lsuv_input=None) -> list[tuple]:
+    """All layers' (weight, bias), weights as leaves that require grad (biases need none)."""
+    params = [make_layer(cfg, l, s, device) for l, s in enumerate(seeds)]
+    if cfg.init == "lsuv":
+        lsuv_rescale_(cfg, params, lsuv_input)
+    return [(w.requires_grad_(), b) for w, b in params]
+
+
+def lsuv_rescale_(cfg, params, x):
+    phi = activations.torch_fn(cfg.act, cfg.slope)
+
+    def forward_one(l, x):
+        h = block(cfg, x, *params[l])
+        return h, phi(h)
+
+    inits.lsuv_([w for w, _ in params], forward_one, x)
 
 
 def make_input(cfg: config.RunConfig, batch: int, device, generator) -> torch.Tensor:

@@ -6,10 +6,14 @@ free each .grad at once. The caller stacks the rows of all seeds and moves them 
 Variances are biased (divide by the number of elements), over all elements of the tensor.
 """
 
+import functools
 import math
 
 import torch
 from torch.func import jvp
+from torch.utils.checkpoint import checkpoint
+
+from . import models
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
@@ -68,55 +72,107 @@ RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "sat", "nonzero", 
        "gw_sum", "gw_sq", "gh_sum", "gh_sq", "gx_sum", "gx_sq")
 
 
-def probe(layers, phi, x0, cotangent, saturation, hist_layers=()):
-    """Statistics (depth, len(COLUMNS)) on the device, and histogram inputs {(quantity, l): tensor}.
+class Recorder:
+    """Collects each layer's raw sums (0-d tensors on the device) as the forward and backward pass it."""
 
-    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent.
-    Per layer only raw sums are kept (0-d tensors on the device); `finish` turns them into columns."""
-    dtype = stat_dtype(x0.dtype)
-    raw = {name: [0] * len(layers) for name in RAW}
-    kept = {}
+    def __init__(self, depth, dtype, saturation, phi, hist_layers=()):
+        self.raw = {name: [0] * depth for name in RAW}
+        self.dtype, self.saturation, self.phi, self.hist_layers = dtype, saturation, phi, hist_layers
+        self.kept, self.scratch = {}, None
 
-    def grad_hook(name, l, key=None):
+    @torch.no_grad()
+    def forward(self, l, w, h, x):
+        """Forward statistics of layer index l, and hooks for its gradients."""
+        hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)
+        if self.scratch is None or self.scratch.shape != hd.shape:
+            self.scratch = torch.empty_like(hd)
+        moments(w.detach().to(self.dtype), self.raw, "w", l)
+        preact_moments(hd, self.raw, l)
+        act_moments(xd, self.scratch, self.raw, l)
+        self.raw["sat"][l] = saturated_count(hd, self.phi, self.saturation, self.scratch)
+        self.raw["nonzero"][l] = torch.count_nonzero(xd)
+        keep = l + 1 in self.hist_layers
+        if keep:
+            self.kept[("act", l + 1)] = xd
+        h.register_hook(self.grad_hook("gh", l, ("grad_preact", l + 1) if keep else None))
+        x.register_hook(self.grad_hook("gx", l))
+
+    def grad_hook(self, name, l, key=None):
         def hook(grad):
-            moments(grad.to(dtype), raw, name, l)
+            moments(grad.to(self.dtype), self.raw, name, l)
             if key is not None:
-                kept[key] = grad.detach().to(dtype, copy=True)
+                self.kept[key] = grad.detach().to(self.dtype, copy=True)
 
         return hook
 
+    def weight_grad(self, l, grad):
+        moments(grad.to(self.dtype), self.raw, "gw", l)
+
+    def columns(self, batch, n, n_weights) -> torch.Tensor:
+        return finish(self.raw, batch, n, n_weights, self.dtype)
+
+
+def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
+    """Statistics (depth, len(COLUMNS)) on the device, and histogram inputs {(quantity, l): tensor}.
+    `params` are the layers' (weight, bias), weights as leaves that require grad.
+
+    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
+    rec = Recorder(len(params), stat_dtype(x0.dtype), saturation, phi, hist_layers)
+
     def weight_grad_hook(l):
         def hook(p):
-            moments(p.grad.to(dtype), raw, "gw", l)
+            rec.weight_grad(l, p.grad)
             p.grad = None  # free it at once: memory stays one layer's worth, whatever the depth
 
         return hook
 
-    handles, scratch = [], None
+    handles = []
     x = x0
-    for l, layer in enumerate(layers):
-        w = layer.weight
+    for l, (w, b) in enumerate(params):
         handles.append(w.register_post_accumulate_grad_hook(weight_grad_hook(l)))
-        h = layer(x)
+        h = models.block(cfg, x, w, b)
         x = phi(h)
-        with torch.no_grad():
-            hd, xd = h.detach().to(dtype), x.detach().to(dtype)
-            if scratch is None or scratch.shape != hd.shape:
-                scratch = torch.empty_like(hd)
-            moments(w.detach().to(dtype), raw, "w", l)
-            preact_moments(hd, raw, l)
-            act_moments(xd, scratch, raw, l)
-            raw["sat"][l] = saturated_count(hd, phi, saturation, scratch)
-            raw["nonzero"][l] = torch.count_nonzero(xd)
-            if l + 1 in hist_layers:
-                kept[("act", l + 1)] = xd
-        h.register_hook(grad_hook("gh", l, ("grad_preact", l + 1) if l + 1 in hist_layers else None))
-        x.register_hook(grad_hook("gx", l))
+        rec.forward(l, w, h, x)
     x.backward(cotangent)
     for handle in handles:
         handle.remove()
-    n_weights = torch.tensor([layer.weight.numel() for layer in layers], dtype=dtype, device=x0.device)
-    return finish(raw, x0.shape[0], x.numel(), n_weights, dtype), kept
+    return rec.columns(x0.shape[0], x.numel(), _weight_counts(params, x0)), rec.kept
+
+
+def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
+    """The same statistics in O(sqrt(depth)) memory: layers run in checkpointed segments of about
+    sqrt(depth), and weights are made again from their seeds when a segment is recomputed in the backward
+    pass, so neither activations nor weights of the whole network are ever held at once."""
+    depth = len(seeds)
+    segment = segment or max(1, math.ceil(math.sqrt(depth)))
+    rec = Recorder(depth, stat_dtype(x0.dtype), saturation, phi, hist_layers)
+    # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
+    anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
+    state = {"recomputing": False}
+
+    def run_segment(x, start):
+        for l in range(start, min(start + segment, depth)):
+            z, b = models.make_layer(cfg, l, seeds[l], x0.device)
+            w = z + anchor
+            h = models.block(cfg, x, w, b)
+            x = phi(h)
+            if not state["recomputing"]:
+                rec.forward(l, w, h, x)
+                w.register_hook(functools.partial(rec.weight_grad, l))
+        return x
+
+    x = x0
+    for start in range(0, depth, segment):
+        x = checkpoint(run_segment, x, start, use_reentrant=False)
+    state["recomputing"] = True
+    x.backward(cotangent)
+    n_weights = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
+    n_weights = torch.tensor(n_weights, dtype=rec.dtype, device=x0.device)
+    return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
+
+
+def _weight_counts(params, x0):
+    return torch.tensor([w.numel() for w, _ in params], dtype=stat_dtype(x0.dtype), device=x0.device)
 
 
 def finish(raw: dict, batch: int, n: int, n_weights: torch.Tensor, dtype) -> torch.Tensor:

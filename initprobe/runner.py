@@ -5,6 +5,8 @@ config -> models (+ inits, activations) -> probe -> results (CSV/JSON) -> plots.
 
 import dataclasses
 import datetime
+import math
+import os
 import platform
 import sys
 import time
@@ -57,7 +59,40 @@ def environment(device: torch.device, command: list[str] | None) -> dict:
     }
 
 
-def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int], None] | None = None):
+def available_memory(device: torch.device) -> int:
+    """Bytes free for the probe: CUDA's free memory, else the host's MemAvailable (Linux) or physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def estimated_bytes(cfg: config.RunConfig) -> int:
+    """Memory of the plain probe: every weight, plus the pre-activation and output autograd keeps per layer."""
+    weights = sum(math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg))
+    per_input = cfg.width * (cfg.image_size**2 if cfg.arch == "cnn" else 1)
+    element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
+    return (weights + 2 * cfg.depth * cfg.batch * per_input) * element
+
+
+def use_checkpoint(cfg: config.RunConfig, device: torch.device) -> tuple[bool, str]:
+    """(checkpoint?, why): as asked, or automatically when the plain probe would take over half the free memory."""
+    if cfg.checkpoint is not None:
+        if cfg.checkpoint and cfg.init == "lsuv":
+            raise config.ConfigError("lsuv rescales stored weights, so it cannot run with --checkpoint")
+        return cfg.checkpoint, "asked for"
+    need, free = estimated_bytes(cfg), available_memory(device)
+    if need > free // 2 and cfg.init != "lsuv":
+        return True, f"automatic: the plain probe needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
+    return False, "not needed"
+
+
+def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int], None] | None = None,
+            checkpointed: bool = False):
     """Probe `cfg.seeds` independent networks; returns (layers frame, histogram frame, probe seconds).
     Everything stays on the device until the one transfer at the end."""
     act = activations.get(cfg.act)
@@ -69,21 +104,38 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
         gen = torch.Generator(device=device).manual_seed(seed)
+        per_layer = models.layer_seeds(cfg.depth, gen)
         x0 = models.make_input(cfg, cfg.batch, device, gen)
-        lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if cfg.init == "lsuv" else None
-        layers = models.build(cfg, device, gen, lsuv_batch)
         cotangent = torch.randn(x0.shape[:1] + (cfg.width,) + x0.shape[2:], device=device,
                                 dtype=x0.dtype, generator=gen)
-        rows, kept = probe.probe(layers, phi, x0, cotangent, saturation, wanted if i == 0 else ())
+        hist_at = wanted if i == 0 else ()  # histograms of the first seed's network (ranges differ by seed)
+        if checkpointed:
+            rows, kept = probe.probe_checkpointed(cfg, per_layer, phi, x0, cotangent, saturation, hist_at)
+        else:
+            lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if cfg.init == "lsuv" else None
+            params = models.build(cfg, per_layer, device, lsuv_batch)
+            rows, kept = probe.probe(cfg, params, phi, x0, cotangent, saturation, hist_at)
+            del params
         stats.append(rows)
-        if i == 0:  # histograms of the first seed's network (ranges differ between seeds)
+        if i == 0:
             hists = probe.histograms(kept)
+        del kept
         if on_seed:
             on_seed(i + 1)
     host = probe.to_host([torch.stack(stats)] + [t for c, r, _ in hists.values() for t in (c, r)])
     seconds = time.perf_counter() - start  # the transfer synchronises, so this holds on a GPU too
     frame = results.layers_frame(host[0], seeds, probe.COLUMNS)
     return frame, histogram_frame(hists, host[1:]), seconds
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: CUDA's max_memory_allocated, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
 def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
@@ -108,9 +160,14 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment(device, command)}
-        frame, hist, probe_seconds = measure(cfg, device, on_seed)
+        checkpointed, why = use_checkpoint(cfg, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        frame, hist, probe_seconds = measure(cfg, device, on_seed, checkpointed)
         summary = results.summarize(frame, {"probe_seconds": probe_seconds})
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
+        summary["peak_memory_bytes"] = peak_memory(device)
+        summary["checkpoint"] = {"used": checkpointed, "why": why}
         results.write_run(staging, info, frame, hist, summary)
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
         results.discard(staging)
