@@ -5,6 +5,7 @@ No torch here: validation that needs a device (is CUDA there?) lives in the runn
 
 import difflib
 import sys
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -91,9 +92,7 @@ def _check_type(key: str, value, where: str):
         float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         str: lambda v: isinstance(v, str),
     }
-    kinds = {"gain": (float, str), "input_dim": (int,), "width": (int,), "batch": (int,), "bias_std": (float,), "scale": (float,), "std": (float,),
-             "bound": (float,), "value": (float,), "checkpoint": (bool,), "mode": (str,), "distribution": (str,), "out": (str,)}
-    allowed = kinds.get(key, (type(default),))
+    allowed = tuple(t for t in typing.get_args(FIELDS[key].type) or (FIELDS[key].type,) if t is not type(None))
     if value is None and default is None:
         return value
     if not any(ok[k](value) for k in allowed):
