@@ -103,6 +103,9 @@ def run(
     device: Annotated[str, _opt("auto | cpu | cuda | mps.", MEASURE, envvar="TORCH_DEVICE")] = D.device,
     dtype: Annotated[str, _opt("Network dtype: float32 | float64 | bfloat16 (statistics in >= float32).",
                                MEASURE)] = D.dtype,
+    checkpoint: Annotated[Optional[bool], _opt(
+        "Recompute layers in the backward pass, regenerating weights: memory ~ sqrt(depth), same numbers "
+        "[default: automatic, when the plain probe would not fit].", MEASURE)] = None,
     out_dir: Annotated[Optional[str], typer.Option(
         "--out", help="Run directory to create [default: results/<arch-init-act-depth-width>].",
         rich_help_panel=OUTPUT)] = None,
@@ -135,6 +138,8 @@ def run(
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i),
                             command=["initprobe", *sys.argv[1:]])
     out.print(summary_table(result.summary, result.path))
+    if result.summary["checkpoint"]["used"]:
+        out.print(f"checkpointed ({result.summary['checkpoint']['why']})")
 
 
 def _num(x) -> str:

@@ -26,19 +26,30 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_ONES: dict = {}
+
+
+def total(v: torch.Tensor) -> torch.Tensor:
+    """Sum of a 1-d tensor as a BLAS dot with ones: on CPU about 3x faster than Tensor.sum()."""
+    key = (v.numel(), v.dtype, v.device)
+    if key not in _ONES:
+        _ONES[key] = torch.ones(v.numel(), dtype=v.dtype, device=v.device)
+    return torch.dot(v, _ONES[key])
+
+
 def moments(t: torch.Tensor, raw: dict, name: str, l: int) -> None:
     """Sum and sum of squares of all elements: two BLAS-speed reductions (torch.var_mean costs ~15x more).
     Used where the mean is small against the spread (h, gradients, weights): E[t^2] - E[t]^2 loses nothing."""
     v = t.reshape(-1)
-    raw[name + "_sum"][l], raw[name + "_sq"][l] = v.sum(), torch.dot(v, v)
+    raw[name + "_sum"][l], raw[name + "_sq"][l] = total(v), torch.dot(v, v)
 
 
 def act_moments(x: torch.Tensor, scratch: torch.Tensor, raw: dict, l: int) -> None:
     """Sum and sum of squared deviations: two-pass, exact when the mean dominates (sigmoid, relu outputs)."""
     v = x.reshape(-1)
-    total = v.sum()
-    dev = torch.sub(v, total / v.numel(), out=scratch.reshape(-1))
-    raw["act_sum"][l], raw["act_sq"][l] = total, torch.dot(dev, dev)
+    s = total(v)
+    dev = torch.sub(v, s / v.numel(), out=scratch.reshape(-1))
+    raw["act_sum"][l], raw["act_sq"][l] = s, torch.dot(dev, dev)
 
 
 def preact_moments(h: torch.Tensor, raw: dict, l: int) -> None:
@@ -47,7 +58,8 @@ def preact_moments(h: torch.Tensor, raw: dict, l: int) -> None:
     rows = h.reshape(h.shape[0], -1)  # (batch, units [* spatial])
     norms = torch.linalg.vector_norm(rows, dim=1)
     unit_sum = torch.mv(rows.t(), norms.reciprocal())  # (units,)
-    raw["pre_sum"][l], raw["pre_sq"][l], raw["pre_pairs"][l] = rows.sum(), norms.dot(norms), unit_sum.dot(unit_sum)
+    raw["pre_sum"][l], raw["pre_sq"][l], raw["pre_pairs"][l] = (total(h.reshape(-1)), norms.dot(norms),
+                                                         unit_sum.dot(unit_sum))
 
 
 def saturated_count(h, phi, saturation, scratch) -> torch.Tensor:

@@ -1,0 +1,194 @@
+"""`initprobe bench`: the speed and memory targets, each measured as a ratio within one run (these machines
+are shared and noisy, so absolute times mean little; tests never assert on time).
+
+Each target returns a row: name, measured value, the target, pass/fail, and a note.
+"""
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import activations, config, models, probe
+
+MLP = dict(arch="mlp", depth=50, width=512, batch=256, act="tanh")
+CNN = dict(arch="cnn", depth=20, width=64, image_size=32, batch=32, act="tanh")
+
+
+def row(name, value, target, ok, note="", unit=""):
+    return {"target": name, "value": value, "unit": unit, "goal": target, "pass": bool(ok), "note": note}
+
+
+def _setup(cfg, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = models.build(cfg, models.layer_seeds(cfg.depth, gen), device)
+    x0 = models.make_input(cfg, cfg.batch, device, gen)
+    cotangent = torch.randn(x0.shape[:1] + (cfg.width,) + x0.shape[2:], device=device, generator=gen)
+    return params, x0, cotangent
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_pass(cfg, params, phi, x0, cotangent):
+    x = x0
+    for w, b in params:
+        x = phi(models.block(cfg, x, w, b))
+    x.backward(cotangent)
+    for w, _ in params:
+        w.grad = None
+    return x
+
+
+def naive_pass(cfg, params, phi, x0, cotangent):
+    """The common approach, for reference: a .item() per layer and statistic (a host sync each on a GPU)."""
+    x, outs = x0, []
+    for w, b in params:
+        h = models.block(cfg, x, w, b)
+        h.retain_grad()
+        x = phi(h)
+        outs.append((h, x))
+        vals = [h.mean().item(), h.var().item(), x.mean().item(), x.var().item(), w.var().item()]
+        with torch.no_grad():
+            dphi = torch.func.jvp(phi, (h.detach(),), (torch.ones_like(h),))[1]
+            vals += [(dphi.abs() < 0.05).float().mean().item(), (x == 0).float().mean().item()]
+    x.backward(cotangent)
+    for (h, _), (w, _) in zip(outs, params):
+        _ = h.grad.var().item(), w.grad.var().item()
+        w.grad = None
+
+
+def timed(fn, device, reps):
+    """Median seconds of `reps` calls, after a warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def overhead(name, options, goal, device, reps=9):
+    """Instrumented / bare forward+backward on the same weights, interleaved so drift hits both alike."""
+    cfg = config.RunConfig(**options, device=str(device))
+    params, x0, cotangent = _setup(cfg, device)
+    phi = activations.torch_fn(cfg.act)
+    sat = activations.get(cfg.act).saturation()
+
+    def bare():
+        bare_pass(cfg, params, phi, x0, cotangent)
+
+    def instrumented():
+        stats, _ = probe.probe(cfg, params, phi, x0, cotangent, sat)
+        probe.to_host([stats])
+
+    def naive():
+        naive_pass(cfg, params, phi, x0, cotangent)
+
+    bare_t, inst_t, naive_t = [], [], []
+    for _ in range(reps):
+        bare_t += timed(bare, device, 1)
+        inst_t += timed(instrumented, device, 1)
+        naive_t += timed(naive, device, 1)
+    ratio = statistics.median(inst_t) / statistics.median(bare_t)
+    naive_ratio = statistics.median(naive_t) / statistics.median(bare_t)
+    flops = 3 * 2 * sum(math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)) * cfg.batch
+    flops *= cfg.image_size**2 if cfg.arch == "cnn" else 1
+    note = (f"bare {statistics.median(bare_t) * 1e3:.0f} ms ({flops / statistics.median(bare_t) / 1e9:.1f} GFLOP/s);"
+            f" .item()-per-statistic approach: {naive_ratio:.2f}x")
+    return row(f"overhead {name}", round(ratio, 3), f"<= {goal}", ratio <= goal, note, "x bare"), \
+        flops / statistics.median(bare_t)
+
+
+def matmul_throughput(device, n=1024, reps=5):
+    a = torch.randn(n, n, device=device)
+    best = min(timed(lambda: a @ a, device, reps))
+    return 2 * n**3 / best
+
+
+DEPTH_SCRIPT = """
+import json, sys, time, torch
+from initprobe import config, runner
+cfg = config.RunConfig(depth={depth}, width=256, batch=128, act="tanh", seeds=1, checkpoint=True, device="cpu")
+base = runner.peak_memory(torch.device("cpu"))
+t = time.perf_counter()
+frame, _, seconds = runner.measure(cfg, torch.device("cpu"), checkpointed=True)
+peak = runner.peak_memory(torch.device("cpu"))
+finite = bool(frame[["act_var", "grad_preact_var"]].notna().all().all())
+print(json.dumps({{"peak": peak, "base": base, "seconds": seconds, "finite": finite}}))
+"""
+
+
+def depth_memory(depths=(1000, 4000, 10000)):
+    """Peak RSS of checkpointed tanh MLPs (width 256, batch 128), each in a fresh process."""
+    out = {}
+    for depth in depths:
+        res = subprocess.run([sys.executable, "-c", DEPTH_SCRIPT.format(depth=depth)], capture_output=True,
+                             text=True, check=True)
+        out[depth] = json.loads(res.stdout.strip().splitlines()[-1])
+    deep = out[max(depths)]
+    growth = {d: v["peak"] - v["base"] for d, v in out.items()}
+    lo, hi = min(depths), max(depths)
+    exponent = math.log(growth[hi] / growth[lo]) / math.log(hi / lo)
+    return [
+        row(f"{hi}-layer MLP peak memory", round(deep["peak"] / 2**30, 3), "< 1", deep["peak"] < 2**30,
+            f"checkpointed, {deep['seconds']:.0f} s probe, finite: {deep['finite']}", "GiB"),
+        row("memory growth exponent", round(exponent, 2), "~0.5 (sqrt), < 0.75", exponent < 0.75,
+            ", ".join(f"depth {d}: +{g / 2**20:.0f} MiB" for d, g in growth.items()), "log-log slope"),
+    ]
+
+
+def wall(cmd, cwd, reps=3):
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def startup():
+    exe = [sys.executable, "-m", "initprobe.cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        help_s = wall(exe + ["--help"], tmp)
+        list_s = wall(exe + ["list"], tmp)
+        run_s = wall(exe + ["run", "--quiet", "--device", "cpu"], tmp, reps=1)
+    return [
+        row("initprobe --help", round(help_s, 3), "< 0.5", help_s < 0.5, "", "s"),
+        row("initprobe list", round(list_s, 3), "< 0.5", list_s < 0.5, "", "s"),
+        row("default run incl. plots", round(run_s, 2), "< 5", run_s < 5, "depth 50, width 512, 3 seeds", "s"),
+    ]
+
+
+def run_all(device: torch.device, quick: bool = False) -> dict:
+    rows = []
+    mlp_row, mlp_flops = overhead("MLP 50x512, batch 256", MLP, 1.10, device)
+    cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 5)
+    rows += [mlp_row, cnn_row]
+    rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000))
+    rows += startup()
+    from . import sweep_bench
+
+    rows += sweep_bench.rows(quick)
+    peak = matmul_throughput(device)
+    return {"device": str(device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "matmul_gflops": round(peak / 1e9, 1), "bare_fraction_of_matmul": round(mlp_flops / peak, 3),
+            "rows": rows}
+
+
+def write(result: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
