@@ -5,6 +5,7 @@ function is looked up on first use by `torch_fn`.
 """
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -57,6 +58,7 @@ class Activation:
     def max_abs_dphi(self, slope: float = 0.01) -> float:
         return float(np.max(np.abs(self.dphi(_GRID, slope))))
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019  (registry entries live as long as the process)
     def saturation(self, slope: float = 0.01):
         """How the probe finds the flat part of phi, abs(phi'(h)) < 5% of max abs(phi'):
         ('interval', (lo, hi)) when the non-flat set is one interval (checking h against two numbers is

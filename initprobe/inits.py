@@ -21,11 +21,12 @@ LSUV_MAX_ITER = 10  # ... or after 10 rescalings of a layer
 
 
 def fans(w) -> tuple[int, int]:
-    """(fan_in, fan_out) exactly as torch.nn.init._calculate_fan_in_and_fan_out."""
-    if w.dim() < 2:
+    """(fan_in, fan_out) exactly as torch.nn.init._calculate_fan_in_and_fan_out; `w` a tensor or a shape."""
+    shape = tuple(getattr(w, "shape", w))
+    if len(shape) < 2:
         raise ValueError("fans need a weight with at least 2 dimensions")
-    receptive = math.prod(w.shape[2:])
-    return w.shape[1] * receptive, w.shape[0] * receptive
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
 
 
 def fan(w, mode: str) -> float:
@@ -186,33 +187,58 @@ class Init:
     formula: str
     defaults: dict = field(default_factory=dict)  # the options this scheme takes, with their defaults
     cnn_only: bool = False
+    variance: Callable | None = None  # expected Var(W) from (shape, **options); None: data-dependent
+
+    def expected_variance(self, shape, params: dict) -> float | None:
+        """What theory needs before any tensor exists (`initprobe theory`)."""
+        return None if self.variance is None else float(self.variance(tuple(shape), **params))
 
     @property
     def default_gain(self):
         return self.defaults.get("gain")
 
 
+def _ones_share(shape, gain=1.0, **_):
+    """Second moment of gain * (eye or dirac or a centre-tap orthogonal matrix): min(out, in) entries of size
+    gain^2 among all, i.e. Var = gain^2 / max(out, in) for a square-free count over the kernel taps."""
+    return gain**2 * min(shape[0], shape[1]) / math.prod(shape)
+
+
+def _orthogonal_var(shape, gain=1.0, **_):
+    rows, cols = shape[0], math.prod(shape[1:])  # torch flattens to (out, in * k * k)
+    return gain**2 / max(rows, cols)
+
+
 _DIST, _MODE = {"distribution": "uniform"}, {"mode": "fan_in"}
+_FAN_AVG = dict(variance=lambda s, gain, **_: gain**2 / fan(s, "fan_avg"))
+_FAN_MODE = dict(variance=lambda s, gain, mode, **_: gain**2 / fan(s, mode))
+_FAN_IN = dict(variance=lambda s, gain, **_: gain**2 / fan(s, "fan_in"))
 INITS: dict[str, Init] = {
-    "glorot_uniform": Init(glorot_uniform_, "U(+-gain*sqrt(6/(fan_in+fan_out)))", {"gain": 1.0, **_DIST}),
-    "glorot_normal": Init(glorot_normal_, "N(0, gain^2*2/(fan_in+fan_out))", {"gain": 1.0, "distribution": "normal"}),
-    "he_uniform": Init(he_uniform_, "U(+-gain*sqrt(3/fan)), gain sqrt(2)", {"gain": SQRT2, **_MODE, **_DIST}),
+    "glorot_uniform": Init(glorot_uniform_, "U(+-gain*sqrt(6/(fan_in+fan_out)))", {"gain": 1.0, **_DIST},
+                           **_FAN_AVG),
+    "glorot_normal": Init(glorot_normal_, "N(0, gain^2*2/(fan_in+fan_out))", {"gain": 1.0, "distribution": "normal"},
+                          **_FAN_AVG),
+    "he_uniform": Init(he_uniform_, "U(+-gain*sqrt(3/fan)), gain sqrt(2)", {"gain": SQRT2, **_MODE, **_DIST},
+                       **_FAN_MODE),
     "he_normal": Init(he_normal_, "N(0, gain^2/fan), gain sqrt(2)",
-                      {"gain": SQRT2, **_MODE, "distribution": "normal"}),
-    "lecun_uniform": Init(lecun_uniform_, "U(+-gain*sqrt(3/fan_in))", {"gain": 1.0, **_DIST}),
-    "lecun_normal": Init(lecun_normal_, "N(0, gain^2/fan_in)", {"gain": 1.0, "distribution": "normal"}),
+                      {"gain": SQRT2, **_MODE, "distribution": "normal"}, **_FAN_MODE),
+    "lecun_uniform": Init(lecun_uniform_, "U(+-gain*sqrt(3/fan_in))", {"gain": 1.0, **_DIST}, **_FAN_IN),
+    "lecun_normal": Init(lecun_normal_, "N(0, gain^2/fan_in)", {"gain": 1.0, "distribution": "normal"}, **_FAN_IN),
     "variance_scaling": Init(scaled_variance_scaling_, "Var = gain^2*scale/fan_mode (Keras VarianceScaling)",
-                             {"scale": 1.0, **_MODE, "distribution": "truncated_normal", "gain": 1.0}),
-    "orthogonal": Init(orthogonal_, "gain * (semi-)orthogonal matrix", {"gain": 1.0}),
-    "identity": Init(identity_, "gain * I (eye for MLP, dirac for CNN)", {"gain": 1.0}),
+                             {"scale": 1.0, **_MODE, "distribution": "truncated_normal", "gain": 1.0},
+                             variance=lambda s, gain, scale, mode, **_: gain**2 * scale / fan(s, mode)),
+    "orthogonal": Init(orthogonal_, "gain * (semi-)orthogonal matrix", {"gain": 1.0}, variance=_orthogonal_var),
+    "identity": Init(identity_, "gain * I (eye for MLP, dirac for CNN)", {"gain": 1.0}, variance=_ones_share),
     "delta_orthogonal": Init(delta_orthogonal_, "orthogonal centre tap, zeros elsewhere (CNN)", {"gain": 1.0},
-                             cnn_only=True),
-    "torch_default": Init(torch_default_, "U(+-gain/sqrt(fan_in)) (nn.Linear/nn.Conv2d default)", {"gain": 1.0}),
-    "normal": Init(normal_, "N(0, std^2)", {"std": 0.05}),
-    "uniform": Init(uniform_, "U(-bound, bound)", {"bound": 0.05}),
-    "truncated_normal": Init(truncated_normal_, "N(0, std^2) cut at +-2 std", {"std": 0.05}),
-    "zeros": Init(zeros_, "0"),
-    "constant": Init(constant_, "value", {"value": 0.1}),
+                             cnn_only=True, variance=_ones_share),
+    "torch_default": Init(torch_default_, "U(+-gain/sqrt(fan_in)) (nn.Linear/nn.Conv2d default)", {"gain": 1.0},
+                          variance=lambda s, gain: gain**2 / (3 * fans(s)[0])),
+    "normal": Init(normal_, "N(0, std^2)", {"std": 0.05}, variance=lambda s, std: std**2),
+    "uniform": Init(uniform_, "U(-bound, bound)", {"bound": 0.05}, variance=lambda s, bound: bound**2 / 3),
+    "truncated_normal": Init(truncated_normal_, "N(0, std^2) cut at +-2 std", {"std": 0.05},
+                             variance=lambda s, std: (TRUNC_STD * std) ** 2),
+    "zeros": Init(zeros_, "0", variance=lambda s: 0.0),
+    "constant": Init(constant_, "value", {"value": 0.1}, variance=lambda s, value: 0.0),
     "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)"),
 }
 ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
