@@ -20,7 +20,8 @@ _erf = np.vectorize(math.erf, otypes=[float])
 
 
 def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+    e = np.exp(-np.abs(x))  # overflow-free logistic, accurate in both tails (1 + tanh(x/2) cancels for x << 0)
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
 def _softplus(x):
@@ -148,9 +149,15 @@ _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(201)  # E_z[f(z)], z ~ N(0,1) 
 _GH_W = _GH_W / math.sqrt(2.0 * math.pi)
 
 
+# Trapezoid rule on a dense grid: Gauss-Hermite converges slowly where phi has kinks (201 nodes put
+# E[hardtanh(5z)^2] 2% off); this grid is within ~1e-6 relative for every activation here.
+_Z = np.linspace(-10.0, 10.0, 20_001)
+_Z_W = np.exp(-0.5 * _Z * _Z) / math.sqrt(2.0 * math.pi) * (_Z[1] - _Z[0])
+
+
 def second_moment(act: Activation, q: float, slope: float = 0.01) -> float:
-    """E[phi(sqrt(q) z)^2] for z ~ N(0, 1), by Gauss-Hermite quadrature."""
-    return float(np.sum(_GH_W * act.phi(math.sqrt(q) * _GH_X, slope) ** 2))
+    """E[phi(sqrt(q) z)^2] for z ~ N(0, 1), by the trapezoid rule on a dense grid of z."""
+    return float(np.sum(_Z_W * act.phi(math.sqrt(q) * _Z, slope) ** 2))
 
 
 def torch_fn(name: str, slope: float = 0.01) -> Callable:

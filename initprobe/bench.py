@@ -124,7 +124,7 @@ from initprobe import config, runner
 cfg = config.RunConfig(depth={depth}, width=256, batch=128, act="tanh", seeds=1, checkpoint=True, device="cpu")
 base = runner.peak_memory(torch.device("cpu"))
 t = time.perf_counter()
-frame, _, seconds = runner.measure(cfg, torch.device("cpu"), checkpointed=True)
+frame, _, seconds, _ = runner.measure(cfg, torch.device("cpu"), checkpointed=True)
 peak = runner.peak_memory(torch.device("cpu"))
 finite = bool(frame[["act_var", "grad_preact_var"]].notna().all().all())
 print(json.dumps({{"peak": peak, "base": base, "seconds": seconds, "finite": finite}}))

@@ -103,6 +103,9 @@ def run(
     device: Annotated[str, _opt("auto | cpu | cuda | mps.", MEASURE, envvar="TORCH_DEVICE")] = D.device,
     dtype: Annotated[str, _opt("Network dtype: float32 | float64 | bfloat16 (statistics in >= float32).",
                                MEASURE)] = D.dtype,
+    jacobian: Annotated[bool, _opt("Also the singular values of the end-to-end input-output Jacobian at 4 inputs "
+                                   "(first seed; at most 4096 units): jacobian.csv, a spectrum plot.",
+                                   MEASURE)] = D.jacobian,
     checkpoint: Annotated[Optional[bool], _opt(
         "Recompute layers in the backward pass, regenerating weights: memory ~ sqrt(depth), same numbers "
         "[default: automatic, when the plain probe would not fit].", MEASURE)] = None,

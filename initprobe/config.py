@@ -27,6 +27,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float64", "bfloat16")
 BIASES = ("zeros", "torch_default", "normal")
 FORMATS = ("png", "svg", "pdf")
+JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
 INIT_OPTIONS = ("gain", "scale", "mode", "distribution", "std", "bound", "value")
 
 
@@ -60,6 +61,7 @@ class RunConfig:
     seed: int = 0  # seed s, s+1, ... for the networks; same seed, same numbers
     device: str = "auto"  # auto | cpu | cuda | mps
     dtype: str = "float32"  # network dtype; statistics are computed in at least float32
+    jacobian: bool = False  # also the singular values of the end-to-end Jacobian at a few inputs (seed 0)
     checkpoint: bool | None = None  # recompute layers in the backward (O(sqrt(depth)) memory); None: when needed
     # output
     out: str | None = None  # run directory; None: results/<generated name>
@@ -167,6 +169,14 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
         if cfg.image_size < cfg.kernel_size:
             raise ConfigError(f"image_size {cfg.image_size} is too small for kernel_size {cfg.kernel_size}")
+    if cfg.jacobian:
+        spatial = cfg.image_size**2 if cfg.arch == "cnn" else 1
+        n_in = (cfg.in_channels * spatial) if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
+        if max(n_in, cfg.width * spatial) > JACOBIAN_MAX_DIM:
+            raise ConfigError(f"--jacobian needs at most {JACOBIAN_MAX_DIM} inputs and outputs per example, got "
+                              f"{n_in} -> {cfg.width * spatial}; use a smaller --width or --image-size")
+        if cfg.checkpoint:
+            raise ConfigError("--jacobian needs the whole network in memory; drop --checkpoint")
     try:
         activations.get(cfg.act)
         spec = inits.get(cfg.init)

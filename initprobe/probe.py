@@ -234,3 +234,17 @@ def to_host(tensors: list[torch.Tensor]) -> list:
         out.append(flat[start:start + t.numel()].reshape(tuple(t.shape)))
         start += t.numel()
     return out
+
+
+def jacobian_singular_values(cfg, params, phi, x0, n_inputs: int = 4) -> torch.Tensor:
+    """Singular values (n_inputs, min(out, in)) of the end-to-end Jacobian d x^depth / d x^0 at the first
+    inputs of the batch: one vectorised reverse-mode pass per input (torch.func)."""
+
+    def network(x):  # one input, without its batch axis
+        x = x.unsqueeze(0)
+        for w, b in params:
+            x = phi(models.block(cfg, x, w.detach(), b))
+        return x.reshape(-1)
+
+    jac = torch.func.vmap(torch.func.jacrev(network))(x0[:n_inputs])  # (n, out, *in)
+    return torch.linalg.svdvals(jac.reshape(jac.shape[0], jac.shape[1], -1).to(stat_dtype(x0.dtype)))

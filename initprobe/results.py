@@ -143,10 +143,21 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFrame, summary: dict) -> None:
+def jacobian_summary(jac: pd.DataFrame) -> dict:
+    """Mean and variance of the squared singular values (Pennington et al. 2017's m1 and sigma^2)."""
+    sq = jac["singular_value"].to_numpy() ** 2
+    return {"mean_sq_sv": float(np.mean(sq)), "var_sq_sv": float(np.var(sq)),
+            "max_sv": float(np.max(jac["singular_value"])), "min_sv": float(np.min(jac["singular_value"])),
+            "inputs": int(jac["input"].nunique())}
+
+
+def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFrame, summary: dict,
+              jacobian: pd.DataFrame | None = None) -> None:
     write_json(staging / "config.json", config)
     frame.to_csv(staging / "layers.csv", index=False)
     hist.to_csv(staging / "histograms.csv", index=False)
+    if jacobian is not None:
+        jacobian.to_csv(staging / "jacobian.csv", index=False)
     write_json(staging / "summary.json", summary)
 
 
@@ -155,8 +166,9 @@ def read_run(path: str | Path) -> dict:
     path = Path(path)
     if not (path / "layers.csv").is_file() or not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a run directory (no layers.csv/config.json)")
-    hist_path = path / "histograms.csv"
+    hist_path, jac_path = path / "histograms.csv", path / "jacobian.csv"
     return {
+        "jacobian": pd.read_csv(jac_path) if jac_path.is_file() else None,
         "path": path,
         "config": read_json(path / "config.json"),
         "layers": pd.read_csv(path / "layers.csv"),

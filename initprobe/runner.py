@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -100,7 +101,7 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     saturation = act.saturation(cfg.slope)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     wanted = probe.hist_layers(cfg.depth)
-    stats, hists = [], {}
+    stats, hists, extra = [], {}, []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -115,6 +116,8 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
             lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if cfg.init == "lsuv" else None
             params = models.build(cfg, per_layer, device, lsuv_batch)
             rows, kept = probe.probe(cfg, params, phi, x0, cotangent, saturation, hist_at)
+            if cfg.jacobian and i == 0:
+                extra.append(probe.jacobian_singular_values(cfg, params, phi, x0))
             del params
         stats.append(rows)
         if i == 0:
@@ -122,10 +125,19 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
         del kept
         if on_seed:
             on_seed(i + 1)
-    host = probe.to_host([torch.stack(stats)] + [t for c, r, _ in hists.values() for t in (c, r)])
+    hist_tensors = [t for c, r, _ in hists.values() for t in (c, r)]
+    host = probe.to_host([torch.stack(stats)] + hist_tensors + extra)
     seconds = time.perf_counter() - start  # the transfer synchronises, so this holds on a GPU too
     frame = results.layers_frame(host[0], seeds, probe.COLUMNS)
-    return frame, histogram_frame(hists, host[1:]), seconds
+    hist = histogram_frame(hists, host[1:1 + len(hist_tensors)])
+    jac = jacobian_frame(host[-1], seeds[0]) if extra else None
+    return frame, hist, seconds, jac
+
+
+def jacobian_frame(svals, seed: int) -> pd.DataFrame:
+    n, k = svals.shape
+    return pd.DataFrame({"seed": seed, "input": np.repeat(np.arange(n), k), "index": np.tile(np.arange(k), n),
+                         "singular_value": svals.reshape(-1)})
 
 
 def peak_memory(device: torch.device) -> int:
@@ -163,12 +175,14 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         checkpointed, why = use_checkpoint(cfg, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        frame, hist, probe_seconds = measure(cfg, device, on_seed, checkpointed)
+        frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
         summary = results.summarize(frame, {"probe_seconds": probe_seconds})
+        if jac is not None:
+            summary["jacobian"] = results.jacobian_summary(jac)
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = peak_memory(device)
         summary["checkpoint"] = {"used": checkpointed, "why": why}
-        results.write_run(staging, info, frame, hist, summary)
+        results.write_run(staging, info, frame, hist, summary, jac)
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
         results.discard(staging)
         raise
