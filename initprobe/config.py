@@ -202,6 +202,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
 
 
+def layer_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
+    """(in, out) features or channels of each layer; the first maps the input to `width`."""
+    first = cfg.in_channels if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
+    return [(first if l == 0 else cfg.width, cfg.width) for l in range(cfg.depth)]
+
+
+def weight_shape(cfg: RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
+    """As nn.Linear (out, in) / nn.Conv2d (out, in, k, k), so fans are PyTorch's."""
+    return (n_out, n_in) if cfg.arch == "mlp" else (n_out, n_in, cfg.kernel_size, cfg.kernel_size)
+
+
 def init_params(cfg: RunConfig) -> dict:
     """The resolved options of the init: the scheme's defaults overridden by what the config sets.
     gain 'auto' becomes the activation's gain (PyTorch's where defined)."""

@@ -16,15 +16,7 @@ from . import activations, config, inits
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def layer_sizes(cfg: config.RunConfig) -> list[tuple[int, int]]:
-    """(in, out) features or channels of each layer; the first maps the input to `width`."""
-    first = cfg.in_channels if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
-    return [(first if l == 0 else cfg.width, cfg.width) for l in range(cfg.depth)]
-
-
-def weight_shape(cfg: config.RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
-    """As nn.Linear (out, in) / nn.Conv2d (out, in, k, k), so fans are PyTorch's."""
-    return (n_out, n_in) if cfg.arch == "mlp" else (n_out, n_in, cfg.kernel_size, cfg.kernel_size)
+layer_sizes, weight_shape = config.layer_sizes, config.weight_shape
 
 
 def layer_seeds(depth: int, generator: torch.Generator) -> list[int]:
