@@ -140,7 +140,7 @@ def get(name: str) -> Activation:
 
 
 def unknown_message(kind: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name.lower(), valid, n=3, cutoff=0.5)  # ReLU, GELU: torch class names
     hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
     return f"unknown {kind} '{name}'; {hint}"
 

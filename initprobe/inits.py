@@ -187,7 +187,7 @@ class Init:
     formula: str
     defaults: dict = field(default_factory=dict)  # the options this scheme takes, with their defaults
     cnn_only: bool = False
-    variance: Callable | None = None  # expected Var(W) from (shape, **options); None: data-dependent
+    variance: Callable | None = None  # expected E[W^2] (= Var for zero-mean schemes); None: data-dependent
 
     def expected_variance(self, shape, params: dict) -> float | None:
         """What theory needs before any tensor exists (`initprobe theory`)."""
@@ -238,7 +238,7 @@ INITS: dict[str, Init] = {
     "truncated_normal": Init(truncated_normal_, "N(0, std^2) cut at +-2 std", {"std": 0.05},
                              variance=lambda s, std: (TRUNC_STD * std) ** 2),
     "zeros": Init(zeros_, "0", variance=lambda s: 0.0),
-    "constant": Init(constant_, "value", {"value": 0.1}, variance=lambda s, value: 0.0),
+    "constant": Init(constant_, "value", {"value": 0.1}, variance=lambda s, value: value**2),
     "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)"),
 }
 ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
@@ -271,8 +271,8 @@ def _load_custom(spec: str) -> Callable:
     module_name, _, attr = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise KeyError(f"cannot import init '{spec}': {e}") from None
+    except Exception as e:  # the user's module may fail in any way (SyntaxError, its own errors): one line
+        raise KeyError(f"cannot import init '{spec}': {type(e).__name__}: {e}") from None
     if not callable(fn):
         raise KeyError(f"init '{spec}' is not callable")
     takes_generator = "generator" in inspect.signature(fn).parameters
