@@ -64,38 +64,69 @@ def _gain(text: str | None):
         raise config.ConfigError(f"--gain takes a number or 'auto', got '{text}'") from None
 
 
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML file of run options (keys as below, with _ or -); command-line options override it.",
+    rich_help_panel=OUTPUT)]
+Depth = Annotated[int, _opt("Number of blocks (layers) l = 1..depth.", NET)]
+Width = Annotated[Optional[int], _opt("Hidden units (MLP) or channels (CNN) of every block "
+                                      "[default: 512 MLP, 64 CNN].", NET)]
+InputDim = Annotated[Optional[int], _opt("MLP input size [default: width].", NET)]
+InChannels = Annotated[int, _opt("CNN input channels.", NET)]
+ImageSize = Annotated[int, _opt("CNN input height and width.", NET)]
+KernelSize = Annotated[int, _opt("CNN kernel size (odd; stride 1, 'same' padding).", NET)]
+Padding = Annotated[str, _opt("CNN padding: zeros | circular.", NET)]
+Slope = Annotated[float, _opt("leaky_relu negative slope.", NET)]
+Gain = Annotated[Optional[str], _opt(
+    "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; otherwise 1/sqrt(E[phi(z)^2])) "
+    "[default: the scheme's own: 1, sqrt(2) for he_*].", INIT)]
+Scale = Annotated[Optional[float], _opt("variance_scaling scale [default: 1].", INIT)]
+Mode = Annotated[Optional[str], _opt(f"Fan mode: {' | '.join(inits.MODES)} (he_*, variance_scaling).", INIT,
+                                     autocompletion=_complete(inits.MODES))]
+Distribution = Annotated[Optional[str], _opt(
+    "uniform | normal | truncated_normal (Keras' std-corrected); also overrides the Glorot/He/LeCun "
+    "presets' own.", INIT, autocompletion=_complete(inits.DISTRIBUTIONS))]
+Std = Annotated[Optional[float], _opt("Std of 'normal' and 'truncated_normal' [default: 0.05].", INIT)]
+Bound = Annotated[Optional[float], _opt("Bound of 'uniform' [default: 0.05].", INIT)]
+Value = Annotated[Optional[float], _opt("Value of 'constant' [default: 0.1].", INIT)]
+Bias = Annotated[str, _opt("Biases: zeros | torch_default | normal.", INIT)]
+BiasStd = Annotated[Optional[float], _opt("Std of the biases with --bias normal.", INIT)]
+Format = Annotated[str, typer.Option("--format", help="Plot format: png | svg | pdf.", rich_help_panel=OUTPUT)]
+
+
+def _load(ctx: typer.Context, config_file, values: dict) -> config.RunConfig:
+    """Defaults < config file < the options given on the command line."""
+    given = _explicit(ctx, {k: v for k, v in values.items() if k in config.FIELDS or k == "out_dir"})
+    if "gain" in given:
+        given["gain"] = _gain(given["gain"])
+    if "out_dir" in given:
+        given["out"] = given.pop("out_dir")
+    return config.load(config_file, given)
+
+
 @app.command()
 def run(
     ctx: typer.Context,
-    config_file: Annotated[Optional[Path], typer.Option(
-        "--config", help="TOML file of run options (keys as below, with _ or -); command-line options override it.",
-        rich_help_panel=OUTPUT)] = None,
+    config_file: ConfigFile = None,
     arch: Arch = D.arch,
-    depth: Annotated[int, _opt("Number of blocks (layers) l = 1..depth.", NET)] = D.depth,
-    width: Annotated[Optional[int], _opt("Hidden units (MLP) or channels (CNN) of every block "
-                                         "[default: 512 MLP, 64 CNN].", NET)] = None,
-    input_dim: Annotated[Optional[int], _opt("MLP input size [default: width].", NET)] = None,
-    in_channels: Annotated[int, _opt("CNN input channels.", NET)] = D.in_channels,
-    image_size: Annotated[int, _opt("CNN input height and width.", NET)] = D.image_size,
-    kernel_size: Annotated[int, _opt("CNN kernel size (odd; stride 1, 'same' padding).", NET)] = D.kernel_size,
-    padding: Annotated[str, _opt("CNN padding: zeros | circular.", NET)] = D.padding,
+    depth: Depth = D.depth,
+    width: Width = None,
+    input_dim: InputDim = None,
+    in_channels: InChannels = D.in_channels,
+    image_size: ImageSize = D.image_size,
+    kernel_size: KernelSize = D.kernel_size,
+    padding: Padding = D.padding,
     act: Act = D.act,
-    slope: Annotated[float, _opt("leaky_relu negative slope.", NET)] = D.slope,
+    slope: Slope = D.slope,
     init: Init = D.init,
-    gain: Annotated[Optional[str], _opt(
-        "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; otherwise 1/sqrt(E[phi(z)^2])) "
-        "[default: the scheme's own: 1, sqrt(2) for he_*].", INIT)] = None,
-    scale: Annotated[Optional[float], _opt("variance_scaling scale [default: 1].", INIT)] = None,
-    mode: Annotated[Optional[str], _opt(f"Fan mode: {' | '.join(inits.MODES)} (he_*, variance_scaling).", INIT,
-                                        autocompletion=_complete(inits.MODES))] = None,
-    distribution: Annotated[Optional[str], _opt(
-        "uniform | normal | truncated_normal (Keras' std-corrected); also overrides the Glorot/He/LeCun "
-        "presets' own.", INIT, autocompletion=_complete(inits.DISTRIBUTIONS))] = None,
-    std: Annotated[Optional[float], _opt("Std of 'normal' and 'truncated_normal' [default: 0.05].", INIT)] = None,
-    bound: Annotated[Optional[float], _opt("Bound of 'uniform' [default: 0.05].", INIT)] = None,
-    value: Annotated[Optional[float], _opt("Value of 'constant' [default: 0.1].", INIT)] = None,
-    bias: Annotated[str, _opt("Biases: zeros | torch_default | normal.", INIT)] = D.bias,
-    bias_std: Annotated[Optional[float], _opt("Std of the biases with --bias normal.", INIT)] = None,
+    gain: Gain = None,
+    scale: Scale = None,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    std: Std = None,
+    bound: Bound = None,
+    value: Value = None,
+    bias: Bias = D.bias,
+    bias_std: BiasStd = None,
     batch: Annotated[Optional[int], _opt("Inputs per batch, x0 ~ N(0, 1) [default: 256 MLP, 32 CNN].",
                                          MEASURE)] = None,
     seeds: Annotated[int, _opt("Independent networks and batches (bands in the plots).", MEASURE)] = D.seeds,
@@ -113,8 +144,7 @@ def run(
         "--out", help="Run directory to create [default: results/<arch-init-act-depth-width>].",
         rich_help_panel=OUTPUT)] = None,
     plots: Annotated[bool, _opt("Write plots.", OUTPUT)] = D.plots,
-    plot_format: Annotated[str, typer.Option("--format", help="Plot format: png | svg | pdf.",
-                                             rich_help_panel=OUTPUT)] = D.plot_format,
+    plot_format: Format = D.plot_format,
     quiet: Annotated[bool, _opt("Print only the run directory (for scripts).", OUTPUT)] = False,
 ):
     """Probe one network: forward and backward a random batch, record per-layer statistics, write
@@ -122,11 +152,7 @@ def run(
 
     Example: initprobe run --init glorot_uniform --act tanh --depth 50
     """
-    values = {k: v for k, v in locals().items() if k in config.FIELDS or k == "out_dir"}
-    given = _explicit(ctx, values | {"gain": _gain(gain)})
-    if "out_dir" in given:
-        given["out"] = given.pop("out_dir")
-    cfg = config.load(config_file, given)
+    cfg = _load(ctx, config_file, locals())
 
     from . import runner
 
