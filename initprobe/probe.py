@@ -37,29 +37,28 @@ def total(v: torch.Tensor) -> torch.Tensor:
     return torch.dot(v, _ONES[key])
 
 
-def moments(t: torch.Tensor, raw: dict, name: str, l: int) -> None:
+def moments(t: torch.Tensor) -> list[torch.Tensor]:
     """Sum and sum of squares of all elements: two BLAS-speed reductions (torch.var_mean costs ~15x more).
     Used where the mean is small against the spread (h, gradients, weights): E[t^2] - E[t]^2 loses nothing."""
     v = t.reshape(-1)
-    raw[name + "_sum"][l], raw[name + "_sq"][l] = total(v), torch.dot(v, v)
+    return [total(v), torch.dot(v, v)]
 
 
-def act_moments(x: torch.Tensor, scratch: torch.Tensor, raw: dict, l: int) -> None:
+def act_moments(x: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
     """Sum and sum of squared deviations: two-pass, exact when the mean dominates (sigmoid, relu outputs)."""
     v = x.reshape(-1)
     s = total(v)
     dev = torch.sub(v, s / v.numel(), out=scratch.reshape(-1))
-    raw["act_sum"][l], raw["act_sq"][l] = s, torch.dot(dev, dev)
+    return [s, torch.dot(dev, dev)]
 
 
-def preact_moments(h: torch.Tensor, raw: dict, l: int) -> None:
+def preact_moments(h: torch.Tensor) -> list[torch.Tensor]:
     """Sum, sum of squares and |sum_a u_a|^2 of h (batch, ...), u_a = h_a / |h_a| its unit rows.
     The last gives the mean pair correlation: sum_{a != b} u_a.u_b = |sum_a u_a|^2 - B, in O(B * units)."""
     rows = h.reshape(h.shape[0], -1)  # (batch, units [* spatial])
     norms = torch.linalg.vector_norm(rows, dim=1)
     unit_sum = torch.mv(rows.t(), norms.reciprocal())  # (units,)
-    raw["pre_sum"][l], raw["pre_sq"][l], raw["pre_pairs"][l] = (total(h.reshape(-1)), norms.dot(norms),
-                                                         unit_sum.dot(unit_sum))
+    return [total(h.reshape(-1)), norms.dot(norms), unit_sum.dot(unit_sum)]
 
 
 def saturated_count(h, phi, saturation, scratch) -> torch.Tensor:
@@ -80,15 +79,21 @@ def saturated_count(h, phi, saturation, scratch) -> torch.Tensor:
     return count
 
 
-RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "sat", "nonzero", "w_sum", "w_sq",
-       "gw_sum", "gw_sq", "gh_sum", "gh_sq", "gx_sum", "gx_sq")
+FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "w_sum", "w_sq")
 
 
 class Recorder:
-    """Collects each layer's raw sums (0-d tensors on the device) as the forward and backward pass it."""
+    """Collects each layer's raw sums as the forward and backward pass it, straight into preallocated device
+    buffers (one row per layer). Keeping thousands of small result tensors alive instead would pin the freed
+    activations between them on the heap: a checkpointed 10,000-layer run grew by gigabytes that way."""
 
-    def __init__(self, depth, dtype, saturation, phi, hist_layers=()):
-        self.raw = {name: [0] * depth for name in RAW}
+    def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
+        def buffer(cols, kind=dtype):
+            return torch.full((depth, cols), math.nan, dtype=kind, device=device) if kind.is_floating_point \
+                else torch.zeros((depth, cols), dtype=kind, device=device)
+
+        self.fwd, self.counts = buffer(len(FORWARD_RAW)), buffer(2, torch.int64)  # counts: saturated, nonzero
+        self.grads = {name: buffer(2) for name in ("gh", "gx", "gw")}  # (sum, sum of squares)
         self.dtype, self.saturation, self.phi, self.hist_layers = dtype, saturation, phi, hist_layers
         self.kept, self.scratch = {}, None
 
@@ -98,11 +103,10 @@ class Recorder:
         hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)
         if self.scratch is None or self.scratch.shape != hd.shape:
             self.scratch = torch.empty_like(hd)
-        moments(w.detach().to(self.dtype), self.raw, "w", l)
-        preact_moments(hd, self.raw, l)
-        act_moments(xd, self.scratch, self.raw, l)
-        self.raw["sat"][l] = saturated_count(hd, self.phi, self.saturation, self.scratch)
-        self.raw["nonzero"][l] = torch.count_nonzero(xd)
+        values = preact_moments(hd) + act_moments(xd, self.scratch) + moments(w.detach().to(self.dtype))
+        torch.stack(values, out=self.fwd[l])
+        sat = saturated_count(hd, self.phi, self.saturation, self.scratch)
+        torch.stack([torch.as_tensor(sat, device=hd.device), torch.count_nonzero(xd)], out=self.counts[l])
         keep = l + 1 in self.hist_layers
         if keep:
             self.kept[("act", l + 1)] = xd
@@ -111,17 +115,25 @@ class Recorder:
 
     def grad_hook(self, name, l, key=None):
         def hook(grad):
-            moments(grad.to(self.dtype), self.raw, name, l)
+            self.record_grad(name, l, grad)
             if key is not None:
                 self.kept[key] = grad.detach().to(self.dtype, copy=True)
 
         return hook
 
+    @torch.no_grad()
+    def record_grad(self, name, l, grad):
+        torch.stack(moments(grad.to(self.dtype)), out=self.grads[name][l])
+
     def weight_grad(self, l, grad):
-        moments(grad.to(self.dtype), self.raw, "gw", l)
+        self.record_grad("gw", l, grad)
 
     def columns(self, batch, n, n_weights) -> torch.Tensor:
-        return finish(self.raw, batch, n, n_weights, self.dtype)
+        raw = dict(zip(FORWARD_RAW, self.fwd.unbind(1)))
+        for name, buf in self.grads.items():
+            raw[name + "_sum"], raw[name + "_sq"] = buf.unbind(1)
+        raw["sat"], raw["nonzero"] = self.counts.to(self.dtype).unbind(1)
+        return finish(raw, batch, n, n_weights)
 
 
 def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
@@ -129,7 +141,7 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
     `params` are the layers' (weight, bias), weights as leaves that require grad.
 
     Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
-    rec = Recorder(len(params), stat_dtype(x0.dtype), saturation, phi, hist_layers)
+    rec = Recorder(len(params), stat_dtype(x0.dtype), x0.device, saturation, phi, hist_layers)
 
     def weight_grad_hook(l):
         def hook(p):
@@ -157,7 +169,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     pass, so neither activations nor weights of the whole network are ever held at once."""
     depth = len(seeds)
     segment = segment or max(1, math.ceil(math.sqrt(depth)))
-    rec = Recorder(depth, stat_dtype(x0.dtype), saturation, phi, hist_layers)
+    rec = Recorder(depth, stat_dtype(x0.dtype), x0.device, saturation, phi, hist_layers)
     # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
@@ -187,10 +199,8 @@ def _weight_counts(params, x0):
     return torch.tensor([w.numel() for w, _ in params], dtype=stat_dtype(x0.dtype), device=x0.device)
 
 
-def finish(raw: dict, batch: int, n: int, n_weights: torch.Tensor, dtype) -> torch.Tensor:
-    """Columns from the raw per-layer sums, for all layers at once (a handful of vector ops)."""
-    device = n_weights.device
-    r = {k: torch.stack([torch.as_tensor(v, device=device) for v in vals]).to(dtype) for k, vals in raw.items()}
+def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor:
+    """Columns from the raw per-layer sums (each a (depth,) tensor), for all layers at once."""
 
     def var(name, count):  # biased: E[t^2] - E[t]^2, clamped at 0 against rounding
         return (r[name + "_sq"] / count - (r[name + "_sum"] / count) ** 2).clamp_min(0)
