@@ -3,6 +3,7 @@
 No torch here: validation that needs a device (is CUDA there?) lives in the runner.
 """
 
+import dataclasses
 import difflib
 import sys
 import typing
@@ -79,6 +80,10 @@ ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not 
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def asdict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
 
 
 def closest(name: str, valid) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, activations, config, models, probe, results
+from . import __version__, activations, config, models, predict, probe, results
 
 
 @dataclass
@@ -177,8 +177,10 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
             torch.cuda.reset_peak_memory_stats(device)
         frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
         summary = results.summarize(frame, {"probe_seconds": probe_seconds})
+        frame = predict.add_theory(frame, cfg)
+        summary["theory"] = predict.summary(frame, cfg)
         if jac is not None:
-            summary["jacobian"] = results.jacobian_summary(jac)
+            summary["jacobian"] = {**results.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = peak_memory(device)
         summary["checkpoint"] = {"used": checkpointed, "why": why}

@@ -1,0 +1,123 @@
+"""Theory next to measurement: from a RunConfig (and, for a run, its measured weight variances) to the
+mean-field predictions of `theory.py`, as `theory_*` columns and summary numbers. numpy only, no torch.
+
+Conventions (Poole et al. 2016; Schoenholz et al. 2017): sigma_w^2 = fan_in * Var(W^l) of each layer as
+initialized, sigma_b^2 = Var(b); the input x0 ~ N(0, 1) has E[x0^2] = 1 and, between two inputs, correlation 0
+in expectation. For the CNN the same recursions hold with fan_in = k^2 * C per position; they are exact with
+circular padding, while zero padding lowers the variance at the border (a measured deviation, not hidden).
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import config, inits, theory
+
+COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
+
+
+def fans(cfg: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    shapes = [config.weight_shape(cfg, *io) for io in config.layer_sizes(cfg)]
+    pairs = np.array([inits.fans(s) for s in shapes], dtype=float)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def bias_variance(cfg: config.RunConfig) -> np.ndarray:
+    fan_in, _ = fans(cfg)
+    if cfg.bias == "torch_default":
+        return 1.0 / (3.0 * fan_in)  # U(+-1/sqrt(fan_in))
+    return np.full_like(fan_in, 0.0 if cfg.bias == "zeros" else cfg.bias_std**2)
+
+
+def expected_weight_variance(cfg: config.RunConfig) -> np.ndarray | None:
+    """Var(W^l) from the scheme's formula; None for data-dependent schemes (lsuv, a user's function)."""
+    spec = inits.get(cfg.init)
+    params = config.init_params(cfg)
+    shapes = [config.weight_shape(cfg, *io) for io in config.layer_sizes(cfg)]
+    values = [spec.expected_variance(s, params) for s in shapes]
+    return None if None in values else np.array(values)
+
+
+def columns(cfg: config.RunConfig, weight_var: np.ndarray) -> dict[str, np.ndarray]:
+    """theory_* columns, one value per layer, for these weight variances."""
+    fan_in, fan_out = fans(cfg)
+    n_terms = cfg.batch * (cfg.image_size**2 if cfg.arch == "cnn" else 1)
+    out = theory.predict(cfg.act, weight_var, fan_in, fan_out, bias_var=bias_variance(cfg), input_q=1.0,
+                         slope=cfg.slope, input_corr=0.0, n_terms=n_terms)
+    out["theory_preact_corr"] = out.pop("theory_corr")
+    return out
+
+
+def add_theory(frame: pd.DataFrame, cfg: config.RunConfig) -> pd.DataFrame:
+    """The run's layers with theory_* columns, per seed from that seed's measured weight variances
+    (so lsuv, orthogonal or a user's init are predicted from the weights they actually produced)."""
+    parts = []
+    for _, rows in frame.groupby("seed", sort=False):
+        rows = rows.sort_values("layer").copy()
+        for key, values in columns(cfg, rows["weight_var"].to_numpy()).items():
+            rows[key] = values
+        parts.append(rows)
+    return pd.concat(parts)
+
+
+def scales(cfg: config.RunConfig, weight_var: np.ndarray) -> dict:
+    """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one)."""
+    fan_in, _ = fans(cfg)
+    l = 1 if cfg.depth > 1 else 0
+    sigma_w2 = float(fan_in[l] * weight_var[l])
+    sigma_b2 = float(bias_variance(cfg)[l])
+    out = theory.depth_scales(cfg.act, sigma_w2, sigma_b2, cfg.slope)
+    return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, **out}
+
+
+def deviation(frame: pd.DataFrame) -> dict:
+    """Largest relative deviation |measured - theory| / theory per compared column, over finite rows."""
+    out = {}
+    for col in COMPARED:
+        measured, predicted = frame[col].to_numpy(float), frame["theory_" + col].to_numpy(float)
+        ok = np.isfinite(measured) & np.isfinite(predicted) & (predicted != 0)
+        out[col] = float(np.max(np.abs(measured[ok] - predicted[ok]) / np.abs(predicted[ok]))) if ok.any() else math.nan
+    return out
+
+
+def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
+    mean_wvar = frame.groupby("layer")["weight_var"].mean().to_numpy()
+    return {**scales(cfg, mean_wvar), "max_relative_deviation": deviation(frame)}
+
+
+def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
+    """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales."""
+    weight_var = expected_weight_variance(cfg)
+    if weight_var is None:
+        raise config.ConfigError(f"init '{cfg.init}' is data-dependent: there is no prediction before a "
+                                 "network exists; `initprobe run` predicts from the weights it produced")
+    frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), "weight_var": weight_var,
+                          **columns(cfg, weight_var)})
+    return frame, scales(cfg, weight_var)
+
+
+def phase_grid(act: str, sigma_w2: np.ndarray, sigma_b2: np.ndarray, slope: float = 0.01) -> pd.DataFrame:
+    """chi_1 and q* over a (sigma_w^2, sigma_b^2) grid, tidy."""
+    chi = theory.phase_diagram(act, sigma_w2, sigma_b2, slope)  # (len(sigma_b2), len(sigma_w2))
+    rows = [(w, b, chi[j, i], theory.fixed_point(act, w, b, slope))
+            for j, b in enumerate(sigma_b2) for i, w in enumerate(sigma_w2)]
+    return pd.DataFrame(rows, columns=["sigma_w2", "sigma_b2", "chi_1", "q_star"])
+
+
+ORTHOGONAL = ("orthogonal", "identity", "delta_orthogonal")
+
+
+def jacobian(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
+    """Predictions for the first seed's end-to-end Jacobian: the mean squared singular value from this
+    network's own layers (prod over l of fan_out Var(W^l) E[phi'(h^l)^2]), and the free-probability mean and
+    variance at the fixed point (Pennington et al. 2017), for orthogonal or Gaussian weights."""
+    first = frame[frame["seed"] == frame["seed"].min()].sort_values("layer")
+    _, fan_out = fans(cfg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dphi2 = first["theory_grad_preact_var"].to_numpy() / first["theory_grad_act_var"].to_numpy()
+        layerwise = float(np.prod(fan_out * first["weight_var"].to_numpy() * dphi2))
+    sc = scales(cfg, first["weight_var"].to_numpy())
+    weights = "orthogonal" if cfg.init in ORTHOGONAL else "gaussian"
+    free = theory.jacobian_prediction(cfg.act, sc["sigma_w2"], sc["q_star"], cfg.depth, weights, cfg.slope)
+    return {"theory_mean_sq_sv": layerwise, "free_probability": {"weights": weights, "at_q": sc["q_star"], **free}}
