@@ -1,0 +1,141 @@
+"""plots: every figure of a real (small) run is written and is a valid image, also for runs that overflow to
+inf/nan or underflow to 0, for old run directories without theory columns or histograms, and as SVG.
+Small runs (width 32, batch 16) on TORCH_DEVICE (default cpu); drawing, not probing, is most of the time."""
+
+import ast
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from initprobe import RunConfig, plots, run
+
+DEVICE = os.environ.get("TORCH_DEVICE", "cpu")
+RUN_PLOTS = {"variance", "weight_grad", "histograms", "saturation"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def small_run(out, **kwargs):
+    """A real run, small enough to take well under a second."""
+    settings = {"depth": 6, "width": 32, "batch": 16, "seeds": 2, "device": DEVICE, "plots": False, **kwargs}
+    return run(RunConfig(out=str(out), **settings)).path
+
+
+@pytest.fixture(scope="module")
+def tanh_run(tmp_path_factory):
+    return small_run(tmp_path_factory.mktemp("runs") / "tanh")
+
+
+@pytest.fixture(scope="module")
+def exploding_run(tmp_path_factory):
+    """Var grows by width * std^2 = 32 per layer: float32 overflows long before layer 50."""
+    return small_run(tmp_path_factory.mktemp("runs") / "explode", init="normal", std=1.0, act="identity", depth=50)
+
+
+@pytest.fixture(scope="module")
+def vanishing_run(tmp_path_factory):
+    """Var shrinks by width * std^2 / 2 = 1.6e-3 per layer: activations reach exactly 0 within 40 layers."""
+    return small_run(tmp_path_factory.mktemp("runs") / "vanish", init="normal", std=0.01, act="relu", depth=40)
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_pngs(paths, names):
+    assert {p.stem for p in paths} == names
+    for path in paths:
+        assert path.is_file() and path.suffix == ".png"
+        assert path.stat().st_size > 20_000, f"{path} is suspiciously small"
+        assert png_size(path) == (1650, 630)  # figsize (11, 4.2) at 150 dpi
+
+
+def test_plot_run_writes_the_four_figures(tanh_run):
+    paths = plots.plot_run(tanh_run)
+    assert all(p.parent == tanh_run / "plots" for p in paths)
+    assert_pngs(paths, RUN_PLOTS)
+
+
+def test_exploding_run_still_plots(exploding_run):
+    layers = pd.read_csv(exploding_run / "layers.csv")
+    assert np.isinf(layers["act_var"]).any(), "the run was meant to overflow"
+    assert layers["grad_preact_var"].isna().any()
+    assert pd.read_json(exploding_run / "summary.json", typ="series")["first_nonfinite_layer"] is not None
+    assert_pngs(plots.plot_run(exploding_run), RUN_PLOTS)
+
+
+def test_vanishing_run_still_plots(vanishing_run):
+    layers = pd.read_csv(vanishing_run / "layers.csv")
+    assert (layers["act_var"] == 0).any(), "the run was meant to underflow to exactly 0"
+    assert_pngs(plots.plot_run(vanishing_run), RUN_PLOTS)
+
+
+def test_old_run_plots_as_svg(tanh_run, tmp_path):
+    """fmt='svg' writes SVG files; and a run written before theory_* columns existed, without histograms.csv
+    or summary.json, still gets every figure."""
+    old = shutil.copytree(tanh_run, tmp_path / "old-run", ignore=shutil.ignore_patterns("plots"))
+    layers = pd.read_csv(old / "layers.csv")
+    layers.drop(columns=[c for c in layers if c.startswith("theory_")]).to_csv(old / "layers.csv", index=False)
+    (old / "histograms.csv").unlink()
+    (old / "summary.json").unlink()
+    paths = plots.plot_run(old, fmt="svg")
+    assert {p.name for p in paths} == {f"{name}.svg" for name in RUN_PLOTS}
+    for path in paths:
+        text = path.read_text()
+        assert "<svg" in text[:2000] and text.rstrip().endswith("</svg>")
+        assert len(text) > 20_000, f"{path} is suspiciously small"
+
+
+def test_plot_compare_creates_out_dir(tanh_run, exploding_run, tmp_path):
+    out = tmp_path / "nested" / "compare"
+    paths = plots.plot_compare([tanh_run, exploding_run], out)
+    assert {p.name for p in paths} == {"compare_variance.png", "compare_weight_grad.png"}
+    assert all(p.parent == out for p in paths)
+    assert_pngs(paths, {"compare_variance", "compare_weight_grad"})
+
+
+def test_label_from_run_config(tanh_run):
+    from initprobe import results
+
+    config = results.read_run(tanh_run)["config"]
+    assert plots.label(config) == "glorot_uniform (gain 1) · tanh · MLP depth 6 × width 32 · 2 seeds"
+
+
+def test_label_from_flat_config():
+    flat = {"init": "he_normal", "gain": 2**0.5, "act": "leaky_relu", "slope": 0.2, "arch": "cnn", "depth": 10,
+            "width": 16, "image_size": 32, "seeds": 1}
+    assert plots.label(flat) == ("he_normal (gain 1.414) · leaky_relu (slope 0.2) · "
+                                 "CNN depth 10 × 16 channels (32² images) · 1 seed")
+
+
+def test_overlay_labels_keep_only_what_differs():
+    a = {"config": {"init": "glorot_uniform", "act": "tanh", "arch": "mlp", "depth": 50, "width": 512, "seeds": 3},
+         "init_params": {"gain": 1.0, "distribution": "uniform"}}
+    b = {"config": {**a["config"], "act": "relu", "depth": 100}, "init_params": a["init_params"]}
+    labels, common = plots.distinguishing_labels([a, b], ["run-a", "run-b"])
+    assert labels == ["tanh · depth 50", "relu · depth 100"]
+    assert common == "glorot_uniform (gain 1) · MLP width 512 · 3 seeds"
+    same, _ = plots.distinguishing_labels([a, a], ["run-a", "run-b"])
+    assert same == ["run-a", "run-b"]
+    reseeded = {"config": {**a["config"], "seed": 7}, "init_params": a["init_params"]}
+    by_seed, common = plots.distinguishing_labels([{**a, "config": {**a["config"], "seed": 0}}, reseeded], ["x", "y"])
+    assert by_seed == ["seed 0", "seed 7"] and "seed" not in common.replace("seeds", "")
+
+
+def test_no_pyplot_and_no_torch():
+    """plots.py imports neither pyplot (global state) nor torch (slow to import, and not needed to redraw)."""
+    tree = ast.parse(Path(plots.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {f"{node.module}.{alias.name}" if node.module else alias.name
+                 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "matplotlib.figure.Figure" in imported
+    assert not [m for m in imported if "pyplot" in m or m.split(".")[0] == "torch"]
