@@ -1,0 +1,343 @@
+"""Comparison figures of a sweep and a self-contained report.html (figures embedded as base64 PNG).
+
+    write_report("results/glorot_bengio_2010")   # figures/profiles.png, figures/ratios.png, report.html
+
+- profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
+  (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
+  varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
+  over seeds, log y. Runs that differ only in `seed` are pooled.
+- ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
+  grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
+  diverging around 0 (ratio 1), every cell annotated.
+
+Non-finite and non-positive values (overflow, exact zeros) cannot be drawn on a log scale: they are masked, and the
+figures say where they are. matplotlib's object API only (no pyplot state).
+"""
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from . import results
+
+COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
+POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
+QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
+              ("grad_preact_var", "backward\ngradient variance grad_preact_var"))
+DPI = 110
+
+
+def write_report(sweep_dir: str | Path) -> Path:
+    """Draw the comparison figures into sweep_dir/figures/ and write sweep_dir/report.html; returns its path."""
+    sweep_dir = Path(sweep_dir)
+    meta = results.read_json(sweep_dir / "sweep.json")
+    runs_path, layers_path = sweep_dir / "runs.csv", sweep_dir / "layers.csv"
+    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["run_id", "status"])
+    layers = pd.read_csv(layers_path) if layers_path.is_file() else None
+    varying = meta.get("varying", [])
+    title = meta.get("name", sweep_dir.name)
+    ok = runs[runs["status"] == "ok"]
+    figures = {}
+    if layers is not None and len(ok):
+        groups = assign_groups(ok, varying)
+        figures["profiles"] = profiles_figure(layers, groups, title)
+        figures["ratios"] = ratios_figure(ok, groups, title)
+    fig_dir = sweep_dir / "figures"
+    pngs = {}
+    if figures:
+        fig_dir.mkdir(exist_ok=True)
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        pngs[name] = buf.getvalue()
+        _atomic_write(fig_dir / f"{name}.png", pngs[name])
+    path = sweep_dir / "report.html"
+    _atomic_write(path, render_html(meta, runs, pngs).encode())
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grouping runs into columns and lines
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _present(value) -> bool:
+    return not (value is None or (isinstance(value, float) and math.isnan(value)))
+
+
+def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """run_id -> (column, line) labels. Columns: the varied keys among arch/act/depth; lines: the other varied
+    keys (init first, shown by value; the rest as key=value), `seed` pooled."""
+    col_keys = [k for k in COLUMN_KEYS if k in varying and k in runs]
+    rest = [k for k in varying if k not in col_keys and k not in POOLED_KEYS and k in runs]
+    if col_keys:  # keys fixed within every column (an MLP's width beside a CNN's) describe the column, not a line
+        per_column = runs.groupby(col_keys, dropna=False)
+        col_keys += [k for k in rest if k != "init" and (per_column[k].nunique(dropna=False) <= 1).all()]
+    line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
+
+    def label(row, keys, named):
+        parts = [(_fmt(row[k]) if k in named else f"{k}={_fmt(row[k])}") for k in keys if _present(row[k])]
+        return ", ".join(parts)
+
+    rows = [(r["run_id"], label(r, col_keys, ()) or "all runs", label(r, line_keys, ("init",)) or "all runs")
+            for _, r in runs.iterrows()]
+    groups = pd.DataFrame(rows, columns=["run_id", "column", "line"])
+    groups.attrs["column_keys"], groups.attrs["line_keys"] = col_keys, line_keys
+    return groups
+
+
+def _order(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _colours(lines: list[str]) -> dict:
+    cmap = colormaps["tab10" if len(lines) <= 10 else "tab20"]
+    return {line: cmap(i % cmap.N) for i, line in enumerate(lines)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small multiples
+
+
+def profile(frame: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    """Per layer: geometric mean, min and max over seeds of the positive finite values of `quantity`, and how many
+    values were masked (non-finite or <= 0)."""
+    values = frame[["layer", quantity]].copy()
+    v = values[quantity].to_numpy(dtype=float)
+    good = np.isfinite(v) & (v > 0)
+    values["log"] = np.where(good, np.log(np.where(good, v, 1.0)), np.nan)
+    values["good"] = np.where(good, v, np.nan)
+    values["masked"] = ~good
+    per = values.groupby("layer").agg(log=("log", "mean"), lo=("good", "min"), hi=("good", "max"),
+                                      masked=("masked", "sum"))
+    per["geomean"] = np.exp(per["log"])
+    return per.reset_index()
+
+
+def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figure:
+    data = layers.merge(groups, on="run_id")
+    columns, lines = _order(groups["column"]), _order(groups["line"])
+    colours = _colours(lines)
+    fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
+    axes = fig.subplots(len(QUANTITIES), len(columns), squeeze=False, sharey="row")
+    for r, (quantity, name) in enumerate(QUANTITIES):
+        for c, column in enumerate(columns):
+            ax = axes[r, c]
+            drawn, notes = 0, []
+            for line in lines:
+                frame = data[(data["column"] == column) & (data["line"] == line)]
+                if frame.empty:
+                    continue
+                per = profile(frame, quantity)
+                colour = colours[line]
+                if per["geomean"].notna().any():
+                    ax.plot(per["layer"], per["geomean"], color=colour, lw=1.6, label=line)
+                    ax.fill_between(per["layer"], per["lo"], per["hi"], color=colour, alpha=0.2, lw=0)
+                    drawn += 1
+                masked = per.loc[per["masked"] > 0, "layer"]
+                if len(masked):
+                    where = f"layer {masked.min()}" if len(masked) == 1 else \
+                        f"{len(masked)} layers in {masked.min()}..{masked.max()}"
+                    notes.append(f"{line}: inf/nan/0 masked at {where}")
+            if drawn:
+                ax.set_yscale("log")
+            else:
+                ax.text(0.5, 0.5, "no finite positive values", ha="center", va="center", transform=ax.transAxes)
+            if notes:
+                ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
+                        color="0.3")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == 0:
+                ax.set_title(textwrap.fill(column, 40), fontsize=9)
+            if r == len(QUANTITIES) - 1:
+                ax.set_xlabel("layer l")
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.legend([Line2D([], [], color=colours[line], lw=2) for line in lines], lines,
+               loc="outside lower center", ncols=min(len(lines), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: per-layer variance\n(geometric mean over seeds, band min..max over seeds)", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Heatmaps of end-to-end ratios
+
+
+def ratio_table(runs: pd.DataFrame, groups: pd.DataFrame, key: str) -> pd.DataFrame:
+    """(line x column) geometric mean of `key` over the runs in each cell; inf/nan/0 kept as they are (so they can
+    be annotated) unless a cell also has finite runs."""
+    data = runs[["run_id", key]].merge(groups, on="run_id")
+    data[key] = pd.to_numeric(data[key], errors="coerce")
+
+    def cell(values):
+        v = values.to_numpy(dtype=float)
+        good = v[np.isfinite(v) & (v > 0)]
+        if len(good) == len(v):
+            return float(np.exp(np.mean(np.log(good))))
+        bad = v[~(np.isfinite(v) & (v > 0))]
+        return float(bad[0])  # a masked cell: say why (inf, nan or 0)
+
+    table = data.groupby(["line", "column"], sort=False)[key].apply(cell).unstack("column")
+    return table.reindex(index=_order(groups["line"]), columns=_order(groups["column"]))
+
+
+def _annotation(value: float) -> str:
+    if np.isnan(value):
+        return "nan"
+    if value == 0:
+        return "0"
+    if np.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.2g}"
+
+
+def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figure:
+    tables = {"forward ratio\nact_var[depth] / act_var[1]": ratio_table(runs, groups, "forward_ratio"),
+              "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]": ratio_table(runs, groups,
+                                                                                          "backward_ratio")}
+    logs = {}
+    for name, table in tables.items():
+        v = table.to_numpy(dtype=float)
+        ok = np.isfinite(v) & (v > 0)
+        logs[name] = np.ma.masked_array(np.log10(np.where(ok, v, 1.0)), mask=~ok)
+    finite = np.concatenate([m.compressed() for m in logs.values()])
+    limit = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
+    n_rows, n_cols = tables[next(iter(tables))].shape
+    label_width = max(len(str(r)) for r in tables[next(iter(tables))].index)
+    fig = Figure(layout="constrained", figsize=(1.2 + 0.06 * label_width + 2 * (1.6 + 1.1 * n_cols),
+                                                1.9 + 0.45 * n_rows))
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.85")
+    image = None
+    for ax, (name, table) in zip(axes, tables.items()):
+        image = ax.imshow(logs[name], cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+        values = table.to_numpy(dtype=float)
+        for i in range(n_rows):
+            for j in range(n_cols):
+                value = values[i, j]
+                if logs[name].mask[i, j] and table.isna().iloc[i, j] and not _has_run(groups, table, i, j):
+                    text, colour = "-", "0.4"  # no run in this cell
+                else:
+                    text = _annotation(value)
+                    strong = not logs[name].mask[i, j] and abs(logs[name][i, j]) > 0.6 * limit
+                    colour = "white" if strong else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+        ax.set_xticks(range(n_cols), [textwrap.fill(str(c), 24) for c in table.columns],
+                      rotation=30 if n_cols > 3 else 0, ha="right" if n_cols > 3 else "center", fontsize=8)
+        ax.set_yticks(range(n_rows), [str(r) for r in table.index], fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=False)
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    bar.set_label("log10 ratio (0: ratio 1)", fontsize=8)
+    fig.suptitle(f"{title}: end-to-end ratios\n(geometric mean over seeds; grey: inf/nan/0, '-': no run)", fontsize=10)
+    return fig
+
+
+def _has_run(groups: pd.DataFrame, table: pd.DataFrame, i: int, j: int) -> bool:
+    return bool(((groups["line"] == table.index[i]) & (groups["column"] == table.columns[j])).any())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; text-align: left; } td.text { text-align: left; white-space: normal; min-width: 12em; }
+.scroll { overflow-x: auto; } img { max-width: 100%; height: auto; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.8em; }
+.stable { color: #1a7f37; } .vanishing { color: #9a6700; } .exploding, .failed { color: #cf222e; }
+"""
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            text = "" if math.isnan(value) else _annotation(value) if not math.isfinite(value) else f"{value:.4g}"
+        else:
+            text = "" if value is None or value is pd.NA else str(value)
+        if text in ("stable", "vanishing", "exploding", "failed"):
+            cls = f' class="{text}"'
+        else:
+            cls = ' class="text"' if isinstance(value, str) and len(text) > 12 else ""
+        return f"<td{cls}>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>\n"
+                   for row in frame.astype(object).itertuples(index=False))
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table></div>'
+
+
+def render_html(meta: dict, runs: pd.DataFrame, pngs: dict[str, bytes]) -> str:
+    """One file, no server and no network: CSS inline, figures as data: URIs."""
+    from .sweep import ranking
+
+    name = html.escape(str(meta.get("name", "sweep")))
+    n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0
+    n_failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
+    total = len(meta.get("run_ids", [])) or len(runs)
+    parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>initprobe sweep {name}"
+             f"</title><style>{STYLE}</style></head><body>",
+             f"<h1>initprobe sweep: {name}</h1>",
+             f"<p>{total} runs in the grid: {n_ok} ok, {n_failed} failed, {total - n_ok - n_failed} not run. "
+             f"Varying: {html.escape(', '.join(meta.get('varying', [])) or 'nothing')}. "
+             f"Source: {html.escape(str(meta.get('source')))}.</p>"]
+    if len(runs):
+        ranked = ranking(runs)
+        ranked = ranked[[c for c in ranked.columns if c not in ("error", "run_id")]]
+        parts += ["<h2>Ranking</h2><p>score = |log10 forward ratio| + |log10 backward ratio| "
+                  "(0: the signal keeps its variance end to end in both directions; lower is better; "
+                  "inf: failed, non-finite or zero).</p>", _table_html(ranked)]
+    captions = {"profiles": "Per-layer variance of the activations (forward) and of the back-propagated gradients "
+                            "(backward); geometric mean over seeds, band min..max over seeds.",
+                "ratios": "End-to-end ratios on a log10 colour scale, red above 1 (exploding), blue below "
+                          "(vanishing)."}
+    for key, png in pngs.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts += [f"<h2>{html.escape(key.capitalize())}</h2><p>{html.escape(captions.get(key, ''))}</p>",
+                  f'<img alt="{html.escape(key)}" src="data:image/png;base64,{data}">']
+    if not pngs:
+        parts.append("<p>No figures: no run has finished successfully.</p>")
+    if len(runs):
+        shown = [c for c in runs.columns if c in ("run_id", "label", "status", "forward_ratio", "backward_ratio",
+                                                  "forward_verdict", "backward_verdict", "first_nonfinite_layer",
+                                                  "wall_seconds", "error")]
+        parts += ["<h2>Runs</h2><p>All columns, every config key included, are in runs.csv; each run's files are "
+                  "in runs/&lt;run_id&gt;/.</p>", _table_html(runs[shown])]
+    config = {k: meta.get(k) for k in ("name", "source", "base", "grid", "points", "varying", "options",
+                                       "environment", "created")}
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>",
+              "</body></html>\n"]
+    return "\n".join(parts)

@@ -1,0 +1,358 @@
+"""Sweeps: grid expansion, validation, --set, resume after an interruption, failures, backends giving the same
+numbers, the report. Tiny networks throughout (depth 3-5, width 16-128, batch 8-16, 1-2 seeds)."""
+
+import base64
+import itertools
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from initprobe import report, runner, sweep
+from initprobe.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = """
+[base]
+depth = 3
+width = 16
+batch = 8
+seeds = 2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def tiny_sweep(tmp_path, grid='act = ["tanh", "relu"]\ninit = ["glorot_uniform", "he_normal"]', extra="", sets=()):
+    return sweep.load_sweep(write(tmp_path, TINY + "\n[grid]\n" + grid + "\n" + extra), sets)
+
+
+def read_runs(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path / "runs.csv")
+
+
+def numeric_layers(path: Path) -> pd.DataFrame:
+    layers = pd.read_csv(path / "layers.csv").sort_values(["run_id", "seed", "layer"]).reset_index(drop=True)
+    return layers.select_dtypes("number")
+
+
+# --- expansion and validation ---------------------------------------------------------------------------------
+
+
+def test_grid_is_the_product_of_its_lists_each_combination_once(tmp_path):
+    s = tiny_sweep(tmp_path, 'act = ["tanh", "relu", "identity"]\ninit = ["glorot_uniform", "he_normal"]\n'
+                             "seed = [0, 7]")
+    assert len(s.points) == 3 * 2 * 2
+    got = [(p.act, p.init, p.seed) for p in s.points]
+    assert sorted(got) == sorted(itertools.product(["tanh", "relu", "identity"], ["glorot_uniform", "he_normal"],
+                                                   [0, 7]))
+    assert all(p.depth == 3 and p.width == 16 and p.batch == 8 for p in s.points)  # base applies to all
+    assert len(set(s.run_ids)) == len(s.points)
+    assert s.varying == ["act", "init", "seed"]
+
+
+def test_a_key_is_fixed_or_varied_not_both(tmp_path):
+    with pytest.raises(ConfigError, match=r"grid.depth: also set in \[base\]"):
+        tiny_sweep(tmp_path, "depth = [3, 4]")
+
+
+def test_points_are_added_not_crossed_and_duplicates_run_once(tmp_path):
+    s = tiny_sweep(tmp_path, 'act = ["tanh"]\ninit = ["glorot_uniform", "xavier_uniform"]',  # aliases: one run
+                   extra='[[point]]\nact = "selu"\ninit = "lecun_normal"\n'
+                         '[[point]]\nact = "relu"\ninit = ["he_normal", "he_uniform"]\n')
+    assert [(p.act, p.init) for p in s.points] == [("tanh", "glorot_uniform"), ("selu", "lecun_normal"),
+                                                   ("relu", "he_normal"), ("relu", "he_uniform")]
+
+
+def test_run_id_is_stable_and_ignores_only_where_the_run_goes(tmp_path):
+    a, b = tiny_sweep(tmp_path).points[0], tiny_sweep(tmp_path).points[0]
+    assert sweep.run_id(a) == sweep.run_id(b)
+    assert sweep.run_id(a).startswith("tanh-glorot_uniform-mlp-d3-")
+    assert len(sweep.run_id(a).rsplit("-", 1)[1]) == 12
+    b.out, b.plots = "elsewhere", True
+    assert sweep.run_id(a) == sweep.run_id(b)
+    b.seed = 1
+    assert sweep.run_id(a) != sweep.run_id(b)
+
+
+def test_validation_names_every_bad_key_and_value_with_its_place(tmp_path):
+    path = write(tmp_path, """
+        [sweep]
+        workers = 0
+        [base]
+        depth = 3
+        widht = 16
+        batch = "eight"
+        [grid]
+        act = ["tanh", "relu", "tanhh"]
+        init = ["glorot_uniform", "he_normall"]
+        [[point]]
+        act = "tanh"
+        mode = "fan_avgg"
+        [girdd]
+        x = 1
+        """, "x.toml")
+    with pytest.raises(ConfigError) as e:
+        sweep.load_sweep(path)
+    msg = str(e.value)
+    assert f"{path}: grid.act[2]: unknown activation 'tanhh'; did you mean tanh" in msg
+    assert f"{path}: grid.init[1]: unknown init 'he_normall'" in msg
+    assert f"{path}: base.widht: unknown key" in msg and "did you mean width" in msg
+    assert f"{path}: base.batch: expected int, got 'eight'" in msg
+    assert f"{path}: sweep.workers: must be at least 1" in msg
+    assert f"{path}: point[0].mode: must be one of" in msg
+    assert f"{path}: girdd: unknown table" in msg
+    assert msg.startswith("7 problems:")
+
+
+def test_validation_of_combinations_names_the_grid_point(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        tiny_sweep(tmp_path, 'init = ["variance_scaling", "he_normal"]\nscale = [2.0]')
+    msg = str(e.value)
+    assert "grid point (init=he_normal, scale=2.0): scale does not apply to init 'he_normal'" in msg
+    assert "init=variance_scaling" not in msg  # the valid point is not named
+
+
+def test_set_overrides_base_and_axes(tmp_path):
+    s = tiny_sweep(tmp_path, sets=["depth=5", "act=tanh", 'init=["he_normal", "lecun_normal", "orthogonal"]',
+                                   "sweep.name=renamed", "seeds=1"])
+    assert s.name == "renamed"
+    assert [(p.act, p.init, p.depth, p.seeds) for p in s.points] == [
+        ("tanh", "he_normal", 5, 1), ("tanh", "lecun_normal", 5, 1), ("tanh", "orthogonal", 5, 1)]
+    assert s.grid == {"init": ["he_normal", "lecun_normal", "orthogonal"]} and s.base["act"] == "tanh"
+    with pytest.raises(ConfigError, match=r"--set act: unknown activation 'tanhh'(.|\n)*--set bogus: unknown key"):
+        tiny_sweep(tmp_path, sets=["act=tanhh", "bogus=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        tiny_sweep(tmp_path, sets=["depth"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_sweep_configs_are_valid(path):
+    s = sweep.load_sweep(path)
+    assert s.points and s.name == path.stem
+    assert path.read_text().lstrip().startswith("#")  # the header says what the figure should show
+
+
+# --- running, resuming, failing -----------------------------------------------------------------------------------
+
+
+def counting_run(monkeypatch, fail=None):
+    """Wrap runner.run: count calls; `fail(cfg, n)` may raise instead of running."""
+    real, calls = runner.run, []
+
+    def run(cfg, *args, **kwargs):
+        calls.append(cfg)
+        if fail is not None:
+            fail(cfg, len(calls))
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", run)
+    return calls
+
+
+def test_resume_after_interruption_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+    s = tiny_sweep(tmp_path, 'act = ["tanh", "relu", "identity"]\ninit = ["glorot_uniform", "he_normal"]')
+    out = tmp_path / "out"
+
+    def interrupt(cfg, n):
+        if n == 3:
+            raise KeyboardInterrupt
+
+    calls = counting_run(monkeypatch, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(s, out_dir=out, figures=False)
+    assert len(calls) == 3
+    runs = read_runs(out)  # consistent after Ctrl-C: exactly the two finished runs
+    assert list(runs["run_id"]) == s.run_ids[:2] and set(runs["status"]) == {"ok"}
+    done = {rid: (out / "runs" / rid / "layers.csv").stat().st_mtime_ns for rid in s.run_ids[:2]}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(done)
+    # an abruptly killed earlier invocation also left staging folders behind
+    dead_pid = 2**22 + 12345
+    stale = [out / "runs" / f".{s.run_ids[2]}.partial-{dead_pid}",
+             out / "runs" / f".{s.run_ids[3]}.partial-{os.getpid()}"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "layers.csv").write_text("half-written")
+
+    monkeypatch.undo()
+    calls = counting_run(monkeypatch)
+    result = sweep.run_sweep(s, out_dir=out, figures=False)
+    assert [c.act + c.init for c in calls] == [p.act + p.init for p in s.points[2:]]  # only the missing ones
+    assert result.resumed == 2 and result.ran == 4 and result.failed == 0
+    runs = read_runs(out)
+    assert len(runs) == len(s.points) == 6 and runs["run_id"].is_unique
+    assert list(runs["run_id"]) == s.run_ids and set(runs["status"]) == {"ok"}
+    for rid, mtime in done.items():  # completed runs were not recomputed
+        assert (out / "runs" / rid / "layers.csv").stat().st_mtime_ns == mtime
+    assert not any(folder.exists() for folder in stale)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(s.run_ids)
+    layers = pd.read_csv(out / "layers.csv")
+    assert list(layers.columns[:5]) == ["run_id", "act", "init", "seed", "layer"]
+    assert len(layers) == 6 * 2 * 3 and layers.groupby("run_id").size().eq(2 * 3).all()
+
+    calls.clear()  # a third time: nothing to do
+    assert sweep.run_sweep(s, out_dir=out, figures=False).ran == 0 and not calls
+
+
+def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
+    s = tiny_sweep(tmp_path)
+    out = tmp_path / "out"
+
+    def oom(cfg, n):
+        if cfg.act == "relu" and cfg.init == "he_normal":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    counting_run(monkeypatch, oom)
+    progress = []
+    result = sweep.run_sweep(s, out_dir=out, on_progress=progress.append)
+    runs = read_runs(out)
+    failed = runs[runs["status"] == "failed"]
+    assert len(runs) == 4 and len(failed) == 1 and result.failed == 1
+    assert failed["act"].item() == "relu" and failed["init"].item() == "he_normal"
+    assert failed["error"].item() == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
+    assert not (out / "runs" / failed["run_id"].item()).exists()
+    assert (out / "report.html").is_file()  # the sweep finished
+    assert progress[-1].done == progress[-1].total == 4 and progress[-1].failed == 1
+    ranked = sweep.ranking(runs)
+    assert ranked["run_id"].iloc[-1] == failed["run_id"].item() and ranked["score"].iloc[-1] == np.inf
+
+    monkeypatch.undo()
+    calls = counting_run(monkeypatch)
+    result = sweep.run_sweep(s, out_dir=out, figures=False)
+    assert [(c.act, c.init) for c in calls] == [("relu", "he_normal")]
+    runs = read_runs(out)
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"} and result.failed == 0
+
+
+def test_a_directory_holding_another_sweep_is_refused(tmp_path):
+    out = tmp_path / "out"
+    sweep.run_sweep(tiny_sweep(tmp_path, 'act = ["tanh"]'), out_dir=out, figures=False)
+    with pytest.raises(ConfigError, match="holds a different sweep"):
+        sweep.run_sweep(tiny_sweep(tmp_path, 'act = ["relu"]'), out_dir=out, figures=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a sweep directory"):
+        sweep.run_sweep(tiny_sweep(tmp_path, 'act = ["tanh"]'), out_dir=tmp_path / "other", figures=False)
+
+
+def test_bad_backend_options_fail_before_anything_runs(tmp_path):
+    s = tiny_sweep(tmp_path)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        sweep.run_sweep(s, out_dir=tmp_path / "out", backend="slurm")
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=0)
+    assert not (tmp_path / "out").exists()
+
+
+# --- backends -----------------------------------------------------------------------------------------------------
+
+# width 128, batch 16: large enough that torch's CPU kernels give (slightly) different numbers with 1 and 2 threads
+# on a multi-core machine, so a backend that did not pin the thread count would fail the comparison.
+BACKEND_GRID = 'act = ["tanh", "relu"]\ninit = ["glorot_uniform", "he_normal"]'
+BACKEND_SETS = ["width=128", "batch=16", "depth=4"]
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    s = tiny_sweep(tmp, BACKEND_GRID, sets=BACKEND_SETS)
+    sweep.run_sweep(s, out_dir=tmp / "out", backend="local", figures=False)
+    return s, numeric_layers(tmp / "out")
+
+
+def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
+    s, reference = local_reference
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
+    assert result.failed == 0 and result.ran == 4
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
+
+
+def test_ray_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
+    ray = pytest.importorskip("ray")
+    s, reference = local_reference
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="ray", figures=False)
+    finally:
+        ray.shutdown()
+    assert result.failed == 0 and result.ran == 4
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
+    config = (tmp_path / "out" / "runs" / s.run_ids[0] / "config.json").read_text()
+    assert str(tmp_path / "out" / "runs" / s.run_ids[0]) in config  # the driver's path, not the node's temp dir
+
+
+def test_ray_backend_without_ray_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"pip install initprobe\[ray\]"):
+        sweep.run_sweep(tiny_sweep(tmp_path), out_dir=tmp_path / "out", backend="ray")
+    assert not (tmp_path / "out").exists()
+
+
+# --- ranking and report -------------------------------------------------------------------------------------------
+
+
+def test_ranking_scores_both_directions_and_puts_non_finite_last():
+    runs = pd.DataFrame({
+        "run_id": list("abcde"), "label": list("abcde"), "status": ["ok", "ok", "ok", "failed", "ok"],
+        "forward_ratio": [10.0, 1.0, np.inf, np.nan, 0.5], "backward_ratio": [0.1, 1.0, 1.0, np.nan, 2.0]})
+    ranked = sweep.ranking(runs)
+    assert list(ranked["run_id"]) == ["b", "e", "a", "c", "d"]
+    assert list(ranked["rank"]) == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(ranked["score"][:3], [0.0, 2 * np.log10(2), 2.0])
+    assert np.isinf(ranked["score"][3:]).all()
+
+
+def test_report_is_self_contained_and_survives_inf_nan_and_zero(tmp_path):
+    s = sweep.load_sweep(write(tmp_path, TINY + """
+        [[point]]
+        act = ["tanh", "identity"]
+        init = "glorot_uniform"
+        [[point]]
+        act = "identity"
+        init = "normal"
+        std = 10.0
+        depth = 40
+        [[point]]
+        act = "tanh"
+        init = "zeros"
+        """))
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out")
+    runs = read_runs(tmp_path / "out")
+    assert set(runs["status"]) == {"ok"}
+    exploding = runs[runs["init"] == "normal"]
+    assert exploding["first_nonfinite_layer"].notna().all()  # (10^2 * 16)^l overflows float32
+    page = result.report.read_text()
+    assert result.report == tmp_path / "out" / "report.html"
+    assert "http://" not in page and "https://" not in page and 'src="file' not in page
+    images = page.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 2
+    for image in images:
+        assert base64.b64decode(image.split('"', 1)[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    for name in ("profiles", "ratios"):
+        assert (tmp_path / "out" / "figures" / f"{name}.png").stat().st_size > 10_000
+    for rid in s.run_ids:
+        assert rid in page  # the runs table
+
+
+def test_report_groups_columns_and_lines():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "arch": ["mlp", "mlp", "cnn", "cnn"],
+                         "width": [512, 512, 32, 32], "init": ["x", "y", "x", "y"]})
+    groups = report.assign_groups(runs, ["arch", "width", "init"])
+    assert list(groups["column"]) == ["arch=mlp, width=512"] * 2 + ["arch=cnn, width=32"] * 2
+    assert list(groups["line"]) == ["x", "y", "x", "y"]
+
+
+def test_smoke_config_runs(tmp_path):
+    s = sweep.load_sweep(ROOT / "configs" / "sweeps" / "smoke.toml")
+    result = sweep.run_sweep(s, out_dir=tmp_path / "smoke")
+    runs = read_runs(tmp_path / "smoke")
+    assert len(runs) == len(s.points) == 4 and set(runs["status"]) == {"ok"}
+    assert result.report is not None and result.report.is_file()
+    assert (tmp_path / "smoke" / "sweep.json").is_file()
