@@ -12,8 +12,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer._click.core import ParameterSource
-from typer._click.exceptions import ClickException
 
 from . import activations, config, inits
 
@@ -51,8 +49,8 @@ def _opt(help_text: str, panel: str, **kw):
 
 def _explicit(ctx: typer.Context, params: dict) -> dict:
     """The options given on the command line (or by environment), so a config file's values survive."""
-    keep = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {k: v for k, v in params.items() if ctx.get_parameter_source(k) in keep}
+    keep = ("COMMANDLINE", "ENVIRONMENT")
+    return {k: v for k, v in params.items() if getattr(ctx.get_parameter_source(k), "name", None) in keep}
 
 
 def _gain(text: str | None):
@@ -69,8 +67,8 @@ ConfigFile = Annotated[Optional[Path], typer.Option(
     rich_help_panel=OUTPUT)]
 Depth = Annotated[int, _opt("Number of blocks (layers) l = 1..depth.", NET)]
 Width = Annotated[Optional[int], _opt("Hidden units (MLP) or channels (CNN) of every block "
-                                      "[default: 512 MLP, 64 CNN].", NET)]
-InputDim = Annotated[Optional[int], _opt("MLP input size [default: width].", NET)]
+                                      "\\[default: 512 MLP, 64 CNN].", NET)]
+InputDim = Annotated[Optional[int], _opt("MLP input size \\[default: width].", NET)]
 InChannels = Annotated[int, _opt("CNN input channels.", NET)]
 ImageSize = Annotated[int, _opt("CNN input height and width.", NET)]
 KernelSize = Annotated[int, _opt("CNN kernel size (odd; stride 1, 'same' padding).", NET)]
@@ -78,16 +76,16 @@ Padding = Annotated[str, _opt("CNN padding: zeros | circular.", NET)]
 Slope = Annotated[float, _opt("leaky_relu negative slope.", NET)]
 Gain = Annotated[Optional[str], _opt(
     "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; otherwise 1/sqrt(E[phi(z)^2])) "
-    "[default: the scheme's own: 1, sqrt(2) for he_*].", INIT)]
-Scale = Annotated[Optional[float], _opt("variance_scaling scale [default: 1].", INIT)]
+    "\\[default: the scheme's own: 1, sqrt(2) for he_*].", INIT)]
+Scale = Annotated[Optional[float], _opt("variance_scaling scale \\[default: 1].", INIT)]
 Mode = Annotated[Optional[str], _opt(f"Fan mode: {' | '.join(inits.MODES)} (he_*, variance_scaling).", INIT,
                                      autocompletion=_complete(inits.MODES))]
 Distribution = Annotated[Optional[str], _opt(
     "uniform | normal | truncated_normal (Keras' std-corrected); also overrides the Glorot/He/LeCun "
     "presets' own.", INIT, autocompletion=_complete(inits.DISTRIBUTIONS))]
-Std = Annotated[Optional[float], _opt("Std of 'normal' and 'truncated_normal' [default: 0.05].", INIT)]
-Bound = Annotated[Optional[float], _opt("Bound of 'uniform' [default: 0.05].", INIT)]
-Value = Annotated[Optional[float], _opt("Value of 'constant' [default: 0.1].", INIT)]
+Std = Annotated[Optional[float], _opt("Std of 'normal' and 'truncated_normal' \\[default: 0.05].", INIT)]
+Bound = Annotated[Optional[float], _opt("Bound of 'uniform' \\[default: 0.05].", INIT)]
+Value = Annotated[Optional[float], _opt("Value of 'constant' \\[default: 0.1].", INIT)]
 Bias = Annotated[str, _opt("Biases: zeros | torch_default | normal.", INIT)]
 BiasStd = Annotated[Optional[float], _opt("Std of the biases with --bias normal.", INIT)]
 Format = Annotated[str, typer.Option("--format", help="Plot format: png | svg | pdf.", rich_help_panel=OUTPUT)]
@@ -127,7 +125,7 @@ def run(
     value: Value = None,
     bias: Bias = D.bias,
     bias_std: BiasStd = None,
-    batch: Annotated[Optional[int], _opt("Inputs per batch, x0 ~ N(0, 1) [default: 256 MLP, 32 CNN].",
+    batch: Annotated[Optional[int], _opt("Inputs per batch, x0 ~ N(0, 1) \\[default: 256 MLP, 32 CNN].",
                                          MEASURE)] = None,
     seeds: Annotated[int, _opt("Independent networks and batches (bands in the plots).", MEASURE)] = D.seeds,
     seed: Annotated[int, _opt("First seed; the same seed gives the same numbers.", MEASURE)] = D.seed,
@@ -139,9 +137,9 @@ def run(
                                    MEASURE)] = D.jacobian,
     checkpoint: Annotated[Optional[bool], _opt(
         "Recompute layers in the backward pass, regenerating weights: memory ~ sqrt(depth), same numbers "
-        "[default: automatic, when the plain probe would not fit].", MEASURE)] = None,
+        "\\[default: automatic, when the plain probe would not fit].", MEASURE)] = None,
     out_dir: Annotated[Optional[str], typer.Option(
-        "--out", help="Run directory to create [default: results/<arch-init-act-depth-width>].",
+        "--out", help="Run directory to create \\[default: results/<arch-init-act-depth-width>].",
         rich_help_panel=OUTPUT)] = None,
     plots: Annotated[bool, _opt("Write plots.", OUTPUT)] = D.plots,
     plot_format: Format = D.plot_format,
@@ -157,18 +155,23 @@ def run(
     from . import runner
 
     if quiet:
-        result = runner.run(cfg, command=["initprobe", *sys.argv[1:]])
-        out.print(str(result.path))
+        result = runner.run(cfg, command=_command())
+        print_path(result.path)
         return
     from rich.progress import Progress
 
     with Progress(transient=True, console=err) as progress:
         task = progress.add_task(f"probing {cfg.seeds} network(s)", total=cfg.seeds)
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i),
-                            command=["initprobe", *sys.argv[1:]])
+                            command=_command())
     out.print(summary_table(result.summary, result.path))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})")
+
+
+def print_path(path) -> None:
+    """A path on one line, as is (no wrapping, no markup): scripts read it."""
+    out.print(str(path), soft_wrap=True, markup=False, highlight=False)
 
 
 def _num(x) -> str:
@@ -195,11 +198,236 @@ def summary_table(summary: dict, path) -> Table:
     return table
 
 
+@app.command("theory")
+def theory_cmd(
+    ctx: typer.Context,
+    config_file: ConfigFile = None,
+    arch: Arch = D.arch,
+    depth: Depth = D.depth,
+    width: Width = None,
+    input_dim: InputDim = None,
+    in_channels: InChannels = D.in_channels,
+    kernel_size: KernelSize = D.kernel_size,
+    act: Act = D.act,
+    slope: Slope = D.slope,
+    init: Init = D.init,
+    gain: Gain = None,
+    scale: Scale = None,
+    mode: Mode = None,
+    distribution: Distribution = None,
+    std: Std = None,
+    bound: Bound = None,
+    value: Value = None,
+    bias: Bias = D.bias,
+    bias_std: BiasStd = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Also write theory.csv, theory.json and a plot here.", rich_help_panel=OUTPUT)] = None,
+    plot_format: Format = D.plot_format,
+):
+    """Mean-field predictions per layer without running a network (instant; no torch): q^l, activation and
+    gradient variances, fixed point q*, chi_1, depth scales and the regime (ordered / critical / chaotic).
+
+    Example: initprobe theory --act tanh --init glorot_normal --depth 100
+    """
+    from . import predict
+
+    cfg = _load(ctx, config_file, locals())
+    frame, scales = predict.for_config(cfg)
+    out.print(scales_table(scales, f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth {cfg.depth}"))
+    out.print(layers_table(frame))
+    if out_dir is not None:
+        from . import plots, results
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out_dir / "theory.csv", index=False)
+        results.write_json(out_dir / "theory.json", {"config": config.asdict(cfg), "scales": scales})
+        for f in [out_dir / "theory.csv", out_dir / "theory.json",
+                  *plots.plot_theory(frame, scales, config.asdict(cfg), out_dir, plot_format)]:
+            print_path(f)
+
+
+def scales_table(scales: dict, title: str) -> Table:
+    table = Table(title=f"Mean-field theory — {title}")
+    for col in ("sigma_w^2", "sigma_b^2", "q*", "chi_1", "xi_q", "xi_c", "gradient scale", "regime"):
+        table.add_column(col, overflow="fold")
+    keys = ("sigma_w2", "sigma_b2", "q_star", "chi_1", "xi_q", "xi_c", "xi_grad")
+    table.add_row(*[_num(scales.get(k)) for k in keys], str(scales.get("regime")))
+    return table
+
+
+def layers_table(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_preact_var",
+                                 "theory_preact_corr")) -> Table:
+    depth = int(frame["layer"].max())
+    shown = sorted({l for l in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, depth) if l <= depth})
+    table = Table(title="Per layer (dL/dh: backward from a unit-variance cotangent at the top)")
+    table.add_column("layer")
+    for col in columns:
+        table.add_column(col.removeprefix("theory_"))
+    for _, r in frame[frame["layer"].isin(shown)].iterrows():
+        table.add_row(str(int(r["layer"])), *[_num(r[c]) for c in columns])
+    return table
+
+
+@app.command()
+def phase(
+    act: Act = D.act,
+    slope: Slope = D.slope,
+    measure: Annotated[bool, typer.Option(help="Also measure chi_1 (the per-layer gradient gain) on small "
+                                               "networks over a coarse grid, drawn as points.")] = False,
+    device: Annotated[str, typer.Option(help="Device for --measure.", envvar="TORCH_DEVICE")] = D.device,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="\\[default: results/phase-<act>]")] = None,
+    plot_format: Format = D.plot_format,
+):
+    """The (sigma_w^2, sigma_b^2) phase diagram: chi_1 at the fixed point, with the critical line chi_1 = 1
+    between order (gradients vanish) and chaos (they explode). Writes phase.csv and a heatmap."""
+    import numpy as np
+
+    from . import plots, predict, theory
+
+    config.validate(config.RunConfig(act=act, slope=slope, device=device))
+    target = out_dir or Path("results") / f"phase-{act}"
+    target.mkdir(parents=True, exist_ok=True)
+    sw2, sb2 = np.linspace(0.25, 4.0, 61), np.linspace(0.0, 0.5, 41)
+    grid = predict.phase_grid(act, sw2, sb2, slope)
+    critical = theory.critical_line(act, sb2, slope)
+    grid.to_csv(target / "phase.csv", index=False)
+    measured = None
+    if measure:
+        from . import runner
+
+        measured = measure_phase(act, slope, runner.resolve_device(device))
+        measured.to_csv(target / "phase_measured.csv", index=False)
+    files = plots.plot_phase(grid, sb2, critical, measured, act, target, plot_format)
+    for f in [target / "phase.csv", *files]:
+        print_path(f)
+
+
+def measure_phase(act, slope, device, width=256, depth=30):
+    """Per-layer gradient gain of small networks (variance_scaling with scale sigma_w^2, normal biases):
+    the measured counterpart of chi_1."""
+    import pandas as pd
+
+    from . import runner
+
+    rows = []
+    for sw2 in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0):
+        for sb2 in (0.0, 0.05, 0.2, 0.4):
+            cfg = config.RunConfig(act=act, slope=slope, init="variance_scaling", scale=sw2, distribution="normal",
+                                   bias="normal" if sb2 else "zeros", bias_std=sb2**0.5 if sb2 else None,
+                                   depth=depth, width=width, batch=64, seeds=2, device=str(device), plots=False)
+            frame = runner.measure(cfg, device)[0]
+            gain = gradient_gain(frame)
+            rows.append((sw2, sb2, gain))
+    return pd.DataFrame(rows, columns=["sigma_w2", "sigma_b2", "measured_chi_1"])
+
+
+def gradient_gain(frame) -> float:
+    """Geometric per-layer gain of grad_preact_var from the top to layer 2, averaged over seeds in log space."""
+    import numpy as np
+
+    depth = int(frame["layer"].max())
+    top = frame[frame["layer"] == depth].set_index("seed")["grad_preact_var"]
+    low = frame[frame["layer"] == 2].set_index("seed")["grad_preact_var"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.exp(np.mean(np.log(low / top)) / (depth - 2)))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    file: Annotated[Path, typer.Argument(help="Sweep file: [sweep] options, [base] run options, [grid] lists "
+                                              "(crossed), optional [[point]] tables.")],
+    sets: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a key everywhere: key=value (a TOML value; a list makes it an axis), "
+        "or sweep.KEY=value for a sweep option. Repeatable.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Sweep directory \\[default: results/<name>].")
+                       ] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local | process | ray \\[default: the file's, else local].",
+                                                   autocompletion=_complete(("local", "process", "ray")))] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes of the process backend \\[default: 2].")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (ray backend) "
+                                                        "\\[default: a local Ray].")] = None,
+    gpus_per_run: Annotated[Optional[float], typer.Option(help="Ray: GPUs per task; a fraction shares one.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads of every probe, in every backend "
+                                                        "(same numbers whichever backend) \\[default: 1].")] = None,
+    figures: Annotated[Optional[bool], typer.Option(help="Comparison figures and report.html at the end.")] = None,
+    quiet: Annotated[bool, typer.Option(help="Print only the sweep directory.")] = False,
+):
+    """Run a grid of configurations (resumable: completed runs are skipped), write runs.csv, a tidy
+    layers.csv, comparison figures and report.html, and rank the schemes.
+
+    Example: initprobe sweep configs/sweeps/glorot_bengio_2010.toml
+    """
+    from . import sweep
+
+    spec = sweep.load_sweep(file, sets or ())
+    kwargs = dict(backend=backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads,
+                  figures=figures, command=_command())
+    if quiet:
+        result = sweep.run_sweep(spec, out_dir, **kwargs)
+        print_path(result.path)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[current]}", markup=False))
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(f"sweep {spec.name}", total=len(spec.points), eta="-", current="")
+
+        def on_progress(p):
+            eta = "-" if p.eta is None else f"{p.eta:.0f} s"
+            progress.update(task, completed=p.done, eta=eta, current=p.current[:60])
+
+        result = sweep.run_sweep(spec, out_dir, on_progress=on_progress, **kwargs)
+    out.print(ranking_table(sweep.ranking(result.runs), spec.name))
+    failed = f", {result.failed} failed (see runs.csv)" if result.failed else ""
+    out.print(f"{result.ran} run(s) in {result.seconds:.1f} s, {result.resumed} resumed{failed}")
+    for f in (result.path / "runs.csv", result.path / "layers.csv", result.report):
+        if f is not None:
+            print_path(f)
+
+
+def ranking_table(ranked, name: str) -> Table:
+    table = Table(title=f"Sweep {name} — ranked by |log10 forward ratio| + |log10 backward ratio| (0 is ideal)")
+    for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
+        table.add_column(col, overflow="fold")
+    for _, r in ranked.iterrows():
+        label = str(r.get("label", r.get("run_id")))
+        if r.get("status") == "failed":
+            table.add_row(str(r["rank"]), label, "-", "-", f"failed: {r.get('error', '')}"[:80])
+            continue
+        table.add_row(str(r["rank"]), label, _num(r["forward_ratio"]), _num(r["backward_ratio"]), _num(r["score"]))
+    return table
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Smaller depths and fewer repetitions (a minute, not several).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.", envvar="TORCH_DEVICE")] = D.device,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON written here.")] = Path("results/bench.json"),
+):
+    """Measure the speed and scale targets in one process run (ratios, so a noisy machine still compares like
+    with like): instrumentation overhead, 10,000-layer memory, start-up, sweep efficiency; one table + JSON."""
+    config.validate(config.RunConfig(device=device))
+    from . import bench as bench_mod, runner
+
+    result = bench_mod.run_all(runner.resolve_device(device), quick=quick)
+    table = Table(title=f"initprobe bench — {result['device']}, torch {result['torch']}, "
+                        f"{result['cpu_count']} CPU(s), matmul {result['matmul_gflops']} GFLOP/s, "
+                        f"bare MLP pass at {result['bare_fraction_of_matmul']:.0%} of it")
+    for col in ("target", "measured", "goal", "pass", "note"):
+        table.add_column(col, overflow="fold")
+    for r in result["rows"]:
+        verdict = "[green]pass[/]" if r["pass"] else "[red]FAIL[/]"
+        table.add_row(r["target"], f"{r['value']} {r['unit']}".strip(), r["goal"], verdict, r["note"])
+    out.print(table)
+    print_path(bench_mod.write(result, out_file))
+
+
 @app.command("list")
 def list_registry():
     """The initializers (formulas, options and default gains) and activations (gains)."""
     table = Table(title="Initializers (Var = variance of the weights; fan_avg = (fan_in+fan_out)/2)")
-    for col in ("name", "aliases", "formula", "options [defaults]"):
+    for col in ("name", "aliases", "formula", "options \\[defaults]"):
         table.add_column(col, overflow="fold")
     for name, spec in inits.INITS.items():
         aliases = ", ".join(a for a, c in inits.ALIASES.items() if c == name)
@@ -222,7 +450,7 @@ def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run directories: one is re-plotted in place, several are "
                                                     "overlaid for comparison.")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where an overlay goes "
-                                                    "[default: results/compare-<runs>].")] = None,
+                                                    "\\[default: results/compare-<runs>].")] = None,
     plot_format: Annotated[str, typer.Option("--format", help="png | svg | pdf.")] = "png",
 ):
     """Re-plot runs from their CSVs; several runs are drawn over each other."""
@@ -238,7 +466,15 @@ def plot(
         target = out_dir or results.RESULTS_ROOT / ("compare-" + "-vs-".join(p.name for p in runs))[:120]
         files = plots.plot_compare(runs, target, plot_format)
     for f in files:
-        out.print(str(f))
+        print_path(f)
+
+
+_ARGV: list[str] | None = None  # main(argv)'s arguments
+
+
+def _command() -> list[str]:
+    """The command line as given, for config.json / sweep.json (main() may be called with argv, as tests do)."""
+    return ["initprobe", *(sys.argv[1:] if _ARGV is None else _ARGV)]
 
 
 def _interrupt(signum, frame):
@@ -247,16 +483,18 @@ def _interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    global _ARGV
+    _ARGV = argv
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run cleans up like Ctrl-C
     try:
         code = app(args=argv, standalone_mode=False, prog_name="initprobe")
     except config.ConfigError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except ClickException as e:
+    except typer.TyperException as e:  # usage errors: bad option, missing argument
         err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         err.print("interrupted; nothing half-written was left in results/")
         return 130
     finally:
