@@ -168,7 +168,7 @@ def expect2(fn1: Callable, fn2: Callable, q1: float, q2: float, c: float) -> flo
             (a_hi, a_lo), (b_hi, b_lo) = _at_inf(fn1), _at_inf(fn2)
             same = 0.25 + math.asin(c) / (2.0 * math.pi)
             return same * (a_hi * b_hi + a_lo * b_lo) + (0.5 - same) * (a_hi * b_lo + a_lo * b_hi)
-        if c == 0.0:
+        if abs(c) < 1e-12:  # independent up to O(c sqrt(q1 q2)) terms, below float rounding (an odd phi's c^l ~ 1e-30)
             return expect(fn1, q1) * expect(fn2, q2)
         r = math.sqrt(q2 / q1)
         s = math.sqrt((1.0 - c) * (1.0 + c))
