@@ -627,7 +627,7 @@ class _Ledger:
         for col in SUMMARY_COLUMNS:
             value = summary.get("timings", {}).get(col) if col == "probe_seconds" else summary.get(col)
             row[col] = _float(value) if col.endswith(("ratio", "layer", "seconds")) and value is not None else value
-        row.update(wall_seconds=wall, error=error, path=f"runs/{rid}")
+        row.update(wall_seconds=wall, error=error, path=f"runs/{rid}" if status == "ok" else "")
         row.update({k: v for k, v in cfg.items() if k not in keys and k != "out"})
         return row
 
@@ -737,32 +737,69 @@ def _process_task(cfg_dict: dict, threads: int, command) -> dict:
     return _probe(RunConfig(**cfg_dict), threads, command)
 
 
+WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
+               "a crash in native code? From a script, call run_sweep under `if __name__ == '__main__':`: spawned "
+               "workers import the script)")
+
+
 def _run_process(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
     """A persistent pool of spawned processes (torch imported once per worker); each writes its runs straight into
-    the sweep directory, which is on this machine."""
-    if not jobs:
-        return
+    the sweep directory, which is on this machine.
+
+    A worker that dies (the OOM killer, a crash in native code) breaks the whole pool, and every run in flight with
+    it. Those runs are then retried one at a time in a one-process pool: the run that kills its worker again is
+    recorded as failed (and the next gets a fresh pool), the others finish; the rest of the sweep goes on in a fresh
+    pool of `workers`."""
+    queue = list(jobs)
+    while queue:
+        suspects, queue = yield from _process_pool(queue, min(opts["workers"], len(queue)), opts, command)
+        while suspects:
+            for rid, _ in [j for j in suspects if Path(j[1].out).is_dir()]:  # it finished, then lost its worker
+                yield rid, {"status": "ok", "error": "", "wall_seconds": None}
+            alone = [j for j in suspects if not Path(j[1].out).is_dir()]
+            dead, suspects = (yield from _process_pool(alone, 1, opts, command)) if alone else ([], [])
+            for rid, _ in dead:
+                yield rid, {"status": "failed", "error": WORKER_DIED, "wall_seconds": None}
+
+
+def _remove_dead_staging(runs_dir: Path) -> None:
+    """Remove the staging folders of processes that are gone (a killed worker's half-written run)."""
+    for entry in runs_dir.iterdir():
+        m = _PARTIAL.match(entry.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_pool(jobs, workers: int, opts, command):
+    """Run `jobs` in one pool of `workers` spawned processes, at most `workers` submitted at a time (so the runs in
+    flight are known), yielding (run_id, outcome) as they finish. Returns (the jobs in flight when a worker died,
+    the jobs not yet submitted); ([], []) when every job finished."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=min(opts["workers"], len(jobs)),
-                               mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_process_worker, initargs=(opts["threads"],))
+    todo, running, broken = list(jobs), {}, []
     try:
-        futures = {pool.submit(_process_task, dataclasses.asdict(cfg), opts["threads"], command): rid
-                   for rid, cfg in jobs}
-        for future in as_completed(futures):
-            rid = futures[future]
-            try:
-                outcome = future.result()
-            except BrokenProcessPool as e:  # a worker was killed (e.g. by the OOM killer): this run is lost
-                outcome = {"status": "failed", "wall_seconds": None,
-                           "error": _one_line(e) + " (a worker process died: out of memory? From a script, call "
-                                    "run_sweep under `if __name__ == '__main__':`, spawned workers import it)"}
-            yield rid, outcome
+        while running or (todo and not broken):
+            while todo and len(running) < workers and not broken:
+                rid, cfg = todo.pop(0)
+                running[pool.submit(_process_task, dataclasses.asdict(cfg), opts["threads"], command)] = (rid, cfg)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    broken.append(job)
+                    continue
+                yield job[0], outcome
+        return broken, todo
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
 
 
 def _ray_task(cfg_dict: dict, threads: int, command) -> dict:

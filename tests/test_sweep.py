@@ -356,3 +356,32 @@ def test_smoke_config_runs(tmp_path):
     assert len(runs) == len(s.points) == 4 and set(runs["status"]) == {"ok"}
     assert result.report is not None and result.report.is_file()
     assert (tmp_path / "smoke" / "sweep.json").is_file()
+
+
+KILLER = '''
+import multiprocessing
+import os
+
+
+def die_(w, gain=1.0, generator=None):
+    """What the OOM killer does to a worker: the process vanishes mid-run (in the parent, a plain error)."""
+    if multiprocessing.parent_process() is None:
+        raise RuntimeError("die_ is meant for worker processes")
+    os._exit(137)
+'''
+
+
+def test_process_backend_a_killed_worker_fails_only_its_own_run(tmp_path, monkeypatch):
+    (tmp_path / "killer_init.py").write_text(KILLER)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path
+    # last, so that its retry alone is the only extra pool (each pool's workers import torch: seconds)
+    s = tiny_sweep(tmp_path, 'act = ["tanh"]\ninit = ["glorot_uniform", "he_normal", "orthogonal", "killer_init:die_"]')
+    out = tmp_path / "out"
+    result = sweep.run_sweep(s, out_dir=out, backend="process", workers=2, figures=False)
+    runs = read_runs(out).set_index("init")
+    assert result.ran == 4 and result.failed == 1
+    assert runs.loc["killer_init:die_", "status"] == "failed"
+    assert runs.loc["killer_init:die_", "error"].startswith("its worker process died twice")
+    ok = runs.drop("killer_init:die_")
+    assert ok["status"].eq("ok").all()  # before it, or in flight with it (retried alone)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(ok["run_id"])  # no staging folder left
