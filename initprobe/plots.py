@@ -9,6 +9,8 @@ Conventions of every per-layer figure:
 - a `theory_<column>` column, when the run has one, is a dashed line of the same colour;
 - overflow and underflow are marked where they start, in the direction the signal travels: the forward pass
   meets layers bottom-up, the backward pass top-down.
+
+Theory-only figures (`plot_theory`, `plot_phase`) take the frames of `predict`, not a run directory.
 """
 
 from pathlib import Path
@@ -16,13 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from . import results
 
 FIGSIZE = (11, 4.2)
+SMALL_FIGSIZE = (7.5, 4.2)  # one-panel figures
+JACOBIAN_FIGSIZE = (8, 5.4)  # one panel, legend below
+THEORY_FIGSIZE = (13, 4.4)
+PHASE_FIGSIZE = (8, 5.6)
+JACOBIAN_COLOUR = "#4c72b0"
+PHASE_CMAP = "RdBu_r"  # blue: ordered (chi_1 < 1), red: chaotic
+EPS = {"float32": 2.0**-23, "float64": 2.0**-52, "bfloat16": 2.0**-7}  # machine epsilon of each --dtype
 DPI = 150
 MARKER_DEPTH = 20  # runs this shallow get a marker per layer
 BAND_ALPHA = 0.2
@@ -38,10 +48,12 @@ NAMES = {
     "weight_var": r"$\mathrm{Var}(W^l)$",
     "saturated_frac": r"saturated: $|\phi'(h)|$ < 5% of its max",
     "zero_frac": r"exactly zero: $x = 0$",
+    "preact_corr": r"$c^l$: correlation of $h^l$ between two inputs",
 }
 COLOURS = {
     "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
     "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
+    "preact_corr": "#bcbd22",
 }
 FORWARD = ("act_var", "preact_var")
 BACKWARD = ("grad_preact_var", "grad_act_var")
@@ -184,8 +196,8 @@ def first_zero(layers: pd.DataFrame, columns, direction: str) -> int | None:
 # ----------------------------------------------------------------------------------------------- drawing
 
 
-def new_figure(ncols: int = 2, width_ratios=None) -> tuple[Figure, list]:
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+def new_figure(ncols: int = 2, width_ratios=None, figsize=FIGSIZE) -> tuple[Figure, list]:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False, width_ratios=width_ratios)[0]
     return fig, list(axes)
 
@@ -250,8 +262,8 @@ def log_limits(values: np.ndarray) -> tuple[float, float]:
 
 def set_log_axis(ax, lo: float, hi: float) -> None:
     """Log y from lo to hi, labelled at every 1, 2, 5, 10, 20, ... decades so that at most 8 labels show."""
+    ax.set_ylim(lo, hi)  # first: autoscaling a log axis near 1e300 would overflow
     ax.set_yscale("log")
-    ax.set_ylim(lo, hi)
     first, last = np.log10(lo), np.log10(hi)
     stride = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200) if (last - first) / s <= 8)
     if stride > 1:
@@ -326,8 +338,13 @@ def finish_log_panel(ax, measured, theory, has_theory, note) -> None:
         empty_note(ax, note)
     if not (measured.size or theory.size):
         ax.set_yticks([])
+    add_legend(ax, has_theory and theory.size > 0)
+
+
+def add_legend(ax, theory: bool = False) -> None:
+    """The axes' labelled lines, plus a grey dashed 'mean-field theory' entry if `theory`."""
     handles, _ = ax.get_legend_handles_labels()
-    if has_theory and theory.size:
+    if theory:
         handles.append(theory_handle())
     ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.85)
 
@@ -375,7 +392,11 @@ def variance_figure(run: dict) -> Figure:
     variance_panel(bwd, run, BACKWARD, "Backward: gradients", "backward")
     for ax, direction in ((fwd, "forward"), (bwd, "backward")):
         ax.set_title(verdict_text(run["summary"], direction), loc="right", fontsize=8, color="0.35")
-    fig.suptitle(label(run["config"]))
+    scales = run["summary"].get("theory")
+    if scales:
+        fig.suptitle(f"{label(run['config'])}\nmean-field: {scales_text(scales)}", fontsize=11)
+    else:
+        fig.suptitle(label(run["config"]))
     return fig
 
 
@@ -478,12 +499,131 @@ def histograms_figure(run: dict) -> Figure:
     return fig
 
 
+def scales_text(scales: dict) -> str:
+    """'σ_w² = 1 · σ_b² = 0 · q* = 0.0015 · χ₁ = 1: critical · ξ_c = 6.8e+05' from predict.scales (or a
+    summary's "theory"); keys it lacks are left out."""
+    names = {"sigma_w2": r"$\sigma_w^2$", "sigma_b2": r"$\sigma_b^2$", "q_star": r"$q^*$", "chi_1": r"$\chi_1$"}
+    parts = [f"{tex} = {_num(_as_float(scales[k]))}" for k, tex in names.items() if k in scales]
+    if parts and "regime" in scales:
+        parts[-1] += f": {scales['regime']}"
+    if not np.isnan(_as_float(scales.get("xi_c"))):
+        parts.append(rf"depth scale $\xi_c$ = {_num(_as_float(scales['xi_c']))}")
+    return " · ".join(parts)
+
+
+def set_correlation_axis(ax, values: np.ndarray, depth: int) -> None:
+    set_layer_axis(ax, depth)
+    low = values.min() - 0.05 if values.size else 0.0
+    ax.set_ylim(max(min(low, -0.05), -1.05), 1.05)
+    ax.set_ylabel("correlation")
+
+
+def correlation_figure(run: dict) -> Figure:
+    fig, (ax,) = new_figure(1, figsize=SMALL_FIGSIZE)
+    layers = run["layers"]
+    measured, theory, has_theory = draw_quantities(ax, layers, ("preact_corr",), log=False,
+                                                   n_seeds=layers["seed"].nunique())
+    set_correlation_axis(ax, np.concatenate([measured, theory]), int(layers["layer"].max()))
+    ax.set_title("Correlation between inputs", loc="left", fontsize=11)
+    if not measured.size:
+        empty_note(ax, "no finite correlations measured")
+    add_legend(ax, has_theory and theory.size > 0)
+    mark_trouble(ax, layers, FORWARD, "forward", run["summary"], underflow=False)
+    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)",
+                 fontsize=10)
+    return fig
+
+
+def singular_value_histogram(ax, sv: np.ndarray) -> np.ndarray:
+    """Fraction of all singular values per log-spaced bin; returns the edges (empty if none is drawable)."""
+    ok = sv[np.isfinite(sv) & (sv > 0)]
+    if not ok.size:
+        return np.array([])
+    lo, hi = ok.min(), ok.max()
+    if hi <= 1.01 * lo:
+        lo, hi = lo / 1.1, hi * 1.1
+    edges = np.geomspace(lo, hi, int(np.clip(10 * np.log10(hi / lo), 20, 60)) + 1)
+    frac = np.histogram(ok, edges)[0] / sv.size
+    ax.stairs(frac, edges, fill=True, color=JACOBIAN_COLOUR, alpha=0.3)
+    ax.stairs(frac, edges, color=JACOBIAN_COLOUR, lw=1.2, label=f"{sv.size} singular values")
+    return edges
+
+
+def mark_singular_value(ax, name: str, mean_sq, var_sq, colour: str, style: str) -> list[float]:
+    """A vertical line at sqrt(mean s²) labelled with mean (and var) of s²; only a legend entry if not drawable."""
+    mean_sq = _as_float(mean_sq)
+    text = f"{name}: mean $s^2$ = {_num(mean_sq)}"
+    if var_sq is not None:
+        text += f", var {_num(_as_float(var_sq))}"
+    at = np.sqrt(mean_sq) if mean_sq > 0 else np.nan
+    if not 0 < at < np.inf:
+        ax.plot([], [], color=colour, ls=style, lw=1.6, label=text + " (not drawn)")
+        return []
+    ax.axvline(at, color=colour, ls=style, lw=1.6, label=text)
+    return [at]
+
+
+def shade_rounding_noise(ax, sv: np.ndarray, config_dict: dict) -> None:
+    """Grey below s_max * eps of the run's dtype: singular values there are rounding noise, not signal."""
+    dtype = _split_config(config_dict)[0].get("dtype") or "float32"
+    ok = sv[np.isfinite(sv) & (sv > 0)]
+    lo, _ = ax.get_xlim()
+    if dtype in EPS and ok.size and ok.max() * EPS[dtype] > lo:
+        ax.axvspan(lo, ok.max() * EPS[dtype], color="0.5", alpha=0.15, lw=0,
+                   label=f"below $s_{{max}} \\cdot \\epsilon$({dtype}): rounding noise")
+        ax.set_xlim(left=lo)
+
+
+def jacobian_figure(run: dict) -> Figure:
+    fig, (ax,) = new_figure(1, figsize=JACOBIAN_FIGSIZE)
+    sv = run["jacobian"]["singular_value"].to_numpy(dtype=float)
+    info = run["summary"].get("jacobian", {})
+    free = info.get("free_probability", {})
+    with np.errstate(all="ignore"):
+        measured = info.get("mean_sq_sv", np.mean(sv**2))
+    xs = list(singular_value_histogram(ax, sv))
+    xs += mark_singular_value(ax, "measured", measured, info.get("var_sq_sv"), "0.15", "-")
+    if "theory_mean_sq_sv" in info:
+        xs += mark_singular_value(ax, "this network's layers", info["theory_mean_sq_sv"], None, "#d62728", "--")
+    if "mean_sq_sv" in free:
+        at_q = f" (every layer at $q$ = {_num(_as_float(free.get('at_q')))})" if "at_q" in free else ""
+        xs += mark_singular_value(ax, "free probability" + at_q, free["mean_sq_sv"], free.get("var_sq_sv"),
+                                  "#2ca02c", ":")
+    hidden = int(np.sum(~(np.isfinite(sv) & (sv > 0))))
+    if xs:
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+        shade_rounding_noise(ax, sv, run["config"])
+    if hidden:
+        ax.text(0.01, 0.98, f"{hidden} singular values are 0 or inf/nan (not drawn)", transform=ax.transAxes,
+                va="top", fontsize=8, color=NONFINITE_COLOUR,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+    if not xs:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        empty_note(ax, "no finite singular value > 0")
+    ax.set_xlabel("singular value $s$ (log scale); lines at $\\sqrt{\\mathrm{mean}\\ s^2}$")
+    ax.set_ylabel("fraction of singular values per bin")
+    ax.set_title("Input-output Jacobian spectrum", loc="left", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=1, fontsize=8, frameon=False)
+    inputs = run["jacobian"]["input"].nunique()
+    fig.suptitle(f"{label(run['config'])}\n$\\partial x^L / \\partial x^0$ of the first seed's network at "
+                 f"{inputs} input{'s' if inputs != 1 else ''}", fontsize=10)
+    return fig
+
+
 def plot_run(run_dir, fmt: str = "png") -> list[Path]:
-    """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/; returns the paths."""
+    """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/, plus correlation
+    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
     figures = {"variance": variance_figure, "weight_grad": weight_grad_figure, "histograms": histograms_figure,
                "saturation": saturation_figure}
+    if "preact_corr" in run["layers"]:
+        figures["correlation"] = correlation_figure
+    if run["jacobian"] is not None:
+        figures["jacobian"] = jacobian_figure
     return [save(make(run), out / f"{name}.{fmt}", fmt) for name, make in figures.items()]
 
 
@@ -544,3 +684,145 @@ def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
                              width_ratios=(3, 2))
     return [save(variance, out / f"compare_variance.{fmt}", fmt),
             save(weights, out / f"compare_weight_grad.{fmt}", fmt)]
+
+
+# ------------------------------------------------------------------------------------ theory without a run
+
+
+def theory_panel(ax, frame: pd.DataFrame, columns, title: str, direction: str) -> None:
+    """Predicted variances, dashed like the theory lines of a run's figures."""
+    marker = "o" if frame["layer"].max() <= MARKER_DEPTH else None
+    drawn = [np.array([])]
+    for column in columns:
+        x, values = seed_matrix(frame, "theory_" + column)
+        drawn.append(draw_series(ax, x, values, COLOURS[column], NAMES[column], band=False, style="--",
+                                 marker=marker))
+    set_layer_axis(ax, int(frame["layer"].max()))
+    ax.set_ylabel("predicted variance (log scale)")
+    ax.set_title(title, loc="left", fontsize=11)
+    finish_log_panel(ax, np.concatenate(drawn), np.array([]), False, "no finite prediction > 0\n(0 or inf/nan)")
+    mark_trouble(ax, frame, ["theory_" + c for c in columns], direction, {})
+
+
+def theory_correlation_panel(ax, frame: pd.DataFrame) -> None:
+    x, values = seed_matrix(frame, "theory_preact_corr")
+    drawn = draw_series(ax, x, values, COLOURS["preact_corr"], NAMES["preact_corr"], log=False, band=False,
+                        style="--")
+    set_correlation_axis(ax, drawn, int(frame["layer"].max()))
+    ax.set_title("Correlation map", loc="left", fontsize=11)
+    if not drawn.size:
+        empty_note(ax, "no finite prediction")
+    add_legend(ax)
+    mark_trouble(ax, frame, ("theory_preact_corr",), "forward", {}, underflow=False)
+
+
+def theory_figure(frame: pd.DataFrame, scales: dict, cfg_dict: dict) -> Figure:
+    frame = frame if "seed" in frame else frame.assign(seed=0)
+    fig, (fwd, bwd, corr) = new_figure(3, width_ratios=(3, 3, 2.2), figsize=THEORY_FIGSIZE)
+    theory_panel(fwd, frame, FORWARD, "Forward: activations", "forward")
+    theory_panel(bwd, frame, BACKWARD, "Backward: gradients", "backward")
+    theory_correlation_panel(corr, frame)
+    parts = {k: v for k, v in label_parts(cfg_dict).items() if k not in ("seeds", "seed")}
+    fig.suptitle(f"Mean-field theory (no network run) · {join_parts(parts)}\n{scales_text(scales)}", fontsize=11)
+    return fig
+
+
+def plot_theory(frame: pd.DataFrame, scales: dict, cfg_dict: dict, out_dir, fmt: str = "png") -> list[Path]:
+    """`initprobe theory --out DIR`: out_dir/theory.<fmt> from predict.for_config's (frame, scales)."""
+    return [save(theory_figure(frame, scales, cfg_dict), Path(out_dir) / f"theory.{fmt}", fmt)]
+
+
+def phase_matrix(grid: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sigma_w2 values, sigma_b2 values, `column` of shape (len(sigma_b2), len(sigma_w2)))."""
+    table = grid.pivot_table(index="sigma_b2", columns="sigma_w2", values=column, aggfunc="first", dropna=False)
+    table = table.sort_index().sort_index(axis=1)
+    return table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), table.to_numpy(dtype=float)
+
+
+def chi_norm(log_chi: np.ndarray) -> TwoSlopeNorm:
+    """Colours of log10(chi_1): white at chi_1 = 1, each side stretched to its own extreme (at least x1.25)."""
+    ok = log_chi[np.isfinite(log_chi)]
+    lo, hi = (ok.min(), ok.max()) if ok.size else (0.0, 0.0)
+    return TwoSlopeNorm(0.0, min(lo, -np.log10(1.25)), max(hi, np.log10(1.25)))
+
+
+def chi_ticks(norm: TwoSlopeNorm) -> list[float]:
+    """chi_1 values to label the colour bar with."""
+    candidates = [1e-3, 0.01, 0.1, 0.25, 0.5, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0, 100.0, 1e3]
+    inside = [t for t in candidates if norm.vmin <= np.log10(t) <= norm.vmax]
+    return inside if len(inside) <= 9 else [t for t in inside if np.log10(t) % 1 == 0]
+
+
+def log_chi(values) -> np.ndarray:
+    """log10(chi_1), nan where chi_1 is 0, inf or nan: those get the colour map's 'bad' grey."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(all="ignore"):
+        return np.where(np.isfinite(values) & (values > 0), np.log10(values), np.nan)
+
+
+def label_height(sb2: np.ndarray, measured: pd.DataFrame | None) -> float:
+    """sigma_b2 at which to write the region names: mid-range, or mid-way across the widest gap between
+    the rows of measured points."""
+    rows = np.unique(np.concatenate([[sb2.min(), sb2.max()], [] if measured is None else measured["sigma_b2"]]))
+    k = int(np.argmax(np.diff(rows))) if rows.size > 1 else 0
+    return float(rows[k:k + 2].mean())
+
+
+def region_labels(ax, sw2: np.ndarray, sb2: np.ndarray, chi: np.ndarray, height: float) -> None:
+    """'ordered' / 'chaotic' at `height`, centred on the cells of that row on each side of chi_1 = 1."""
+    row = int(np.argmin(np.abs(sb2 - height)))
+    for name, where in (("ordered\n$\\chi_1 < 1$: gradients vanish", chi < 1),
+                        ("chaotic\n$\\chi_1 > 1$: gradients explode", chi > 1)):
+        if where[row].any():
+            ax.text(sw2[where[row]].mean(), sb2[row], name, ha="center", va="center", fontsize=10,
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.85})
+
+
+def draw_measured_chi(ax, measured: pd.DataFrame, cmap, norm) -> None:
+    """Measured gains as points on the same colour scale, each with its value written beside it."""
+    values = measured["measured_chi_1"].to_numpy(dtype=float)
+    w, b = measured["sigma_w2"].to_numpy(dtype=float), measured["sigma_b2"].to_numpy(dtype=float)
+    ax.scatter(w, b, c=log_chi(values), cmap=cmap, norm=norm, s=60, edgecolors="k", linewidths=1.2,
+               plotnonfinite=True, zorder=3, clip_on=False, label="measured: gradient gain per layer")
+    for x, y, v in zip(w, b, values):
+        ax.annotate(_num(float(f"{v:.2g}")) if np.isfinite(v) else str(v), (x, y), xytext=(0, 7),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, zorder=4,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+
+
+def phase_figure(grid, sb2, critical, measured, act: str) -> Figure:
+    fig, (ax,) = new_figure(1, figsize=PHASE_FIGSIZE)
+    sw2_axis, sb2_axis, chi = phase_matrix(grid, "chi_1")
+    shown = [chi.ravel()] + ([measured["measured_chi_1"].to_numpy(dtype=float)] if measured is not None else [])
+    norm = chi_norm(log_chi(np.concatenate(shown)))
+    cmap = colormaps[PHASE_CMAP].with_extremes(bad="0.75")
+    mesh = ax.pcolormesh(sw2_axis, sb2_axis, log_chi(chi), cmap=cmap, norm=norm, shading="nearest")
+    bar = fig.colorbar(mesh, ax=ax, label=r"$\chi_1$ at the fixed point (log colour scale; 1 = critical)")
+    ticks = chi_ticks(norm)
+    bar.set_ticks(np.log10(ticks), labels=[_num(t) for t in ticks])
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    region_labels(ax, sw2_axis, sb2_axis, chi, label_height(sb2_axis, measured))
+    critical = np.asarray(critical, dtype=float)
+    found = np.isfinite(critical).any()
+    ax.plot(critical, np.asarray(sb2, dtype=float), "k-", lw=2.2,
+            label=r"critical line $\chi_1 = 1$" + ("" if found else ": not in this range"))
+    if measured is not None:
+        draw_measured_chi(ax, measured, cmap, norm)
+    if np.isnan(log_chi(np.concatenate(shown))).any():
+        ax.text(0.01, 0.01, r"grey: $\chi_1$ = 0 or inf/nan", transform=ax.transAxes, fontsize=8)
+    ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))  # the cells at sigma^2 = 0 would reach below it
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.0))
+    ax.set_xlabel(r"$\sigma_w^2$ = fan_in $\cdot$ Var(W)")
+    ax.set_ylabel(r"$\sigma_b^2$ = Var(b)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _num(v)))
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8.5, frameon=False)
+    fig.suptitle(f"Order-to-chaos phase diagram · {act}\n"
+                 r"$\chi_1 = \sigma_w^2\, E[\phi'(h)^2]$ at $q^*$: the per-layer gain of gradients", fontsize=11)
+    return fig
+
+
+def plot_phase(grid: pd.DataFrame, sb2, critical, measured: pd.DataFrame | None, act: str, target,
+               fmt: str = "png") -> list[Path]:
+    """`initprobe phase`: target/phase.<fmt>, the chi_1 heatmap of `grid` (predict.phase_grid), the critical
+    line (sigma_w2 per value of `sb2`, nan where there is none) and, if given, the measured points."""
+    return [save(phase_figure(grid, sb2, critical, measured, act), Path(target) / f"phase.{fmt}", fmt)]
