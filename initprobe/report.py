@@ -5,10 +5,12 @@
 - profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
   (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
   varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
-  over seeds, log y. Runs that differ only in `seed` are pooled.
+  over seeds, log y; colours and dash patterns both cycle, so lines that coincide stay visible. Runs that differ
+  only in `seed` are pooled. The title names what every run shares (arch, act, init, depth, width, seeds).
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
-  diverging around 0 (ratio 1), every cell annotated.
+  diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
+  such as Glorot + tanh, He + ReLU) is drawn as one column, a row per run.
 
 Non-finite and non-positive values (overflow, exact zeros) cannot be drawn on a log scale: they are masked, and the
 figures say where they are. matplotlib's object API only (no pyplot state).
@@ -31,9 +33,13 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from . import results
+from .sweep import applies
 
 COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
 POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
+CONTEXT_KEYS = ("arch", "act", "init", "depth", "width", "seeds")  # named in the titles when the same in every run
+ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN_KEYS
+DASHES = ("-", "--", "-.", ":")
 QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
               ("grad_preact_var", "backward\ngradient variance grad_preact_var"))
 DPI = 110
@@ -52,8 +58,9 @@ def write_report(sweep_dir: str | Path) -> Path:
     figures = {}
     if layers is not None and len(ok):
         groups = assign_groups(ok, varying)
-        figures["profiles"] = profiles_figure(layers, groups, title)
-        figures["ratios"] = ratios_figure(ok, groups, title)
+        context = describe_fixed(ok, varying)
+        figures["profiles"] = profiles_figure(layers, groups, title, context)
+        figures["ratios"] = ratios_figure(ok, one_column_if_sparse(groups), title, context)
     fig_dir = sweep_dir / "figures"
     pngs = {}
     if figures:
@@ -102,14 +109,39 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
 
     def label(row, keys, named):
-        parts = [(_fmt(row[k]) if k in named else f"{k}={_fmt(row[k])}") for k in keys if _present(row[k])]
+        parts = [(_fmt(row[k]) if k in named else f"{k}={_fmt(row[k])}") for k in keys
+                 if _present(row[k]) and applies(k, row.get("arch"))]
         return ", ".join(parts)
 
-    rows = [(r["run_id"], label(r, col_keys, ()) or "all runs", label(r, line_keys, ("init",)) or "all runs")
+    rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
             for _, r in runs.iterrows()]
     groups = pd.DataFrame(rows, columns=["run_id", "column", "line"])
     groups.attrs["column_keys"], groups.attrs["line_keys"] = col_keys, line_keys
     return groups
+
+
+def describe_fixed(runs: pd.DataFrame, varying: list[str]) -> str:
+    """`arch=mlp, act=tanh, depth=100, width=512, 3 seeds`: the CONTEXT_KEYS with one value in every run."""
+    parts = []
+    for key in CONTEXT_KEYS:
+        if key in varying or key not in runs:
+            continue
+        values = runs[key].dropna().unique()
+        if len(values) == 1:
+            parts.append(f"{_fmt(values[0])} seeds" if key == "seeds" else f"{key}={_fmt(values[0])}")
+    return ", ".join(parts)
+
+
+def one_column_if_sparse(groups: pd.DataFrame) -> pd.DataFrame:
+    """Groups for the heatmaps: as they are, unless most (line, column) cells would have no run; then one column
+    and a row per (column, line) pair, labelled `line, column` (`he_normal, act=relu`)."""
+    columns, lines = _order(groups["column"]), _order(groups["line"])
+    filled = len(groups[["column", "line"]].drop_duplicates())
+    if len(columns) < 2 or filled > len(columns) * len(lines) / 2:
+        return groups
+    out = groups.assign(line=groups["line"] + ", " + groups["column"], column=ONE_COLUMN)
+    out.attrs.update(groups.attrs)
+    return out
 
 
 def _order(values) -> list:
@@ -140,10 +172,11 @@ def profile(frame: pd.DataFrame, quantity: str) -> pd.DataFrame:
     return per.reset_index()
 
 
-def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figure:
+def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
     data = layers.merge(groups, on="run_id")
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
+    dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
     fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
     axes = fig.subplots(len(QUANTITIES), len(columns), squeeze=False, sharey="row")
     for r, (quantity, name) in enumerate(QUANTITIES):
@@ -157,7 +190,7 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str) -> F
                 per = profile(frame, quantity)
                 colour = colours[line]
                 if per["geomean"].notna().any():
-                    ax.plot(per["layer"], per["geomean"], color=colour, lw=1.6, label=line)
+                    ax.plot(per["layer"], per["geomean"], color=colour, ls=dashes[line], lw=1.8, label=line)
                     ax.fill_between(per["layer"], per["lo"], per["hi"], color=colour, alpha=0.2, lw=0)
                     drawn += 1
                 masked = per.loc[per["masked"] > 0, "layer"]
@@ -174,15 +207,16 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str) -> F
                         color="0.3")
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if r == 0:
+            if r == 0 and columns != [ONE_COLUMN]:
                 ax.set_title(textwrap.fill(column, 40), fontsize=9)
             if r == len(QUANTITIES) - 1:
                 ax.set_xlabel("layer l")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.legend([Line2D([], [], color=colours[line], lw=2) for line in lines], lines,
-               loc="outside lower center", ncols=min(len(lines), 4), fontsize=8, frameon=False)
-    fig.suptitle(f"{title}: per-layer variance\n(geometric mean over seeds, band min..max over seeds)", fontsize=11)
+    fig.legend([Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines], lines,
+               loc="outside lower center", ncols=min(len(lines), 4), fontsize=9, frameon=False)
+    fig.suptitle(_title(fig, f"{title}: per-layer variance", context,
+                        "geometric mean over seeds, band min..max over seeds"), fontsize=10)
     return fig
 
 
@@ -218,7 +252,7 @@ def _annotation(value: float) -> str:
     return f"{value:.2g}"
 
 
-def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figure:
+def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
     tables = {"forward ratio\nact_var[depth] / act_var[1]": ratio_table(runs, groups, "forward_ratio"),
               "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]": ratio_table(runs, groups,
                                                                                           "backward_ratio")}
@@ -230,7 +264,8 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figur
     finite = np.concatenate([m.compressed() for m in logs.values()])
     limit = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
     n_rows, n_cols = tables[next(iter(tables))].shape
-    label_width = max(len(str(r)) for r in tables[next(iter(tables))].index)
+    row_labels = [textwrap.fill(str(r), 44) for r in tables[next(iter(tables))].index]
+    label_width = max(len(part) for r in row_labels for part in r.splitlines())
     fig = Figure(layout="constrained", figsize=(1.2 + 0.06 * label_width + 2 * (1.6 + 1.1 * n_cols),
                                                 1.9 + 0.45 * n_rows))
     axes = fig.subplots(1, 2, squeeze=False)[0]
@@ -249,16 +284,27 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str) -> Figur
                     strong = not logs[name].mask[i, j] and abs(logs[name][i, j]) > 0.6 * limit
                     colour = "white" if strong else "black"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
-        ax.set_xticks(range(n_cols), [textwrap.fill(str(c), 24) for c in table.columns],
-                      rotation=30 if n_cols > 3 else 0, ha="right" if n_cols > 3 else "center", fontsize=8)
-        ax.set_yticks(range(n_rows), [str(r) for r in table.index], fontsize=8)
+        if list(table.columns) == [ONE_COLUMN]:
+            ax.set_xticks([])
+        else:
+            ax.set_xticks(range(n_cols), [textwrap.fill(str(c), 24) for c in table.columns],
+                          rotation=30 if n_cols > 3 else 0, ha="right" if n_cols > 3 else "center", fontsize=8)
+        ax.set_yticks(range(n_rows), row_labels, fontsize=8)
         ax.set_title(name, fontsize=9)
     for ax in axes[1:]:
         ax.tick_params(labelleft=False)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
     bar.set_label("log10 ratio (0: ratio 1)", fontsize=8)
-    fig.suptitle(f"{title}: end-to-end ratios\n(geometric mean over seeds; grey: inf/nan/0, '-': no run)", fontsize=10)
+    fig.suptitle(_title(fig, f"{title}: end-to-end ratios", context,
+                        "geometric mean over seeds; grey: inf/nan/0, '-': no run"), fontsize=10)
     return fig
+
+
+def _title(fig: Figure, head: str, context: str, note: str) -> str:
+    """head, then `context; note` wrapped to the figure's width (about 12 characters per inch at 10 pt)."""
+    width = max(40, int(fig.get_figwidth() * 12))
+    tail = f"{context}; {note}" if context else note
+    return head + "\n" + textwrap.fill(tail, width)
 
 
 def _has_run(groups: pd.DataFrame, table: pd.DataFrame, i: int, j: int) -> bool:
@@ -314,6 +360,9 @@ def render_html(meta: dict, runs: pd.DataFrame, pngs: dict[str, bytes]) -> str:
              f"<p>{total} runs in the grid: {n_ok} ok, {n_failed} failed, {total - n_ok - n_failed} not run. "
              f"Varying: {html.escape(', '.join(meta.get('varying', [])) or 'nothing')}. "
              f"Source: {html.escape(str(meta.get('source')))}.</p>"]
+    if meta.get("description"):
+        parts.append("<details open><summary>About this sweep (the sweep file's header)</summary>"
+                     f"<pre>{html.escape(meta['description'])}</pre></details>")
     if len(runs):
         ranked = ranking(runs)
         ranked = ranked[[c for c in ranked.columns if c not in ("error", "run_id")]]

@@ -114,6 +114,7 @@ class Sweep:
     options: dict
     varying: list[str]  # config keys whose value is not the same in every run (the columns that tell runs apart)
     source: str | None = None
+    description: str = ""  # the file's header comment
 
     @property
     def run_ids(self) -> list[str]:
@@ -159,7 +160,21 @@ def load_sweep(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Swee
     """Read a sweep file, apply `--set key=value` overrides, validate everything, expand the grid.
     Every problem found is reported, each with its place (`configs/x.toml: grid.act[2]: ...`), in one ConfigError."""
     path = Path(path)
-    return parse_sweep(config.load_toml(path), name=path.stem, where=str(path), sets=sets)
+    sweep = parse_sweep(config.load_toml(path), name=path.stem, where=str(path), sets=sets)
+    sweep.description = header_comment(path.read_text(encoding="utf-8"))
+    return sweep
+
+
+def header_comment(text: str) -> str:
+    """The comment block at the top of a sweep file (what it reproduces, what its figures should show), without
+    the `#`s: sweep.json keeps it and report.html shows it."""
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        lines.append(stripped[2:] if stripped.startswith("# ") else stripped[1:])
+    return "\n".join(lines).strip()
 
 
 def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: list[str] | tuple[str, ...] = ()
@@ -411,9 +426,17 @@ def run_id(cfg: RunConfig) -> str:
     return f"{prefix}-{digest}"
 
 
+ARCH_ONLY = {"cnn": ("in_channels", "image_size", "kernel_size", "padding"), "mlp": ("input_dim",)}
+
+
+def applies(key: str, arch) -> bool:
+    """Whether `key` means anything for a run of `arch` (an MLP has no padding); used to keep labels short."""
+    return not any(key in keys for a, keys in ARCH_ONLY.items() if a != arch)
+
+
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
-    """`act=tanh init=glorot_uniform`: the varying keys of a run (its name in tables)."""
-    shown = [f"{k}={_fmt(getattr(cfg, k))}" for k in keys if getattr(cfg, k) is not None]
+    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
+    shown = [f"{k}={_fmt(getattr(cfg, k))}" for k in keys if getattr(cfg, k) is not None and applies(k, cfg.arch)]
     return " ".join(shown) or "run"
 
 
@@ -517,7 +540,8 @@ def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) ->
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta = {"name": sweep.name, "source": sweep.source, "base": sweep.base, "grid": sweep.grid,
             "points": sweep.extra, "varying": sweep.varying, "options": opts, "run_ids": ids,
-            "created": created or now, "environment": _environment(command, now)}
+            "created": created or now, "description": sweep.description,
+            "environment": _environment(command, now)}
     _atomic_write(meta_path, json.dumps(results._jsonable(meta), indent=2) + "\n")
 
 

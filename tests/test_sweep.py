@@ -349,6 +349,36 @@ def test_report_groups_columns_and_lines():
     assert list(groups["line"]) == ["x", "y", "x", "y"]
 
 
+def test_report_labels_skip_keys_an_arch_ignores_and_name_what_every_run_shares():
+    runs = pd.DataFrame({"run_id": list("abcd"), "arch": ["mlp", "mlp", "cnn", "cnn"],
+                         "padding": ["zeros", "zeros", "circular", "circular"], "init": ["x", "y", "x", "y"],
+                         "act": ["relu"] * 4, "depth": [30] * 4, "seeds": [3] * 4})
+    groups = report.assign_groups(runs, ["arch", "padding", "init"])
+    assert list(groups["column"]) == ["arch=mlp"] * 2 + ["arch=cnn, padding=circular"] * 2  # an MLP has no padding
+    assert report.describe_fixed(runs, ["arch", "padding", "init"]) == "act=relu, depth=30, 3 seeds"
+
+
+def test_sparse_heatmap_becomes_one_column_a_row_per_run():
+    runs = pd.DataFrame({"run_id": list("abcd"), "act": ["tanh", "tanh", "relu", "selu"],
+                         "init": ["glorot_uniform", "glorot_normal", "he_normal", "lecun_normal"]})
+    groups = report.assign_groups(runs, ["act", "init"])  # 3 columns x 4 lines, 4 of 12 cells filled
+    single = report.one_column_if_sparse(groups)
+    assert set(single["column"]) == {report.ONE_COLUMN}
+    assert list(single["line"]) == ["glorot_uniform, act=tanh", "glorot_normal, act=tanh", "he_normal, act=relu",
+                                    "lecun_normal, act=selu"]
+    full = report.assign_groups(runs.assign(act="tanh"), ["init"])
+    assert report.one_column_if_sparse(full) is full
+
+
+def test_the_sweep_files_header_comment_goes_into_sweep_json_and_the_report(tmp_path):
+    path = write(tmp_path, "# What this reproduces.\n#\n#   - a <list> & more\n" + TINY + '[grid]\nact = ["tanh"]\n')
+    s = sweep.load_sweep(path)
+    assert s.description == "What this reproduces.\n\n  - a <list> & more"
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out")
+    assert "What this reproduces." in (tmp_path / "out" / "sweep.json").read_text()
+    assert "  - a &lt;list&gt; &amp; more" in result.report.read_text()
+
+
 def test_smoke_config_runs(tmp_path):
     s = sweep.load_sweep(ROOT / "configs" / "sweeps" / "smoke.toml")
     result = sweep.run_sweep(s, out_dir=tmp_path / "smoke")
