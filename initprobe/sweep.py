@@ -30,7 +30,7 @@ Everything is validated before anything runs, and every problem is reported with
 
 The sweep directory (`results/<name>/` or --out):
 
-    sweep.json      resolved base, grid, points, options, run ids, environment
+    sweep.json      resolved base, grid, points, options, run ids, environment, the file's header comment
     runs/<id>/      one run directory per point, the format of `initprobe run`; <id> = readable name + the first 12
                     hex digits of sha256 of the run's canonical config JSON (without `out`, `plots`)
     runs.csv        one row per finished run: run_id, label, the varying keys, status (ok | failed), summary numbers,
@@ -49,7 +49,8 @@ layers). Every probe of a sweep therefore runs with the same `threads` (default 
 backend sets it around each run and restores it, process workers and Ray tasks set it before probing.
 
 Backends: `local` runs in sequence in this process; `process` uses a persistent pool of spawned processes (torch
-imported once per worker) that write run directories straight into the sweep directory (same machine); `ray` runs
+imported once per worker) that write run directories straight into the sweep directory (same machine; a worker that
+dies takes the runs in flight with it, which are retried one at a time so that only the culprit fails); `ray` runs
 each point as a Ray task on a local Ray or a cluster (`address`) — the task probes into a temporary folder on its
 node and returns the run's files, which the driver writes and publishes atomically, so no shared file system is
 needed (the nodes need initprobe installed).
