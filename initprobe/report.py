@@ -60,7 +60,8 @@ def write_report(sweep_dir: str | Path) -> Path:
         groups = assign_groups(ok, varying)
         context = describe_fixed(ok, varying)
         figures["profiles"] = profiles_figure(layers, groups, title, context)
-        figures["ratios"] = ratios_figure(ok, one_column_if_sparse(groups), title, context)
+        every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
+        figures["ratios"] = ratios_figure(every, one_column_if_sparse(assign_groups(every, varying)), title, context)
     fig_dir = sweep_dir / "figures"
     pngs = {}
     if figures:
@@ -225,8 +226,10 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
 
 
 def ratio_table(runs: pd.DataFrame, groups: pd.DataFrame, key: str) -> pd.DataFrame:
-    """(line x column) geometric mean of `key` over the runs in each cell; inf/nan/0 kept as they are (so they can
-    be annotated) unless a cell also has finite runs."""
+    """(line x column) geometric mean of `key` over the ok runs in each cell; inf/nan/0 kept as they are (so they
+    can be annotated); nan where a cell has no ok run."""
+    if "status" in runs:
+        runs = runs[runs["status"] == "ok"]
     data = runs[["run_id", key]].merge(groups, on="run_id")
     data[key] = pd.to_numeric(data[key], errors="coerce")
 
@@ -277,8 +280,11 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context:
         for i in range(n_rows):
             for j in range(n_cols):
                 value = values[i, j]
-                if logs[name].mask[i, j] and table.isna().iloc[i, j] and not _has_run(groups, table, i, j):
+                runs_here = _cell_runs(runs, groups, table, i, j)
+                if logs[name].mask[i, j] and table.isna().iloc[i, j] and not len(runs_here):
                     text, colour = "-", "0.4"  # no run in this cell
+                elif table.isna().iloc[i, j] and "status" in runs_here and runs_here["status"].eq("failed").all():
+                    text, colour = "failed", "#cf222e"
                 else:
                     text = _annotation(value)
                     strong = not logs[name].mask[i, j] and abs(logs[name][i, j]) > 0.6 * limit
@@ -296,7 +302,7 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context:
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9)
     bar.set_label("log10 ratio (0: ratio 1)", fontsize=8)
     fig.suptitle(_title(fig, f"{title}: end-to-end ratios", context,
-                        "geometric mean over seeds; grey: inf/nan/0, '-': no run"), fontsize=10)
+                        "geometric mean over seeds; grey: inf/nan/0 or failed, '-': no run"), fontsize=10)
     return fig
 
 
@@ -307,8 +313,10 @@ def _title(fig: Figure, head: str, context: str, note: str) -> str:
     return head + "\n" + textwrap.fill(tail, width)
 
 
-def _has_run(groups: pd.DataFrame, table: pd.DataFrame, i: int, j: int) -> bool:
-    return bool(((groups["line"] == table.index[i]) & (groups["column"] == table.columns[j])).any())
+def _cell_runs(runs: pd.DataFrame, groups: pd.DataFrame, table: pd.DataFrame, i: int, j: int) -> pd.DataFrame:
+    """The rows of `runs` in heatmap cell (i, j)."""
+    ids = groups.loc[(groups["line"] == table.index[i]) & (groups["column"] == table.columns[j]), "run_id"]
+    return runs[runs["run_id"].isin(ids)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

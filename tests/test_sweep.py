@@ -370,6 +370,15 @@ def test_sparse_heatmap_becomes_one_column_a_row_per_run():
     assert report.one_column_if_sparse(full) is full
 
 
+def test_heatmap_cells_say_failed_no_run_or_the_ratio():
+    runs = pd.DataFrame({"run_id": list("abc"), "act": ["tanh", "tanh", "relu"], "init": ["x", "y", "x"],
+                         "status": ["ok", "failed", "ok"], "forward_ratio": [0.5, np.nan, np.inf],
+                         "backward_ratio": [2.0, np.nan, 1.0]})
+    fig = report.ratios_figure(runs, report.assign_groups(runs, ["act", "init"]), "t")
+    forward = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert forward == ["-", "0.5", "failed", "inf"]  # relu+y has no run
+
+
 def test_the_sweep_files_header_comment_goes_into_sweep_json_and_the_report(tmp_path):
     path = write(tmp_path, "# What this reproduces.\n#\n#   - a <list> & more\n" + TINY + '[grid]\nact = ["tanh"]\n')
     s = sweep.load_sweep(path)
