@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import activations, config, inits
@@ -231,7 +232,7 @@ def theory_cmd(
     """
     from . import predict
 
-    cfg = _load(ctx, config_file, locals())
+    cfg = _load(ctx, config_file, {k: v for k, v in locals().items() if k != "out_dir"})  # --out: files, not a run
     frame, scales = predict.for_config(cfg)
     out.print(scales_table(scales, f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth {cfg.depth}"))
     out.print(layers_table(frame))
@@ -391,9 +392,9 @@ def ranking_table(ranked, name: str) -> Table:
     for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
         table.add_column(col, overflow="fold")
     for _, r in ranked.iterrows():
-        label = str(r.get("label", r.get("run_id")))
+        label = escape(str(r.get("label", r.get("run_id"))))
         if r.get("status") == "failed":
-            table.add_row(str(r["rank"]), label, "-", "-", f"failed: {r.get('error', '')}"[:80])
+            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]))
             continue
         table.add_row(str(r["rank"]), label, _num(r["forward_ratio"]), _num(r["backward_ratio"]), _num(r["score"]))
     return table
@@ -488,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run cleans up like Ctrl-C
     try:
         code = app(args=argv, standalone_mode=False, prog_name="initprobe")
+        if code == 130:  # typer turns Ctrl-C into exit code 130 and returns it
+            raise KeyboardInterrupt
     except config.ConfigError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
@@ -495,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
-        err.print("interrupted; nothing half-written was left in results/")
+        err.print("interrupted; nothing half-written was left behind (run a sweep again to resume it)")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
