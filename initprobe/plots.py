@@ -13,6 +13,8 @@ Conventions of every per-layer figure:
 Theory-only figures (`plot_theory`, `plot_phase`) take the frames of `predict`, not a run directory.
 """
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -613,18 +615,49 @@ def jacobian_figure(run: dict) -> Figure:
     return fig
 
 
-def plot_run(run_dir, fmt: str = "png") -> list[Path]:
+def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path]:
     """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/, plus correlation
-    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths."""
+    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths.
+    `workers` processes draw them (default: one per CPU, at most 2)."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
-    figures = {"variance": variance_figure, "weight_grad": weight_grad_figure, "histograms": histograms_figure,
-               "saturation": saturation_figure}
+    figures = {"variance": variance_figure, "histograms": histograms_figure, "weight_grad": weight_grad_figure,
+               "saturation": saturation_figure}  # costliest first, so that every other one balances two workers
     if "preact_corr" in run["layers"]:
         figures["correlation"] = correlation_figure
     if run["jacobian"] is not None:
         figures["jacobian"] = jacobian_figure
-    return [save(make(run), out / f"{name}.{fmt}", fmt) for name, make in figures.items()]
+    jobs = [(make, out / f"{name}.{fmt}") for name, make in figures.items()]
+    draw_all(run, jobs, fmt, min(os.cpu_count() or 1, 2) if workers is None else workers)
+    return [path for _, path in jobs]
+
+
+def draw_all(run: dict, jobs: list, fmt: str, workers: int) -> None:
+    """Drawing is pure Python (it holds the GIL), so a second core needs a second process: forked children draw
+    every `workers`-th figure while this process draws its share. A child that fails leaves its figures to this
+    process, which then raises any error with a normal traceback. In sequence without fork (Windows) or when
+    other Python threads run (a Ray worker, say): forking then could copy a lock another thread holds."""
+    def draw(share):
+        for make, path in share:
+            save(make(run), path, fmt)
+
+    can_fork = hasattr(os, "fork") and threading.active_count() == 1
+    workers = max(1, min(workers, len(jobs))) if can_fork else 1
+    children = {}
+    for k in range(1, workers):
+        pid = os.fork()
+        if pid == 0:  # child: draw, and leave without running the parent's cleanup (atexit, buffers)
+            code = 1
+            try:
+                draw(jobs[k::workers])
+                code = 0
+            finally:
+                os._exit(code)
+        children[pid] = jobs[k::workers]
+    draw(jobs[0::workers])
+    for pid, share in children.items():
+        if os.waitpid(pid, 0)[1] != 0:
+            draw(share)
 
 
 # ------------------------------------------------------------------------------------------------ overlays

@@ -257,3 +257,13 @@ def test_plot_phase_with_measured_and_bad_values(tmp_path, phase_inputs):
     path = plots.plot_phase(grid, sb2, np.full_like(critical, np.nan), measured, "tanh", tmp_path, "png")[0]
     assert_image(path, "png")
     assert_image(plots.plot_phase(grid, sb2, critical, measured, "tanh", tmp_path / "b", "png")[0], "png")
+
+
+def test_figures_drawn_by_two_processes_equal_those_drawn_by_one(tanh_run, tmp_path):
+    """plot_run forks a second process to draw half the figures: same files, byte for byte."""
+    one, two = copy_run(tanh_run, tmp_path / "one"), copy_run(tanh_run, tmp_path / "two")
+    paths_one = plots.plot_run(one, workers=1)
+    paths_two = plots.plot_run(two, workers=2)
+    assert [p.name for p in paths_one] == [p.name for p in paths_two] and len(paths_one) >= 5
+    for a, b in zip(paths_one, paths_two):
+        assert a.read_bytes() == b.read_bytes(), a.name
