@@ -145,6 +145,16 @@ def expect(fn: Callable, q: float, kinks=(-1.0, 0.0, 1.0)) -> float:
         return float(np.dot(w, fn(x)))
 
 
+def expect_all(fns, q: float) -> list[float]:
+    """[expect(fn, q) for fn in fns], sharing one quadrature rule (building it is most of the cost)."""
+    q = float(q)
+    if not (q > 0 and math.isfinite(q)):
+        return [expect(fn, q) for fn in fns]
+    x, w = _rule1(math.sqrt(q), (-1.0, 0.0, 1.0))
+    with np.errstate(all="ignore"):
+        return [float(np.dot(w, fn(x))) for fn in fns]
+
+
 def expect2(fn1: Callable, fn2: Callable, q1: float, q2: float, c: float) -> float:
     """E[fn1(u1) fn2(u2)] for (u1, u2) jointly Gaussian, mean 0, Var u1 = q1, Var u2 = q2, correlation c.
 
@@ -212,8 +222,8 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
     fan_in, fan_out = _layer_array(fan_in, depth), _layer_array(fan_out, depth)
     sw2, sb2 = fan_in * var_w, _layer_array(bias_var, depth)
     q, mean, m2, d2, corr = (np.empty(depth) for _ in range(5))
-    moments = functools.lru_cache(maxsize=None)(lambda ql: (expect(phi, ql), expect(lambda x: phi(x) ** 2, ql),
-                                                            expect(lambda x: dphi(x) ** 2, ql)))
+    fns = (phi, lambda x: phi(x) ** 2, lambda x: dphi(x) ** 2)
+    moments = functools.lru_cache(maxsize=None)(lambda ql: expect_all(fns, ql))
     with np.errstate(all="ignore"):
         for l in range(depth):
             if l == 0:
