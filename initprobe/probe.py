@@ -257,4 +257,8 @@ def jacobian_singular_values(cfg, params, phi, x0, n_inputs: int = 4) -> torch.T
         return x.reshape(-1)
 
     jac = torch.func.vmap(torch.func.jacrev(network))(x0[:n_inputs])  # (n, out, *in)
-    return torch.linalg.svdvals(jac.reshape(jac.shape[0], jac.shape[1], -1).to(stat_dtype(x0.dtype)))
+    jac = jac.reshape(jac.shape[0], jac.shape[1], -1).to(stat_dtype(x0.dtype))
+    finite = torch.isfinite(jac).flatten(1).all(1)  # an exploded network's Jacobian: nan singular values, no error
+    svals = torch.full((jac.shape[0], min(jac.shape[1:])), torch.nan, dtype=jac.dtype, device=jac.device)
+    svals[finite] = torch.linalg.svdvals(jac[finite])
+    return svals

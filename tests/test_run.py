@@ -107,6 +107,17 @@ def test_json_stays_strict_when_the_network_explodes(device, tmp_path):
     assert not np.isfinite(layers["act_var"]).all()
 
 
+def test_exploding_network_with_jacobian_records_nan_singular_values(device, tmp_path):
+    """--jacobian on a network that overflows: the Jacobian is inf/nan, its singular values are recorded as nan
+    (not an error), and the JSON stays strict."""
+    cfg = small(device, act="identity", init="normal", std=1.0, depth=50, width=64, seeds=1, jacobian=True,
+                out=str(tmp_path / "j"))
+    runner.run(cfg, root=tmp_path)
+    jac = pd.read_csv(tmp_path / "j" / "jacobian.csv")
+    assert len(jac) == 4 * 64 and jac["singular_value"].isna().all()
+    strict_json(tmp_path / "j" / "summary.json")
+
+
 def test_histograms_count_every_element(device, tmp_path):
     """histograms.csv: for each (quantity, layer) of a finite run the counts add up to batch * width (the first
     seed's network), bins are contiguous, and tanh activations lie in [-1, 1]."""
