@@ -1,8 +1,9 @@
 """One forward + backward through the network, recording the per-layer statistics of DESIGN section 1.
 
-Everything is computed on the device: forward statistics as the forward goes, gradient statistics in tensor
-hooks during the backward (so no gradient is kept), weight-gradient statistics in post-accumulate hooks that
-free each .grad at once. The caller stacks the rows of all seeds and moves them to the host in one transfer.
+Everything is computed on the device: forward statistics as the forward goes, gradient statistics in hooks during
+the backward (so no gradient is kept): dL/dh and dL/dx in one hook on phi's backward node per layer, dL/dW read
+from each weight's .grad and freed one layer later (the checkpointed probe, whose weights are not leaves, hooks
+them). No host sync: the caller stacks the rows of all seeds and moves them to the host in one transfer.
 Variances are biased (divide by the number of elements), over all elements of the tensor.
 """
 
@@ -26,114 +27,181 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_ONES: dict = {}
+EXACT_COUNT = 2**24  # float32 holds every integer up to this exactly: a 0/1 mask sums to its exact count
 
 
-def total(v: torch.Tensor) -> torch.Tensor:
-    """Sum of a 1-d tensor as a BLAS dot with ones: on CPU about 3x faster than Tensor.sum()."""
-    key = (v.numel(), v.dtype, v.device)
-    if key not in _ONES:
-        _ONES[key] = torch.ones(v.numel(), dtype=v.dtype, device=v.device)
-    return torch.dot(v, _ONES[key])
+def count(mask: torch.Tensor, exact: bool) -> torch.Tensor:
+    """Ones in a 0/1 float mask. Tensor.sum() is ~3x faster than count_nonzero on a float tensor, and exact while
+    the mask has at most EXACT_COUNT elements (`exact`): every partial sum is an integer no larger than that."""
+    return mask.sum() if exact else torch.count_nonzero(mask)
 
 
-def moments(t: torch.Tensor) -> list[torch.Tensor]:
-    """Sum and sum of squares of all elements: two BLAS-speed reductions (torch.var_mean costs ~15x more).
-    Used where the mean is small against the spread (h, gradients, weights): E[t^2] - E[t]^2 loses nothing."""
-    v = t.reshape(-1)
-    return [total(v), torch.dot(v, v)]
-
-
-def act_moments(x: torch.Tensor, scratch: torch.Tensor) -> list[torch.Tensor]:
-    """Sum and sum of squared deviations: two-pass, exact when the mean dominates (sigmoid, relu outputs)."""
-    v = x.reshape(-1)
-    s = total(v)
-    dev = torch.sub(v, s / v.numel(), out=scratch.reshape(-1))
-    return [s, torch.dot(dev, dev)]
-
-
-def preact_moments(h: torch.Tensor) -> list[torch.Tensor]:
-    """Sum, sum of squares and |sum_a u_a|^2 of h (batch, ...), u_a = h_a / |h_a| its unit rows.
-    The last gives the mean pair correlation: sum_{a != b} u_a.u_b = |sum_a u_a|^2 - B, in O(B * units)."""
-    rows = h.reshape(h.shape[0], -1)  # (batch, units [* spatial])
-    norms = torch.linalg.vector_norm(rows, dim=1)
-    unit_sum = torch.mv(rows.t(), norms.reciprocal())  # (units,)
-    return [total(h.reshape(-1)), norms.dot(norms), unit_sum.dot(unit_sum)]
-
-
-def saturated_count(h, phi, saturation, scratch) -> torch.Tensor:
-    """Elements where abs(phi'(h)) < threshold. `saturation` is ('interval', (lo, hi)), the set where phi is
-    not flat (a cheap comparison), or ('threshold', t) for activations whose non-flat set is not one interval
-    (gelu, silu, mish, sin: phi'(h) by forward-mode AD)."""
+def saturation_mask_(h, phi, saturation, out) -> torch.Tensor:
+    """1.0 where abs(phi'(h)) < threshold (h flat), else 0.0 (nan is never saturated), into `out`.
+    `saturation` is ('interval', (lo, hi)), the set where phi is not flat (a cheap comparison), or ('threshold', t)
+    for activations whose non-flat set is not one interval (gelu, silu, mish, sin: phi'(h) by forward-mode AD)."""
     kind, value = saturation
-    flags = scratch.reshape(-1)
     if kind == "threshold":
         _, dphi = jvp(phi, (h,), (torch.ones_like(h),))
-        return torch.count_nonzero(dphi.abs() < value)
+        return torch.lt(dphi.abs(), value, out=out)
     lo, hi = value
-    if lo == -hi:  # symmetric (tanh, sigmoid, softsign, hardtanh, identity): one pass
-        return torch.count_nonzero(torch.abs(h.reshape(-1), out=flags).gt_(hi))
-    count = torch.count_nonzero(torch.lt(h.reshape(-1), lo, out=flags)) if lo > -math.inf else 0
-    if hi < math.inf:
-        count = count + torch.count_nonzero(torch.gt(h.reshape(-1), hi, out=flags))
-    return count
+    if lo == -hi:  # symmetric (tanh, sigmoid, softsign, hardtanh, identity): one comparison of abs(h)
+        return torch.abs(h, out=out).gt_(hi)
+    if lo > -math.inf:
+        torch.lt(h, lo, out=out)
+    else:
+        out.zero_()
+    return out.add_(h > hi) if hi < math.inf else out
 
 
-FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "w_sum", "w_sq")
+FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "w_sum", "w_sq", "sat", "nonzero")
+
+
+class Rows:
+    """A (depth, cols) device buffer filled one row at a time. A row's values (0-d tensors) wait until `chunk` rows
+    have come, then one stack writes them all: a stack per row costs about as much as the statistics of a small
+    layer. Only a chunk's few hundred scalars are alive at once: thousands of them would pin the freed activations
+    between them on the heap (a checkpointed 10,000-layer run grew by gigabytes that way)."""
+
+    def __init__(self, depth, cols, dtype, device, chunk=32):
+        self.buf = torch.full((depth, cols), math.nan, dtype=dtype, device=device)
+        self.chunk, self.pending = chunk, []
+
+    def add(self, row: int, values: list):
+        self.pending.append((row, values))
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self):
+        """Consecutive rows (the forward pass goes up, the backward down) in one stack; anything else row by row."""
+        pending = sorted(self.pending, key=lambda rv: rv[0])
+        self.pending = []
+        if not pending:
+            return
+        lo, hi = pending[0][0], pending[-1][0]
+        if [r for r, _ in pending] == list(range(lo, hi + 1)):
+            torch.stack([v for _, vals in pending for v in vals], out=self.buf[lo:hi + 1].view(-1))
+        else:
+            for r, vals in pending:
+                torch.stack(vals, out=self.buf[r])
+
+
+class Workspace:
+    """Buffers reused by every layer of one shape (no allocation per layer), and their views."""
+
+    def __init__(self, h: torch.Tensor):
+        self.shape = h.shape
+        self.scratch = torch.empty_like(h)  # x - mean(x), then the saturation mask (0/1)
+        self.scratch_flat = self.scratch.view(-1)
+        self.flags = torch.empty(h.shape, dtype=torch.bool, device=h.device)  # x != 0
+        self.exact = h.numel() <= EXACT_COUNT
+        self.coef = torch.ones((2, h.shape[0]), dtype=h.dtype, device=h.device)  # (1 / row norms, ones)
+        self.recip = self.coef[0]
+        self.row_dims = tuple(range(1, h.dim()))
 
 
 class Recorder:
-    """Collects each layer's raw sums as the forward and backward pass it, straight into preallocated device
-    buffers (one row per layer). Keeping thousands of small result tensors alive instead would pin the freed
-    activations between them on the heap: a checkpointed 10,000-layer run grew by gigabytes that way."""
+    """Collects each layer's raw sums as the forward and backward pass it, into preallocated device buffers.
+
+    At moderate widths much of the cost is per call rather than per element, and every pass over a tensor that is
+    no longer in cache costs a trip to memory. So a layer makes few torch calls, in an order that finds its data in
+    cache: no grad-mode switches (every input is detached, and hooks run with grad mode off), no allocation but the
+    0-d results (see Workspace), no per-row stacks (see Rows), one hook for dL/dh and dL/dx, no hook for dL/dW in
+    the plain probe (see take_weight_grad)."""
 
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
-        def buffer(cols, kind=dtype):
-            return torch.full((depth, cols), math.nan, dtype=kind, device=device) if kind.is_floating_point \
-                else torch.zeros((depth, cols), dtype=kind, device=device)
+        self.depth, self.dtype = depth, dtype
+        self.saturation, self.phi, self.hist_layers = saturation, phi, hist_layers
+        # counts go into the float rows too: exact up to 2^24 elements in float32, as finish() divided them anyway
+        self.fwd = Rows(depth, len(FORWARD_RAW), dtype, device)
+        self.grads = Rows(depth, 4, dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
+        self.weight_grads = Rows(depth, 2, dtype, device)
+        self.kept, self.work, self.one_node = {}, None, None
+        self.leaves = None  # the plain probe's weights
 
-        self.fwd, self.counts = buffer(len(FORWARD_RAW)), buffer(2, torch.int64)  # counts: saturated, nonzero
-        self.grads = {name: buffer(2) for name in ("gh", "gx", "gw")}  # (sum, sum of squares)
-        self.dtype, self.saturation, self.phi, self.hist_layers = dtype, saturation, phi, hist_layers
-        self.kept, self.scratch = {}, None
-
-    @torch.no_grad()
     def forward(self, l, w, h, x):
-        """Forward statistics of layer index l, and hooks for its gradients."""
-        hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)
-        if self.scratch is None or self.scratch.shape != hd.shape:
-            self.scratch = torch.empty_like(hd)
-        values = preact_moments(hd) + act_moments(xd, self.scratch) + moments(w.detach().to(self.dtype))
-        torch.stack(values, out=self.fwd[l])
-        sat = saturated_count(hd, self.phi, self.saturation, self.scratch)
-        torch.stack([torch.as_tensor(sat, device=hd.device), torch.count_nonzero(xd)], out=self.counts[l])
+        """Statistics of layer index l (W^l, h^l, x^l = phi(h^l)), and the hook for its gradients."""
+        hd, xd, wd = h.detach(), x.detach(), w.detach()
+        if hd.dtype != self.dtype:
+            hd, xd, wd = hd.to(self.dtype), xd.to(self.dtype), wd.to(self.dtype)
+        work = self.work
+        if work is None or work.shape != hd.shape:
+            work = self.work = Workspace(hd)
+        scratch, flat = work.scratch, work.scratch_flat
+        # x first, while phi's output is in cache: nonzero count (a float -> bool copy tests != 0, nan included, as
+        # count_nonzero does), sum, then squared deviations from the mean (two-pass: exact when the mean dominates)
+        nonzero = torch.count_nonzero(work.flags.copy_(xd))
+        x_sum = xd.sum()
+        torch.sub(xd, x_sum, alpha=1.0 / xd.numel(), out=scratch)
+        act_sq = flat.dot(flat)
+        # h: row norms, then (1 / norms, ones) @ rows = (sum of unit rows, column sums), one pass each
+        norms = torch.linalg.vector_norm(hd, dim=work.row_dims)
+        torch.reciprocal(norms, out=work.recip)
+        unit_sum, col_sum = torch.mm(work.coef, hd if hd.dim() == 2 else hd.reshape(hd.shape[0], -1))
+        saturated = count(saturation_mask_(hd, self.phi, self.saturation, scratch), work.exact)
+        wv = wd.reshape(-1)
+        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), x_sum, act_sq, wv.sum(),
+                         wv.dot(wv), saturated, nonzero])
         keep = l + 1 in self.hist_layers
         if keep:
             self.kept[("act", l + 1)] = xd
-        h.register_hook(self.grad_hook("gh", l, ("grad_preact", l + 1) if keep else None))
-        x.register_hook(self.grad_hook("gx", l))
+        self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
 
-    def grad_hook(self, name, l, key=None):
-        def hook(grad):
-            self.record_grad(name, l, grad)
-            if key is not None:
-                self.kept[key] = grad.detach().to(self.dtype, copy=True)
+    def hook_grads(self, l, h, x, key):
+        """dL/dh and dL/dx in one post-hook of phi's node (input h, output x), or, when phi is no single node on h
+        (an identity; a composite like softsign), a tensor hook on each."""
+        if self.one_node is None:
+            node = x.grad_fn
+            self.one_node = x is not h and len(node.next_functions) == 1 and node.next_functions[0][0] is h.grad_fn
+        if self.one_node:
+            x.grad_fn.register_hook(functools.partial(self.node_hook, l, key))
+            return
+        pending = {}
 
-        return hook
+        def gx_hook(grad):  # runs first: the backward reaches x before h
+            pending["gx"] = grad
 
-    @torch.no_grad()
-    def record_grad(self, name, l, grad):
-        torch.stack(moments(grad.to(self.dtype)), out=self.grads[name][l])
+        def gh_hook(grad):
+            self.record_grads(l, grad, pending.pop("gx", grad), key)
+
+        x.register_hook(gx_hook)
+        h.register_hook(gh_hook)
+
+    def node_hook(self, l, key, grad_inputs, grad_outputs):
+        self.record_grads(l, grad_inputs[0], grad_outputs[0], key)
+
+    def record_grads(self, l, gh, gx, key):
+        if self.leaves is not None and l + 1 < self.depth:
+            self.take_weight_grad(l + 1)
+        if key is not None:
+            self.kept[key] = gh.detach().to(self.dtype, copy=True)
+        gh, gx = gh.reshape(-1), gx.reshape(-1)
+        if gh.dtype != self.dtype:
+            gh, gx = gh.to(self.dtype), gx.to(self.dtype)
+        self.grads.add(l, [gh.sum(), gh.dot(gh), gx.sum(), gx.dot(gx)])
+
+    def take_weight_grad(self, l):
+        """Statistics of the gradient accumulated in leaf weight l, then free it: memory stays one layer's worth.
+        Autograd accumulates into leaves first, so W^(l+1)'s gradient is there when layer l's hook runs (and takes
+        it, instead of a hook per weight); probe() takes whatever is left once the backward is done."""
+        w = self.leaves[l]
+        if w.grad is not None:
+            self.weight_grad(l, w.grad)
+            w.grad = None
 
     def weight_grad(self, l, grad):
-        self.record_grad("gw", l, grad)
+        v = grad.reshape(-1)
+        if v.dtype != self.dtype:
+            v = v.to(self.dtype)
+        self.weight_grads.add(l, [v.sum(), v.dot(v)])
 
     def columns(self, batch, n, n_weights) -> torch.Tensor:
-        raw = dict(zip(FORWARD_RAW, self.fwd.unbind(1)))
-        for name, buf in self.grads.items():
-            raw[name + "_sum"], raw[name + "_sq"] = buf.unbind(1)
-        raw["sat"], raw["nonzero"] = self.counts.to(self.dtype).unbind(1)
-        return finish(raw, batch, n, n_weights)
+        for rows in (self.fwd, self.grads, self.weight_grads):
+            rows.flush()
+        r = dict(zip(FORWARD_RAW, self.fwd.buf.unbind(1)))
+        r["gh_sum"], r["gh_sq"], r["gx_sum"], r["gx_sq"] = self.grads.buf.unbind(1)
+        r["gw_sum"], r["gw_sq"] = self.weight_grads.buf.unbind(1)
+        return finish(r, batch, n, n_weights)
 
 
 def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
@@ -142,24 +210,16 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
 
     Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
     rec = Recorder(len(params), stat_dtype(x0.dtype), x0.device, saturation, phi, hist_layers)
-
-    def weight_grad_hook(l):
-        def hook(p):
-            rec.weight_grad(l, p.grad)
-            p.grad = None  # free it at once: memory stays one layer's worth, whatever the depth
-
-        return hook
-
-    handles = []
+    rec.leaves = [w for w, _ in params]
     x = x0
     for l, (w, b) in enumerate(params):
-        handles.append(w.register_post_accumulate_grad_hook(weight_grad_hook(l)))
+        w.grad = None
         h = models.block(cfg, x, w, b)
         x = phi(h)
         rec.forward(l, w, h, x)
     x.backward(cotangent)
-    for handle in handles:
-        handle.remove()
+    for l in range(len(params)):
+        rec.take_weight_grad(l)
     return rec.columns(x0.shape[0], x.numel(), _weight_counts(params, x0)), rec.kept
 
 
@@ -207,6 +267,7 @@ def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor
 
     pairs = batch * (batch - 1)
     corr = (r["pre_pairs"] - batch) / pairs if pairs else torch.full_like(r["pre_sum"], math.nan)
+    corr = torch.where(torch.isfinite(r["pre_sq"]), corr, math.nan)  # an infinite row norm has no direction
     columns = [r["pre_sum"] / n, var("pre", n), r["act_sum"] / n, r["act_sq"] / n, var("gh", n), var("gx", n),
                var("w", n_weights), var("gw", n_weights), r["sat"] / n, 1 - r["nonzero"] / n, corr]
     return torch.stack(columns, dim=1)

@@ -312,6 +312,8 @@ def test_exploding_identity_network_reports_non_finite_layers(device, tmp_path):
     assert isinstance(first, int) and 18 <= first <= 22, first
     finite = np.isfinite(layers["act_var"].to_numpy())
     assert finite[: first - 1].all() and not finite[first - 1:].any(), layers["act_var"].tolist()
+    overflowed = ~np.isfinite(layers["preact_var"].to_numpy())
+    assert overflowed.any() and layers["preact_corr"][overflowed].isna().all()  # not -1/(B-1) from unit rows of 0
     assert summary["forward_verdict"] == "exploding"
     assert isinstance(summary["first_nonfinite_layer"], int) and summary["first_nonfinite_layer"] <= first
 
