@@ -141,7 +141,8 @@ def depth_memory(depths=(1000, 4000, 10000)):
     deep = out[max(depths)]
     growth = {d: v["peak"] - v["base"] for d, v in out.items()}
     lo, hi = min(depths), max(depths)
-    exponent = math.log(growth[hi] / growth[lo]) / math.log(hi / lo)
+    ok = growth[lo] > 0 and growth[hi] > 0  # no growth above the imports' peak: nothing to fit
+    exponent = math.log(growth[hi] / growth[lo]) / math.log(hi / lo) if ok else math.nan
     return [
         row(f"{hi}-layer MLP peak memory", round(deep["peak"] / 2**30, 3), "< 1", deep["peak"] < 2**30,
             f"checkpointed, {deep['seconds']:.0f} s probe, finite: {deep['finite']}", "GiB"),

@@ -141,9 +141,16 @@ def jacobian_frame(svals, seed: int) -> pd.DataFrame:
 
 
 def peak_memory(device: torch.device) -> int:
-    """Peak bytes: CUDA's max_memory_allocated, else the process's peak resident set size."""
+    """Peak bytes: CUDA's max_memory_allocated, else the process's peak resident set size. On Linux from
+    /proc (VmHWM, this program's own): getrusage's maxrss survives exec, so a process started by a larger one
+    (a bench, a spawned sweep worker) would report its parent's peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

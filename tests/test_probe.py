@@ -3,6 +3,8 @@ run records about its own cost (issue 5). Nothing here asserts on wall time."""
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,3 +186,13 @@ def test_summary_records_peak_memory_and_probe_time(device, tmp_path, checkpoint
     assert isinstance(timings["probe_seconds"], float) and timings["probe_seconds"] >= 0
     assert timings["run_seconds"] >= timings["probe_seconds"]
     assert summary["checkpoint"]["used"] is checkpoint
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the inherited maxrss is Linux's behaviour")
+def test_peak_memory_is_the_programs_own_not_its_parents():
+    """getrusage's maxrss survives fork + exec: a run started by a process holding 1 GiB would report >= 1 GiB.
+    The child imports torch (a few hundred MiB) and reports its own peak, well under the parent's gigabyte."""
+    held = b"\x01" * 2**30  # touched pages: resident in this process
+    code = "import torch; from initprobe import runner; print(runner.peak_memory(torch.device('cpu')))"
+    peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert len(held) == 2**30 and 50 * 2**20 < peak < 2**30 - 2**27, peak
