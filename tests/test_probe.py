@@ -196,3 +196,24 @@ def test_peak_memory_is_the_programs_own_not_its_parents():
     code = "import torch; from initprobe import runner; print(runner.peak_memory(torch.device('cpu')))"
     peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert len(held) == 2**30 and 50 * 2**20 < peak < 2**30 - 2**27, peak
+
+
+# ------------------------------------------------------------------------------------------ the benchmark
+
+
+def test_bench_overhead_row_compares_instrumented_with_bare(device, tmp_path):
+    """The row's shape and that both passes ran on the same network; its value is a time ratio, so only its sign
+    is asserted. The bare pass must leave no gradient behind (else the next instrumented pass would see it)."""
+    from initprobe import bench
+
+    options = dict(arch="mlp", depth=3, width=16, batch=4, act="tanh")
+    result, flops = bench.overhead("tiny", options, 1.10, device, reps=1)
+    assert set(result) == {"target", "value", "unit", "goal", "pass", "note"}
+    assert result["target"] == "overhead tiny" and result["value"] > 0 and flops > 0
+    assert result["pass"] == (result["value"] <= 1.10) and "bare" in result["note"]
+    cfg = RunConfig(**options, device=device.type)
+    params, x0, cotangent = bench._setup(cfg, device)
+    bench.bare_pass(cfg, params, activations.torch_fn("tanh"), x0, cotangent)
+    assert all(w.grad is None for w, _ in params)
+    path = bench.write({"rows": [result]}, tmp_path / "b" / "bench.json")
+    assert json.loads(path.read_text())["rows"][0]["target"] == "overhead tiny"
