@@ -10,14 +10,23 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 
+
+class _LazyNumpy:
+    """numpy, imported on first use: `initprobe --help` needs only the registry's names, and importing numpy
+    costs it ~0.1 s. The first attribute access replaces this placeholder with the module itself."""
+
+    def __getattr__(self, name):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
 SATURATION_LEVEL = 0.05  # saturated where abs(phi'(h)) < 5% of max abs(phi') (DESIGN section 1)
-
-_erf = np.vectorize(math.erf, otypes=[float])
-
 
 def _sigmoid(x):
     e = np.exp(-np.abs(x))  # overflow-free logistic, accurate in both tails (1 + tanh(x/2) cancels for x << 0)
@@ -29,7 +38,7 @@ def _softplus(x):
 
 
 def _norm_cdf(x):
-    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+    return 0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])(x / math.sqrt(2.0)))
 
 
 def _norm_pdf(x):
@@ -57,7 +66,7 @@ class Activation:
         return 1.0 / math.sqrt(second_moment(self, 1.0, slope))
 
     def max_abs_dphi(self, slope: float = 0.01) -> float:
-        return float(np.max(np.abs(self.dphi(_GRID, slope))))
+        return float(np.max(np.abs(self.dphi(_grid(), slope))))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019  (registry entries live as long as the process)
     def saturation(self, slope: float = 0.01):
@@ -65,17 +74,21 @@ class Activation:
         ('interval', (lo, hi)) when the non-flat set is one interval (checking h against two numbers is
         cheap), else ('threshold', t) to compare abs(phi'(h)) with t elementwise."""
         threshold = SATURATION_LEVEL * self.max_abs_dphi(slope)
-        live = np.abs(self.dphi(_GRID, slope)) >= threshold
+        grid = _grid()
+        live = np.abs(self.dphi(grid, slope)) >= threshold
         idx = np.flatnonzero(live)
         if idx.size == 0 or idx[-1] - idx[0] + 1 != idx.size:
             return "threshold", threshold
-        lo = -math.inf if idx[0] == 0 else _edge(self, slope, threshold, _GRID[idx[0] - 1], _GRID[idx[0]])
-        hi = math.inf if idx[-1] == _GRID.size - 1 else _edge(self, slope, threshold, _GRID[idx[-1] + 1],
-                                                              _GRID[idx[-1]])
+        lo = -math.inf if idx[0] == 0 else _edge(self, slope, threshold, grid[idx[0] - 1], grid[idx[0]])
+        hi = math.inf if idx[-1] == grid.size - 1 else _edge(self, slope, threshold, grid[idx[-1] + 1],
+                                                             grid[idx[-1]])
         return "interval", (lo, hi)
 
 
-_GRID = np.linspace(-50.0, 50.0, 1_000_001)  # where phi' is inspected; beyond it every phi' is monotone
+@functools.cache
+def _grid():
+    """Where phi' is inspected; beyond it every phi' is monotone."""
+    return np.linspace(-50.0, 50.0, 1_000_001)
 
 
 def _edge(act, slope, threshold, flat, live) -> float:
@@ -145,19 +158,18 @@ def unknown_message(kind: str, name: str, valid: list[str]) -> str:
     return f"unknown {kind} '{name}'; {hint}"
 
 
-_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(201)  # E_z[f(z)], z ~ N(0,1) = sum(w f(x)) / sqrt(2 pi)
-_GH_W = _GH_W / math.sqrt(2.0 * math.pi)
-
-
-# Trapezoid rule on a dense grid: Gauss-Hermite converges slowly where phi has kinks (201 nodes put
-# E[hardtanh(5z)^2] 2% off); this grid is within ~1e-6 relative for every activation here.
-_Z = np.linspace(-10.0, 10.0, 20_001)
-_Z_W = np.exp(-0.5 * _Z * _Z) / math.sqrt(2.0 * math.pi) * (_Z[1] - _Z[0])
+@functools.cache
+def _trapezoid_rule():
+    """Nodes and weights of E_z[f(z)], z ~ N(0, 1), on a dense grid: Gauss-Hermite converges slowly where phi has
+    kinks (201 nodes put E[hardtanh(5z)^2] 2% off); this grid is within ~1e-6 relative for every activation here."""
+    z = np.linspace(-10.0, 10.0, 20_001)
+    return z, np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) * (z[1] - z[0])
 
 
 def second_moment(act: Activation, q: float, slope: float = 0.01) -> float:
     """E[phi(sqrt(q) z)^2] for z ~ N(0, 1), by the trapezoid rule on a dense grid of z."""
-    return float(np.sum(_Z_W * act.phi(math.sqrt(q) * _Z, slope) ** 2))
+    z, weights = _trapezoid_rule()
+    return float(np.sum(weights * act.phi(math.sqrt(q) * z, slope) ** 2))
 
 
 def torch_fn(name: str, slope: float = 0.01) -> Callable:

@@ -8,7 +8,7 @@ Conventions: sigma_w2 = fan_in * Var(W) as initialized (layer 1 with its own fan
 q^l = E[(h^l)^2] (the pre-activations have mean 0, so this is also their variance), x^0 ~ N(0, input_q).
 `act` is a registry name (aliases allowed) or an `activations.Activation`.
 
-Gaussian expectations. 201-point Gauss-Hermite (`activations._GH_X`) converges slowly where phi has a kink (relu
+Gaussian expectations. 201-point Gauss-Hermite converges slowly where phi has a kink (relu
 at 0, hardtanh at +-1; phi'' jumps for elu, selu and softsign at 0): it is up to 0.9 off for hardtanh'^2. So
 every expectation here is a composite Gauss-Legendre rule in t = x / sqrt(q) on [-10, 10] (Gaussian mass
 outside: 1.5e-23), 10 nodes per panel, with panel edges at
