@@ -158,19 +158,19 @@ def _colours(lines: list[str]) -> dict:
 # Small multiples
 
 
-def profile(frame: pd.DataFrame, quantity: str) -> pd.DataFrame:
-    """Per layer: geometric mean, min and max over seeds of the positive finite values of `quantity`, and how many
-    values were masked (non-finite or <= 0)."""
-    values = frame[["layer", quantity]].copy()
+def profiles(data: pd.DataFrame, quantity: str) -> dict:
+    """{(column, line): per-layer frame} of geometric mean, min and max over seeds of the positive finite values of
+    `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line."""
+    values = data[["column", "line", "layer", quantity]].copy()
     v = values[quantity].to_numpy(dtype=float)
     good = np.isfinite(v) & (v > 0)
     values["log"] = np.where(good, np.log(np.where(good, v, 1.0)), np.nan)
     values["good"] = np.where(good, v, np.nan)
     values["masked"] = ~good
-    per = values.groupby("layer").agg(log=("log", "mean"), lo=("good", "min"), hi=("good", "max"),
-                                      masked=("masked", "sum"))
+    per = values.groupby(["column", "line", "layer"]).agg(log=("log", "mean"), lo=("good", "min"),
+                                                          hi=("good", "max"), masked=("masked", "sum"))
     per["geomean"] = np.exp(per["log"])
-    return per.reset_index()
+    return {key: frame.reset_index() for key, frame in per.reset_index(["layer"]).groupby(level=[0, 1])}
 
 
 def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
@@ -181,14 +181,14 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
     fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
     axes = fig.subplots(len(QUANTITIES), len(columns), squeeze=False, sharey="row")
     for r, (quantity, name) in enumerate(QUANTITIES):
+        panels = profiles(data, quantity)
         for c, column in enumerate(columns):
             ax = axes[r, c]
             drawn, notes = 0, []
             for line in lines:
-                frame = data[(data["column"] == column) & (data["line"] == line)]
-                if frame.empty:
+                if (column, line) not in panels:
                     continue
-                per = profile(frame, quantity)
+                per = panels[column, line]
                 colour = colours[line]
                 if per["geomean"].notna().any():
                     ax.plot(per["layer"], per["geomean"], color=colour, ls=dashes[line], lw=1.8, label=line)
