@@ -112,7 +112,7 @@ def overhead(name, options, goal, device, reps=9):
         flops / statistics.median(bare_t)
 
 
-def matmul_throughput(device, n=1024, reps=5):
+def matmul_throughput(device, n=1024, reps=10):
     a = torch.randn(n, n, device=device)
     best = min(timed(lambda: a @ a, device, reps))
     return 2 * n**3 / best
@@ -213,7 +213,7 @@ def sweep_rows(quick: bool = False):
 def run_all(device: torch.device, quick: bool = False) -> dict:
     rows = []
     mlp_row, mlp_flops = overhead("MLP 50x512, batch 256", MLP, 1.10, device)
-    cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 5)
+    cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 9)
     rows += [mlp_row, cnn_row]
     rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000))
     rows += startup()
