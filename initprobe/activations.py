@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-
 class _LazyNumpy:
     """numpy, imported on first use: `initprobe --help` needs only the registry's names, and importing numpy
     costs it ~0.1 s. The first attribute access replaces this placeholder with the module itself."""
@@ -24,9 +23,11 @@ class _LazyNumpy:
 
 
 np = _LazyNumpy()
+
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
 SATURATION_LEVEL = 0.05  # saturated where abs(phi'(h)) < 5% of max abs(phi') (DESIGN section 1)
+
 
 def _sigmoid(x):
     e = np.exp(-np.abs(x))  # overflow-free logistic, accurate in both tails (1 + tanh(x/2) cancels for x << 0)
