@@ -217,3 +217,21 @@ def test_bench_overhead_row_compares_instrumented_with_bare(device, tmp_path):
     assert all(w.grad is None for w, _ in params)
     path = bench.write({"rows": [result]}, tmp_path / "b" / "bench.json")
     assert json.loads(path.read_text())["rows"][0]["target"] == "overhead tiny"
+
+
+@pytest.mark.parametrize("arch, act", [("mlp", "tanh"), ("mlp", "gelu"), ("cnn", "relu")])
+def test_probe_makes_no_host_sync_on_cuda(device, arch, act):
+    """CUDA only (skipped elsewhere): torch raises on any synchronising call inside the probe, so every statistic
+    stays on the device until the caller's one transfer."""
+    if device.type != "cuda":
+        pytest.skip("host synchronisation is a CUDA notion; run with TORCH_DEVICE=cuda")
+    cfg = cfg_for(device, arch, act, "float32")
+    params, x0, cotangent = network(cfg, device)
+    phi, sat = activations.torch_fn(act), activations.get(act).saturation()
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats, _ = probe.probe(cfg, params, phi, x0, cotangent, sat)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert np.isfinite(probe.to_host([stats])[0]).all()
