@@ -54,6 +54,20 @@ def saturation_mask_(h, phi, saturation, out) -> torch.Tensor:
     return out.add_(h > hi) if hi < math.inf else out
 
 
+def inward_edges(saturation, dtype: torch.dtype):
+    """An interval's edges as `dtype` holds them, rounded toward the live side, so that comparing h in that dtype
+    says exactly whether h is beyond the edge. Rounded to nearest, hardtanh's edge 1 - 1e-16 becomes 1.0 in float32,
+    and h = 1.0, where hardtanh is flat, would not count (bfloat16 networks hit exactly 1.0 often)."""
+    kind, value = saturation
+    if kind != "interval" or dtype == torch.float64:
+        return saturation
+    lo, hi = torch.tensor(value, dtype=torch.float64)
+    lo_held, hi_held = lo.to(dtype), hi.to(dtype)
+    lo_held = torch.where(lo_held < lo, torch.nextafter(lo_held, hi_held), lo_held)
+    hi_held = torch.where(hi_held > hi, torch.nextafter(hi_held, lo_held), hi_held)
+    return kind, (lo_held.item(), hi_held.item())
+
+
 FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "w_sum", "w_sq", "sat", "nonzero")
 
 
@@ -111,7 +125,7 @@ class Recorder:
 
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
         self.depth, self.dtype = depth, dtype
-        self.saturation, self.phi, self.hist_layers = saturation, phi, hist_layers
+        self.saturation, self.phi, self.hist_layers = inward_edges(saturation, dtype), phi, hist_layers
         # counts go into the float rows too: exact up to 2^24 elements in float32, as finish() divided them anyway
         self.fwd = Rows(depth, len(FORWARD_RAW), dtype, device)
         self.grads = Rows(depth, 4, dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
@@ -220,7 +234,8 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
     x.backward(cotangent)
     for l in range(len(params)):
         rec.take_weight_grad(l)
-    return rec.columns(x0.shape[0], x.numel(), _weight_counts(params, x0)), rec.kept
+    n_weights = device_numbers([w.numel() for w, _ in params], rec.dtype, x0.device)
+    return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
 
 
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
@@ -251,12 +266,14 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     state["recomputing"] = True
     x.backward(cotangent)
     n_weights = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
-    n_weights = torch.tensor(n_weights, dtype=rec.dtype, device=x0.device)
+    n_weights = device_numbers(n_weights, rec.dtype, x0.device)
     return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
 
 
-def _weight_counts(params, x0):
-    return torch.tensor([w.numel() for w, _ in params], dtype=stat_dtype(x0.dtype), device=x0.device)
+def device_numbers(numbers: list, dtype, device) -> torch.Tensor:
+    """A 1-d tensor of Python numbers made on the device by fills: torch.tensor(list, device=cuda) copies from
+    the host and waits for the copy (a host sync)."""
+    return torch.stack([torch.full((), n, dtype=dtype, device=device) for n in numbers])
 
 
 def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor:

@@ -98,23 +98,27 @@ def test_probe_matches_a_direct_computation(device, arch, act):
         assert_close(got[:, j], want[:, j], 1e-9, 1e-9 * scale, name)
 
 
-def test_counts_treat_nan_and_inf_as_the_original_definitions(device):
-    """saturated: abs(h) > edge, so inf is saturated and nan is not; zero_frac counts exact zeros only (nan is
-    nonzero, as in count_nonzero)."""
-    cfg = cfg_for(device, "mlp", "tanh", "float32", depth=1, width=4, batch=2)
+@pytest.mark.parametrize("act", ["tanh", "hardtanh"])
+def test_counts_treat_nan_and_inf_as_the_original_definitions(device, act):
+    """saturated: h beyond the live interval's edge, compared exactly (in float64) whatever float32 rounding does to
+    the edge, so inf is saturated, nan is not, and hardtanh's h = +-1.0 (where it is flat) is; zero_frac counts exact
+    zeros only (nan is nonzero, as in count_nonzero)."""
+    cfg = cfg_for(device, "mlp", act, "float32", depth=1, width=4, batch=3)
     (w, b), = models.build(cfg, [0], device)
-    sat = activations.get("tanh").saturation()
+    sat = activations.get(act).saturation()
     hi = sat[1][1]
-    values = torch.tensor([[0.0, math.nan, math.inf, -math.inf], [hi, -hi, 2 * hi, 0.5]], device=device)
+    values = torch.tensor([[0.0, math.nan, math.inf, -math.inf], [hi, -hi, 2 * hi, 0.5],
+                           [1.0, -1.0, math.nextafter(hi, 0), math.nextafter(hi, 9)]], device=device)
     h = values.clone().requires_grad_()
-    x = torch.tanh(h)  # one exact zero (tanh(0)); tanh(nan) is nan
-    rec = probe.Recorder(1, torch.float32, device, sat, torch.tanh)
-    rec.forward(0, w, h, x)
-    cols = probe.to_host([rec.columns(2, values.numel(), torch.tensor([16.0], device=device))])[0][0]
+    phi = activations.torch_fn(act)
+    rec = probe.Recorder(1, torch.float32, device, sat, phi)
+    rec.forward(0, w, h, phi(h))  # one exact zero (phi(0)); phi(nan) is nan
+    cols = probe.to_host([rec.columns(3, values.numel(), torch.tensor([16.0], device=device))])[0][0]
     saturated = dict(zip(probe.COLUMNS, cols))["saturated_frac"] * values.numel()
     zeros = dict(zip(probe.COLUMNS, cols))["zero_frac"] * values.numel()
-    assert saturated == pytest.approx(3)  # inf, -inf, 2 * hi: not nan, not +-hi itself
-    assert zeros == pytest.approx(1)  # tanh(0); nan is not zero
+    assert saturated == pytest.approx(int((values.double().abs() > hi).sum()))
+    assert saturated >= 3 + 2 * (act == "hardtanh")  # inf, -inf, 2 * hi; hardtanh also +-1.0
+    assert zeros == pytest.approx(1)
 
 
 def test_large_tensors_count_with_count_nonzero(device, monkeypatch):
