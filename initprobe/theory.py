@@ -132,26 +132,20 @@ def expect(fn: Callable, q: float, kinks=(-1.0, 0.0, 1.0)) -> float:
     q == 0 gives fn(0) (for fn with a jump at 0, e.g. relu', the mean of the one-sided values, i.e. the limit
     q -> 0+, so that chi_1 is continuous there); q == inf gives the limit (fn(inf) + fn(-inf)) / 2, which is inf
     or nan where fn grows or oscillates; q < 0 or nan gives nan. Never raises, no warnings."""
+    return expect_all((fn,), q, kinks)[0]
+
+
+def expect_all(fns, q: float, kinks=(-1.0, 0.0, 1.0)) -> list[float]:
+    """[expect(fn, q) for fn in fns], sharing one quadrature rule (building it is most of the cost)."""
     q = float(q)
     with np.errstate(all="ignore"):
         if math.isnan(q) or q < 0:
-            return math.nan
+            return [math.nan for _ in fns]
         if q == 0:
-            return _at_zero(fn)
+            return [_at_zero(fn) for fn in fns]
         if math.isinf(q):
-            hi, lo = _at_inf(fn)
-            return 0.5 * (hi + lo)
+            return [0.5 * sum(_at_inf(fn)) for fn in fns]
         x, w = _rule1(math.sqrt(q), kinks)
-        return float(np.dot(w, fn(x)))
-
-
-def expect_all(fns, q: float) -> list[float]:
-    """[expect(fn, q) for fn in fns], sharing one quadrature rule (building it is most of the cost)."""
-    q = float(q)
-    if not (q > 0 and math.isfinite(q)):
-        return [expect(fn, q) for fn in fns]
-    x, w = _rule1(math.sqrt(q), (-1.0, 0.0, 1.0))
-    with np.errstate(all="ignore"):
         return [float(np.dot(w, fn(x))) for fn in fns]
 
 
