@@ -135,9 +135,7 @@ class Recorder:
 
     def forward(self, l, w, h, x):
         """Statistics of layer index l (W^l, h^l, x^l = phi(h^l)), and the hook for its gradients."""
-        hd, xd, wd = h.detach(), x.detach(), w.detach()
-        if hd.dtype != self.dtype:
-            hd, xd, wd = hd.to(self.dtype), xd.to(self.dtype), wd.to(self.dtype)
+        hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)  # .to: no copy when already the dtype
         work = self.work
         if work is None or work.shape != hd.shape:
             work = self.work = Workspace(hd)
@@ -153,9 +151,8 @@ class Recorder:
         torch.reciprocal(norms, out=work.recip)
         unit_sum, col_sum = torch.mm(work.coef, hd if hd.dim() == 2 else hd.reshape(hd.shape[0], -1))
         saturated = count(saturation_mask_(hd, self.phi, self.saturation, scratch), work.exact)
-        wv = wd.reshape(-1)
-        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), x_sum, act_sq, wv.sum(),
-                         wv.dot(wv), saturated, nonzero])
+        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), x_sum, act_sq,
+                         *self.sums(w.detach()), saturated, nonzero])
         keep = l + 1 in self.hist_layers
         if keep:
             self.kept[("act", l + 1)] = xd
@@ -189,10 +186,7 @@ class Recorder:
             self.take_weight_grad(l + 1)
         if key is not None:
             self.kept[key] = gh.detach().to(self.dtype, copy=True)
-        gh, gx = gh.reshape(-1), gx.reshape(-1)
-        if gh.dtype != self.dtype:
-            gh, gx = gh.to(self.dtype), gx.to(self.dtype)
-        self.grads.add(l, [gh.sum(), gh.dot(gh), gx.sum(), gx.dot(gx)])
+        self.grads.add(l, self.sums(gh) + self.sums(gx))
 
     def take_weight_grad(self, l):
         """Statistics of the gradient accumulated in leaf weight l, then free it: memory stays one layer's worth.
@@ -204,10 +198,13 @@ class Recorder:
             w.grad = None
 
     def weight_grad(self, l, grad):
-        v = grad.reshape(-1)
-        if v.dtype != self.dtype:
-            v = v.to(self.dtype)
-        self.weight_grads.add(l, [v.sum(), v.dot(v)])
+        self.weight_grads.add(l, self.sums(grad))
+
+    def sums(self, t: torch.Tensor) -> list:
+        """Sum and sum of squares of all elements, in the statistics' dtype (W and gradients: their mean is small
+        against their spread, so E[t^2] - E[t]^2 loses nothing)."""
+        v = t.reshape(-1).to(self.dtype)
+        return [v.sum(), v.dot(v)]
 
     def columns(self, batch, n, n_weights) -> torch.Tensor:
         for rows in (self.fwd, self.grads, self.weight_grads):
