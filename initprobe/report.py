@@ -266,8 +266,10 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context:
         logs[name] = np.ma.masked_array(np.log10(np.where(ok, v, 1.0)), mask=~ok)
     finite = np.concatenate([m.compressed() for m in logs.values()])
     limit = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
-    n_rows, n_cols = tables[next(iter(tables))].shape
-    row_labels = [textwrap.fill(str(r), 44) for r in tables[next(iter(tables))].index]
+    first = tables[next(iter(tables))]  # both tables have the same rows and columns
+    n_rows, n_cols = first.shape
+    cell_runs = [[_cell_runs(runs, groups, first, i, j) for j in range(n_cols)] for i in range(n_rows)]
+    row_labels = [textwrap.fill(str(r), 44) for r in first.index]
     label_width = max(len(part) for r in row_labels for part in r.splitlines())
     fig = Figure(layout="constrained", figsize=(1.2 + 0.06 * label_width + 2 * (1.6 + 1.1 * n_cols),
                                                 1.9 + 0.45 * n_rows))
@@ -280,7 +282,7 @@ def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context:
         for i in range(n_rows):
             for j in range(n_cols):
                 value = values[i, j]
-                runs_here = _cell_runs(runs, groups, table, i, j)
+                runs_here = cell_runs[i][j]
                 if logs[name].mask[i, j] and table.isna().iloc[i, j] and not len(runs_here):
                     text, colour = "-", "0.4"  # no run in this cell
                 elif table.isna().iloc[i, j] and "status" in runs_here and runs_here["status"].eq("failed").all():
