@@ -622,7 +622,7 @@ def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
     figures = {"variance": variance_figure, "histograms": histograms_figure, "weight_grad": weight_grad_figure,
-               "saturation": saturation_figure}  # costliest first, so that every other one balances two workers
+               "saturation": saturation_figure}  # about costliest first; workers take every other one
     if "preact_corr" in run["layers"]:
         figures["correlation"] = correlation_figure
     if run["jacobian"] is not None:
