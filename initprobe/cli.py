@@ -161,7 +161,7 @@ def run(
         return
     from rich.progress import Progress
 
-    with Progress(transient=True, console=err) as progress:
+    with Progress(transient=True, console=err, disable=not err.is_terminal) as progress:  # no bar in a pipe
         task = progress.add_task(f"probing {cfg.seeds} network(s)", total=cfg.seeds)
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i),
                             command=_command())
@@ -371,7 +371,7 @@ def sweep_cmd(
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[current]}", markup=False))
-    with Progress(*columns, console=err, transient=True) as progress:
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(f"sweep {spec.name}", total=len(spec.points), eta="-", current="")
 
         def on_progress(p):
