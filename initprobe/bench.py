@@ -43,7 +43,7 @@ def bare_pass(cfg, params, phi, x0, cotangent):
     x = x0
     for w, b in params:
         x = phi(models.block(cfg, x, w, b))
-    x.backward(cotangent)
+    probe.backward(x, cotangent)
     for w, _ in params:
         w.grad = None
     return x
@@ -61,7 +61,7 @@ def naive_pass(cfg, params, phi, x0, cotangent):
         with torch.no_grad():
             dphi = torch.func.jvp(phi, (h.detach(),), (torch.ones_like(h),))[1]
             vals += [(dphi.abs() < 0.05).float().mean().item(), (x == 0).float().mean().item()]
-    x.backward(cotangent)
+    probe.backward(x, cotangent)
     for (h, _), (w, _) in zip(outs, params):
         _ = h.grad.var().item(), w.grad.var().item()
         w.grad = None

@@ -228,7 +228,7 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
         h = models.block(cfg, x, w, b)
         x = phi(h)
         rec.forward(l, w, h, x)
-    x.backward(cotangent)
+    backward(x, cotangent)
     for l in range(len(params)):
         rec.take_weight_grad(l)
     n_weights = device_numbers([w.numel() for w, _ in params], rec.dtype, x0.device)
@@ -261,10 +261,16 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     for start in range(0, depth, segment):
         x = checkpoint(run_segment, x, start, use_reentrant=False)
     state["recomputing"] = True
-    x.backward(cotangent)
+    backward(x, cotangent)
     n_weights = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
     n_weights = device_numbers(n_weights, rec.dtype, x0.device)
     return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
+
+
+def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
+    """Backpropagate L = sum(cotangent * x): dL/dx is the cotangent, bit for bit (1.0 * c). x.backward(cotangent)
+    would do the same, but its shape check imports sympy (0.45 s, a fifth of a default run's start-up)."""
+    (x * cotangent).sum().backward()
 
 
 def device_numbers(numbers: list, dtype, device) -> torch.Tensor:
