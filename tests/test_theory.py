@@ -427,3 +427,22 @@ def test_exploding_relu_overflows_to_inf():
     q = out["theory_preact_var"]
     assert np.all(np.diff(np.log10(q[np.isfinite(q)])) > 50) and q[-1] == math.inf
     assert out["theory_grad_act_var"][0] == math.inf
+
+
+@pytest.mark.parametrize("name,slope", [("relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", -0.5),
+                                        ("identity", 0.01)])
+def test_piecewise_linear_kernel_closed_form_equals_the_2d_rule(name, slope):
+    """The correlation map's closed form for phi = x (x > 0), a x (x < 0) against expect2, to 1e-12 of q
+    (measured <= 5e-14), and predict's theory_corr with it equal to the map run layer by layer on expect2."""
+    phi, _ = phi_of(name, slope)
+    a = theory.NEGATIVE_SLOPE[name](slope)
+    for q in (1e-6, 0.3, 1.0, 7.5, 1e6):
+        for c in (-1.0, -0.999999, -0.7, -0.1, 1e-9, 0.05, 0.5, 0.9, 0.99999999):
+            assert theory._kernel(phi, q, c, math.nan, a) == pytest.approx(theory.expect2(phi, phi, q, q, c),
+                                                                         abs=1e-12 * q)
+    weight_var, fan_in, fan_out = square(20, 1.7)
+    out = theory.predict(name, weight_var, fan_in, fan_out, bias_var=0.05, slope=slope, input_corr=0.3)
+    c, q = out["theory_corr"], out["theory_preact_var"]
+    for l in range(1, 20):
+        expected = (1.7 * theory.expect2(phi, phi, q[l - 1], q[l - 1], c[l - 1]) + 0.05) / q[l]
+        assert c[l] == pytest.approx(expected, rel=1e-12, abs=1e-13), l
