@@ -211,14 +211,21 @@ try:
     cli.main()
 except SystemExit:
     pass
-print("loaded:", *[m for m in ("torch", "pandas", "matplotlib", "numpy") if m in sys.modules], file=sys.stderr)
+print("loaded:", *[m for m in ("torch", "pandas", "matplotlib", "numpy", "sympy") if m in sys.modules],
+      file=sys.stderr)
 """
 
 
+SMALL_RUN = ["run", "--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots", "--quiet",
+             "--device", "cpu"]
+
+
 @pytest.mark.parametrize("args, loaded", [(["--help"], ""), (["run", "--help"], ""), (["sweep", "--help"], ""),
-                                          (["list"], " numpy")])  # list computes the gains of non-torch activations
+                                          (["list"], " numpy"),  # list computes the gains of non-torch activations
+                                          (SMALL_RUN, " torch pandas numpy")])
 def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args, loaded):
-    """What keeps them instant: they run in a fresh process and print which heavy modules got imported."""
+    """What keeps them instant: they run in a fresh process and print which heavy modules got imported. A run
+    without plots needs no matplotlib, and no sympy (x.backward(cotangent)'s shape check imports it: 0.45 s)."""
     done = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert done.stdout.strip(), done.stderr

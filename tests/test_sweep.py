@@ -4,6 +4,7 @@ numbers, the report. Tiny networks throughout (depth 3-5, width 16-128, batch 8-
 import base64
 import itertools
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -267,11 +268,35 @@ def local_reference(tmp_path_factory):
     return s, numeric_layers(tmp / "out")
 
 
-def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference, monkeypatch, method):
+    if method == "fork" and sweep.start_method(1) != "fork":
+        pytest.skip("fork is not safe here (not Linux, or another thread runs)")
+    monkeypatch.setattr(sweep, "start_method", lambda threads: method)
     s, reference = local_reference
     result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
     assert result.failed == 0 and result.ran == 4
     pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
+
+
+def test_process_workers_are_forked_only_where_that_is_safe():
+    """fork on Linux with one Python thread and one intra-op thread per worker (workers start with torch
+    imported); spawn with a second Python thread (a lock it held would stay locked in the child) or with
+    several intra-op threads (GNU OpenMP cannot run parallel regions in a child forked after the parent did)."""
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+        pytest.skip("needs Linux and no other thread in the test process")
+    assert sweep.start_method(1) == "fork"
+    assert sweep.start_method(2) == "spawn"
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert sweep.start_method(1) == "spawn"
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_ray_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
