@@ -202,6 +202,23 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(tmp_path, monkey
     assert sweep.run_sweep(s, out_dir=out, figures=False).ran == 0 and not calls
 
 
+def test_sweep_layers_csv_is_every_runs_layers_with_run_id_and_the_varying_keys(tmp_path):
+    """Exactly each run's own rows (the text joined), run_id and the varying keys in front; a
+    varied seed is not added twice (each row has its network's own seed, base seed + i)."""
+    s = tiny_sweep(tmp_path, 'act = ["tanh", "relu"]\ngain = [0.5, 2.0]\nseed = [0, 7]')
+    out = tmp_path / "out"
+    sweep.run_sweep(s, out_dir=out, figures=False)
+    combined = pd.read_csv(out / "layers.csv")
+    assert list(combined.columns[:5]) == ["run_id", "act", "gain", "seed", "layer"]
+    assert combined["run_id"].nunique() == 8
+    for rid, cfg in zip(s.run_ids, s.points):
+        own = pd.read_csv(out / "runs" / rid / "layers.csv")
+        rows = combined[combined["run_id"] == rid].reset_index(drop=True)
+        assert (rows["act"] == cfg.act).all() and (rows["gain"] == cfg.gain).all()
+        assert sorted(rows["seed"].unique()) == [cfg.seed + i for i in range(cfg.seeds)]
+        pd.testing.assert_frame_equal(rows[own.columns], own, check_exact=True)
+
+
 def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
     s = tiny_sweep(tmp_path)
     out = tmp_path / "out"
