@@ -48,25 +48,27 @@ FORWARD = ("preact_mean", "preact_var", "act_mean", "act_var", "weight_var")
 BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
 
 
-def nonfinite_layers(frame: pd.DataFrame, columns) -> np.ndarray:
-    """Layers (ascending) where any seed has a non-finite value in `columns`."""
-    cols = [c for c in columns if c in frame]
-    bad = ~np.isfinite(frame[cols].to_numpy(dtype=float)).all(axis=1)
-    return np.unique(frame["layer"].to_numpy()[bad])
+def nonfinite_layers(layer: np.ndarray, finite: dict, columns) -> np.ndarray:
+    """Layers (ascending) where any seed has a non-finite value in `columns` (finite: column -> mask)."""
+    bad = ~np.logical_and.reduce([finite[c] for c in columns if c in finite])
+    return np.unique(layer[bad])
 
 
 def summarize(frame: pd.DataFrame, timings: dict) -> dict:
     """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer.
     Non-finite means an overflow in a mean or variance. The forward pass meets layers bottom-up and the
     backward top-down, so each direction's first non-finite layer is the first it reaches."""
-    depth = int(frame["layer"].max())
-    first = frame[frame["layer"] == 1].set_index("seed")
-    last = frame[frame["layer"] == depth].set_index("seed")
+    layer, seed = frame["layer"].to_numpy(), frame["seed"].to_numpy()
+    depth = int(layer.max())
+    first, last = np.flatnonzero(layer == 1), np.flatnonzero(layer == depth)
+    first, last = first[np.argsort(seed[first])], last[np.argsort(seed[last])]  # paired by seed
+    act, grad = frame["act_var"].to_numpy(dtype=float), frame["grad_preact_var"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        forward = geometric_mean(last["act_var"] / first["act_var"])
-        backward = geometric_mean(first["grad_preact_var"] / last["grad_preact_var"])
-    fwd_bad, bwd_bad = nonfinite_layers(frame, FORWARD), nonfinite_layers(frame, BACKWARD)
-    any_bad = nonfinite_layers(frame, FORWARD + BACKWARD)
+        forward = geometric_mean(act[last] / act[first])
+        backward = geometric_mean(grad[first] / grad[last])
+    finite = {c: np.isfinite(frame[c].to_numpy(dtype=float)) for c in FORWARD + BACKWARD if c in frame}
+    fwd_bad, bwd_bad = nonfinite_layers(layer, finite, FORWARD), nonfinite_layers(layer, finite, BACKWARD)
+    any_bad = nonfinite_layers(layer, finite, FORWARD + BACKWARD)
     per_layer = 1.0 / max(depth - 1, 1)
     return {
         "forward_ratio": forward,

@@ -158,14 +158,18 @@ def peak_memory(device: torch.device) -> int:
 
 
 def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
-    rows = []
+    """Rows (quantity, layer, bin_left, bin_right, count): each quantity's layers, each over the same bins."""
+    parts = []
     for n, (quantity, (_, _, layers)) in enumerate(hists.items()):
         counts, (lo, hi) = host[2 * n], host[2 * n + 1]
         bins = counts.shape[1]
-        edges = lo + (hi - lo) * (pd.RangeIndex(bins + 1).to_numpy() / bins)
-        for layer, row in zip(layers, counts):
-            rows += [(quantity, layer, edges[b], edges[b + 1], row[b]) for b in range(bins)]
-    return pd.DataFrame(rows, columns=["quantity", "layer", "bin_left", "bin_right", "count"])
+        edges = lo + (hi - lo) * (np.arange(bins + 1) / bins)
+        parts.append(pd.DataFrame({"quantity": quantity, "layer": np.repeat(layers, bins),
+                                   "bin_left": np.tile(edges[:-1], len(layers)),
+                                   "bin_right": np.tile(edges[1:], len(layers)), "count": counts.reshape(-1)}))
+    if not parts:
+        return pd.DataFrame(columns=["quantity", "layer", "bin_left", "bin_right", "count"])
+    return pd.concat(parts, ignore_index=True)
 
 
 def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
