@@ -203,18 +203,21 @@ def timed_sweep(backend: str, quick: bool) -> dict:
 
 
 def sweep_rows(quick: bool = False):
-    """The share of a local sweep's wall time spent inside probes (outside them: theory, CSV/JSON files,
-    bookkeeping, and the report's figures), and the process backend's speed-up over local (2 workers)."""
+    """The share of a local sweep's runs phase spent inside probes (outside them, per run: theory, CSV/JSON files,
+    bookkeeping), the same with the report's figures (drawn once per sweep) counted in, and the process backend's
+    speed-up over local on the runs (2 workers; the report is the same code after either)."""
     local, process = timed_sweep("local", quick), timed_sweep("process", quick)
-    share, speedup = local["probes"] / local["wall"], local["wall"] / process["wall"]
+    share, whole = local["probes"] / local["runs"], local["probes"] / local["wall"]
+    speedup = local["runs"] / process["runs"]
     return [
         row(f"sweep of {local['n']} small runs: time in probes", round(share, 3), ">= 0.8", share >= 0.8,
-            f"local, 1 thread: {local['probes']:.1f} s in probes of {local['wall']:.1f} s: runs "
-            f"{local['runs']:.1f} s ({local['probes'] / local['runs']:.0%} probes), report {local['report']:.1f} s",
-            "of wall"),
+            f"local, 1 thread: {local['probes']:.1f} s in probes of {local['runs']:.1f} s "
+            f"({(local['runs'] - local['probes']) / local['n'] * 1e3:.0f} ms a run outside them)", "of runs"),
+        row("  the same, report included", round(whole, 3), ">= 0.8", whole >= 0.8,
+            f"the report's figures and report.html: {local['report']:.1f} s once", "of wall"),
         row("sweep process (2 workers) vs local", round(speedup, 2), ">= 1.7", speedup >= 1.7,
-            f"runs {process['runs']:.1f} s vs {local['runs']:.1f} s ({process['start']}ed workers), same report",
-            "x faster"),
+            f"runs {process['runs']:.1f} s vs {local['runs']:.1f} s ({process['start']}ed workers); with the "
+            f"report {local['wall'] / process['wall']:.2f}x", "x faster"),
     ]
 
 

