@@ -131,6 +131,54 @@ def test_quiet_prints_a_long_path_on_one_line(workdir, capsys, device):
     assert (target / "layers.csv").is_file()
 
 
+def test_progress_bar_on_a_terminal_runs_no_thread(workdir, capsys, device, monkeypatch):
+    """The bar is redrawn on each update, not by rich's refresh thread: with a second thread, the figures' drawing
+    processes and the sweep's workers could not be forked (a lock that thread held would stay locked)."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from initprobe import cli, runner
+
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
+    threads, seen = threading.active_count(), []
+
+    real_run = runner.run
+
+    def spying_run(cfg, on_seed=None, **kw):
+        def spy(i):
+            on_seed(i)
+            seen.append(threading.active_count())
+        return real_run(cfg, on_seed=spy, **kw)
+
+    monkeypatch.setattr(runner, "run", spying_run)
+    code, out, err = call(capsys, ["run", "--depth", "3", "--width", "16", "--batch", "8", "--seeds", "2",
+                                   "--no-plots", "--device", device.type])
+    assert code == 0, err
+    assert seen == [threads, threads]
+    assert "probing 2 network(s)" in cli.err.file.getvalue()  # the bar was drawn
+
+
+def test_importing_turns_the_gc_off_for_the_imports_and_back_on(monkeypatch):
+    """Heavy imports run with the cyclic GC off; afterwards it is on again, and what they made is frozen (left out
+    of later collections) only when something was imported."""
+    import gc
+
+    from initprobe import cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    with cli.importing():
+        assert not gc.isenabled()
+        import json  # noqa: F401  (imported already: nothing new)
+    assert gc.isenabled() and frozen == []
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    with cli.importing():
+        import colorsys  # noqa: F401  (a small module, imported anew)
+    assert gc.isenabled() and frozen == [True]
+
+
 def test_main_records_its_own_argv_as_the_command(workdir, capsys, device):
     """config.json's environment.command is the command line of the run: main(argv) from Python (a notebook,
     a script) must record argv, not whatever the host process was started with."""
