@@ -376,7 +376,9 @@ def sweep_cmd(
     with importing():
         from . import sweep
 
-    spec = sweep.load_sweep(file, sets or ())
+        spec = sweep.load_sweep(file, sets or ())
+        if sweep.resolve_options(spec, backend=backend)["backend"] != "ray":
+            from . import runner  # noqa: F401  (torch: local runs probe here, process workers are forks of here)
     kwargs = dict(backend=backend, workers=workers, address=address, gpus_per_run=gpus_per_run, threads=threads,
                   figures=figures, command=_command())
     if quiet:
