@@ -13,6 +13,7 @@ Conventions of every per-layer figure:
 Theory-only figures (`plot_theory`, `plot_phase`) take the frames of `predict`, not a run directory.
 """
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -629,20 +630,22 @@ def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path
         figures["correlation"] = correlation_figure
     if run["jacobian"] is not None:
         figures["jacobian"] = jacobian_figure
-    jobs = [(make, out / f"{name}.{fmt}") for name, make in figures.items()]
-    draw_all(run, jobs, fmt, min(os.cpu_count() or 1, 2) if workers is None else workers)
+    jobs = [(functools.partial(make, run), out / f"{name}.{fmt}") for name, make in figures.items()]
+    draw_all(jobs, functools.partial(save, fmt=fmt), workers)
     return [path for _, path in jobs]
 
 
-def draw_all(run: dict, jobs: list, fmt: str, workers: int) -> None:
-    """Drawing is pure Python (it holds the GIL), so a second core needs a second process: forked children draw
-    every `workers`-th figure while this process draws its share. A child that fails leaves its figures to this
-    process, which then raises any error with a normal traceback. In sequence without fork (Windows) or when
-    other Python threads run (a Ray worker, say): forking then could copy a lock another thread holds."""
+def draw_all(jobs: list, save_to, workers: int | None = None) -> None:
+    """save_to(make(), path) for each (make, path) of `jobs`. Drawing is pure Python (it holds the GIL), so a
+    second core needs a second process: forked children draw every `workers`-th figure (default: one process per
+    CPU, at most 2) while this process draws its share. A child that fails leaves its figures to this process,
+    which then raises any error with a normal traceback. In sequence without fork (Windows) or when other Python
+    threads run (a Ray worker, say): forking then could copy a lock another thread holds."""
     def draw(share):
         for make, path in share:
-            save(make(run), path, fmt)
+            save_to(make(), path)
 
+    workers = min(os.cpu_count() or 1, 2) if workers is None else workers
     can_fork = hasattr(os, "fork") and threading.active_count() == 1
     workers = max(1, min(workers, len(jobs))) if can_fork else 1
     children = {}

@@ -17,6 +17,7 @@ figures say where they are. matplotlib's object API only (no pyplot state).
 """
 
 import base64
+import functools
 import html
 import io
 import json
@@ -32,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import results
+from . import plots, results
 from .sweep import applies
 
 COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
@@ -55,25 +56,27 @@ def write_report(sweep_dir: str | Path) -> Path:
     varying = meta.get("varying", [])
     title = meta.get("name", sweep_dir.name)
     ok = runs[runs["status"] == "ok"]
-    figures = {}
+    fig_dir = sweep_dir / "figures"
+    jobs = []
     if layers is not None and len(ok):
         groups = assign_groups(ok, varying)
         context = describe_fixed(ok, varying)
-        figures["profiles"] = profiles_figure(layers, groups, title, context)
         every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
-        figures["ratios"] = ratios_figure(every, one_column_if_sparse(assign_groups(every, varying)), title, context)
-    fig_dir = sweep_dir / "figures"
-    pngs = {}
-    if figures:
+        every_groups = one_column_if_sparse(assign_groups(every, varying))
+        jobs = [(functools.partial(profiles_figure, layers, groups, title, context), fig_dir / "profiles.png"),
+                (functools.partial(ratios_figure, every, every_groups, title, context), fig_dir / "ratios.png")]
         fig_dir.mkdir(exist_ok=True)
-    for name, fig in figures.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI)
-        pngs[name] = buf.getvalue()
-        _atomic_write(fig_dir / f"{name}.png", pngs[name])
+    plots.draw_all(jobs, _save_png)  # the two figures in two processes where there are two cores
+    pngs = {path.stem: path.read_bytes() for _, path in jobs}
     path = sweep_dir / "report.html"
     _atomic_write(path, render_html(meta, runs, pngs).encode())
     return path
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    _atomic_write(path, buf.getvalue())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -2,10 +2,12 @@
 numbers, the report. Tiny networks throughout (depth 3-5, width 16-128, batch 8-16, 1-2 seeds)."""
 
 import base64
+import functools
 import itertools
 import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -300,8 +302,6 @@ def test_process_workers_are_forked_only_where_that_is_safe():
     """fork on Linux with one Python thread and one intra-op thread per worker (workers start with torch
     imported); spawn with a second Python thread (a lock it held would stay locked in the child) or with
     several intra-op threads (GNU OpenMP cannot run parallel regions in a child forked after the parent did)."""
-    import threading
-
     if not sys.platform.startswith("linux") or threading.active_count() != 1:
         pytest.skip("needs Linux and no other thread in the test process")
     assert sweep.start_method(1) == "fork"
@@ -381,6 +381,30 @@ def test_report_is_self_contained_and_survives_inf_nan_and_zero(tmp_path):
         assert (tmp_path / "out" / "figures" / f"{name}.png").stat().st_size > 10_000
     for rid in s.run_ids:
         assert rid in page  # the runs table
+
+
+def test_report_drawn_by_two_processes_equals_the_one_drawn_by_one(tmp_path, monkeypatch):
+    """write_report draws its two figures in two forked processes where there are two cores: same bytes."""
+    from initprobe import report
+
+    s = tiny_sweep(tmp_path)
+    out = tmp_path / "out"
+    sweep.run_sweep(s, out_dir=out, figures=False)
+    files = [out / "figures" / "profiles.png", out / "figures" / "ratios.png", out / "report.html"]
+    drawn, forks, fork = {}, [], os.fork
+
+    def counted_fork():
+        forks.append(1)
+        return fork()
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    for cores in (1, 2):
+        monkeypatch.setattr(os, "cpu_count", functools.partial(int, cores))
+        report.write_report(out)
+        drawn[cores] = [f.read_bytes() for f in files]
+    assert drawn[1] == drawn[2]
+    assert all(len(data) > 10_000 for data in drawn[2])
+    assert len(forks) == (1 if threading.active_count() == 1 else 0)  # the second core's process
 
 
 def test_report_groups_columns_and_lines():
