@@ -200,7 +200,7 @@ def timed_sweep(backend: str, quick: bool) -> dict:
         report.write_report(result.path)
         report_s = time.perf_counter() - t - runs_s
     return {"runs": runs_s, "report": report_s, "wall": runs_s + report_s, "n": len(result.runs),
-            "probes": float(result.runs["probe_seconds"].sum()), "start": sweep.start_method(1)}
+            "probes": float(result.runs["probe_seconds"].sum()), "start": sweep.start_method(1, {"cpu"})}
 
 
 def sweep_rows(quick: bool = False):

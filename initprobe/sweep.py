@@ -788,17 +788,20 @@ def _init_process_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def start_method(threads: int) -> str:
+def start_method(threads: int, devices) -> str:
     """'fork' where it is safe, so that workers start in milliseconds with torch already imported; else 'spawn',
     whose workers import torch first (2-3 s each, longer than a sweep of small runs takes on one core).
     Safe means: Linux (macOS's system libraries are not fork-safe); no other Python thread (a lock it held would
-    stay locked in the child); CUDA not initialised here (a child cannot use it); one intra-op thread per worker
-    (GNU OpenMP cannot run a parallel region in a child forked after this process ran one)."""
+    stay locked in the child); one intra-op thread per worker (GNU OpenMP cannot run a parallel region in a
+    child forked after this process ran one); and no CUDA in the children: every run's `devices` is the CPU, or
+    this torch has no CUDA (merely asking CUDA whether there is a GPU, as resolving 'auto' or 'cuda' here does,
+    leaves a forked child unable to use it), and CUDA is not initialised here."""
     import threading
 
     import torch
 
-    safe = (sys.platform.startswith("linux") and threading.active_count() == 1 and threads == 1
+    no_cuda = set(devices) <= {"cpu"} or not torch.backends.cuda.is_built()
+    safe = (sys.platform.startswith("linux") and threading.active_count() == 1 and threads == 1 and no_cuda
             and not torch.cuda.is_initialized())
     return "fork" if safe else "spawn"
 
@@ -850,7 +853,7 @@ def _process_pool(jobs, workers: int, opts, command):
 
     from . import runner  # noqa: F401  (imported here, a forked worker has it, and torch, from the start)
 
-    method = start_method(opts["threads"])
+    method = start_method(opts["threads"], {cfg.device for _, cfg in jobs})
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_init_process_worker, initargs=(opts["threads"],))
     todo, running, broken = list(jobs), {}, []

@@ -289,28 +289,34 @@ def local_reference(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference, monkeypatch, method):
-    if method == "fork" and sweep.start_method(1) != "fork":
-        pytest.skip("fork is not safe here (not Linux, or another thread runs)")
-    monkeypatch.setattr(sweep, "start_method", lambda threads: method)
     s, reference = local_reference
+    if method == "fork" and sweep.start_method(1, {p.device for p in s.points}) != "fork":
+        pytest.skip("fork is not safe here (not Linux, another thread runs, or the runs may use CUDA)")
+    monkeypatch.setattr(sweep, "start_method", lambda threads, devices: method)
     result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
     assert result.failed == 0 and result.ran == 4
     pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
 
 
 def test_process_workers_are_forked_only_where_that_is_safe():
-    """fork on Linux with one Python thread and one intra-op thread per worker (workers start with torch
-    imported); spawn with a second Python thread (a lock it held would stay locked in the child) or with
-    several intra-op threads (GNU OpenMP cannot run parallel regions in a child forked after the parent did)."""
+    """fork on Linux with one Python thread and one intra-op thread per worker, for CPU runs (workers start with
+    torch imported); spawn with a second Python thread (a lock it held would stay locked in the child), with
+    several intra-op threads (GNU OpenMP cannot run parallel regions in a child forked after the parent did), or
+    for GPU runs with a CUDA build of torch (checking for a GPU here already spoils CUDA for a forked child)."""
     if not sys.platform.startswith("linux") or threading.active_count() != 1:
         pytest.skip("needs Linux and no other thread in the test process")
-    assert sweep.start_method(1) == "fork"
-    assert sweep.start_method(2) == "spawn"
+    import torch
+
+    assert sweep.start_method(1, {"cpu"}) == "fork"
+    assert sweep.start_method(2, {"cpu"}) == "spawn"
+    cuda_build = torch.backends.cuda.is_built()
+    for devices in ({"cuda"}, {"auto"}, {"cpu", "cuda"}):
+        assert sweep.start_method(1, devices) == ("spawn" if cuda_build else "fork"), devices
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        assert sweep.start_method(1) == "spawn"
+        assert sweep.start_method(1, {"cpu"}) == "spawn"
     finally:
         stop.set()
         other.join()
