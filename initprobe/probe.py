@@ -231,8 +231,7 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
     backward(x, cotangent)
     for l in range(len(params)):
         rec.take_weight_grad(l)
-    n_weights = device_numbers([w.numel() for w, _ in params], rec.dtype, x0.device)
-    return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
+    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.dtype, x0.device)), rec.kept
 
 
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
@@ -262,9 +261,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         x = checkpoint(run_segment, x, start, use_reentrant=False)
     state["recomputing"] = True
     backward(x, cotangent)
-    n_weights = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
-    n_weights = device_numbers(n_weights, rec.dtype, x0.device)
-    return rec.columns(x0.shape[0], x.numel(), n_weights), rec.kept
+    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.dtype, x0.device)), rec.kept
 
 
 def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
@@ -277,10 +274,11 @@ def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
     top.sum().backward()
 
 
-def device_numbers(numbers: list, dtype, device) -> torch.Tensor:
-    """A 1-d tensor of Python numbers made on the device by fills: torch.tensor(list, device=cuda) copies from
+def weight_counts(cfg, dtype, device) -> torch.Tensor:
+    """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
     the host and waits for the copy (a host sync)."""
-    return torch.stack([torch.full((), n, dtype=dtype, device=device) for n in numbers])
+    counts = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
+    return torch.stack([torch.full((), n, dtype=dtype, device=device) for n in counts])
 
 
 def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor:
