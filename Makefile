@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py initprobe/_fused.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e .

@@ -9,12 +9,18 @@ Variances are biased (divide by the number of elements), over all elements of th
 
 import functools
 import math
+import os
 
 import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
 from . import models
+
+try:  # one-pass C kernels for CPU tensors, built at install time where there is a C compiler (setup.py)
+    from . import _fused
+except ImportError:
+    _fused = None
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
@@ -68,7 +74,8 @@ def inward_edges(saturation, dtype: torch.dtype):
     return kind, (lo_held.item(), hi_held.item())
 
 
-FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "act_sum", "act_sq", "w_sum", "w_sq", "sat", "nonzero")
+# the raw sums of a layer's forward row, in the order _fused.layer writes them
+FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "sat", "act_sum", "act_sq", "nonzero")
 
 
 class Rows:
@@ -128,14 +135,26 @@ class Recorder:
         self.saturation, self.phi, self.hist_layers = inward_edges(saturation, dtype), phi, hist_layers
         # counts go into the float rows too: exact up to 2^24 elements in float32, as finish() divided them anyway
         self.fwd = Rows(depth, len(FORWARD_RAW), dtype, device)
+        self.weights = Rows(depth, 2, dtype, device)  # sum, sum of squares of W
         self.grads = Rows(depth, 4, dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
         self.weight_grads = Rows(depth, 2, dtype, device)
         self.kept, self.work, self.one_node = {}, None, None
         self.leaves = None  # the plain probe's weights
 
-    def forward(self, l, w, h, x):
-        """Statistics of layer index l (W^l, h^l, x^l = phi(h^l)), and the hook for its gradients."""
+    def weight(self, l, w):
+        """Statistics of W^l, taken before the layer reads it: its matmul then finds W in cache."""
+        self.weights.add(l, self.sums(w.detach()))
+
+    def forward(self, l, h, x):
+        """Statistics of layer index l (h^l, x^l = phi(h^l)), and the hook for its gradients."""
         hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)  # .to: no copy when already the dtype
+        self.forward_stats(l, hd, xd)
+        keep = l + 1 in self.hist_layers
+        if keep:
+            self.kept[("act", l + 1)] = xd
+        self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
+
+    def forward_stats(self, l, hd, xd):
         work = self.work
         if work is None or work.shape != hd.shape:
             work = self.work = Workspace(hd)
@@ -151,12 +170,7 @@ class Recorder:
         torch.reciprocal(norms, out=work.recip)
         unit_sum, col_sum = torch.mm(work.coef, hd if hd.dim() == 2 else hd.reshape(hd.shape[0], -1))
         saturated = count(saturation_mask_(hd, self.phi, self.saturation, scratch), work.exact)
-        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), x_sum, act_sq,
-                         *self.sums(w.detach()), saturated, nonzero])
-        keep = l + 1 in self.hist_layers
-        if keep:
-            self.kept[("act", l + 1)] = xd
-        self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
+        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), saturated, x_sum, act_sq, nonzero])
 
     def hook_grads(self, l, h, x, key):
         """dL/dh and dL/dx in one post-hook of phi's node (input h, output x), or, when phi is no single node on h
@@ -186,6 +200,9 @@ class Recorder:
             self.take_weight_grad(l + 1)
         if key is not None:
             self.kept[key] = gh.detach().to(self.dtype, copy=True)
+        self.grad_stats(l, gh, gx)
+
+    def grad_stats(self, l, gh, gx):
         self.grads.add(l, self.sums(gh) + self.sums(gx))
 
     def take_weight_grad(self, l):
@@ -207,12 +224,70 @@ class Recorder:
         return [v.sum(), v.dot(v)]
 
     def columns(self, batch, n, n_weights) -> torch.Tensor:
-        for rows in (self.fwd, self.grads, self.weight_grads):
+        for rows in (self.fwd, self.weights, self.grads, self.weight_grads):
             rows.flush()
-        r = dict(zip(FORWARD_RAW, self.fwd.buf.unbind(1)))
+        r = dict(zip(FORWARD_RAW, self.fwd.buf.unbind(1)))  # columns(), not the forward, waits for the flush
+        r["w_sum"], r["w_sq"] = self.weights.buf.unbind(1)
         r["gh_sum"], r["gh_sq"], r["gx_sum"], r["gx_sq"] = self.grads.buf.unbind(1)
         r["gw_sum"], r["gw_sq"] = self.weight_grads.buf.unbind(1)
         return finish(r, batch, n, n_weights)
+
+
+class FusedRecorder(Recorder):
+    """The same statistics from the C kernels of _fused.c: one pass over each tensor (the preactivation: two over
+    each row, the second from cache) instead of about twenty torch calls a layer, summed in double and written
+    straight into float64 row buffers, so no tensor is made per layer. CPU, float32/float64 only (see recorder())."""
+
+    def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
+        super().__init__(depth, dtype, device, saturation, phi, hist_layers)
+        for name in ("fwd", "weights", "grads", "weight_grads"):
+            rows = getattr(self, name)
+            rows.buf = rows.buf.to(torch.float64)
+        self.is_double = dtype == torch.float64
+        # an interval's outside is counted in the kernel; a threshold's by torch (forward_stats)
+        self.lo, self.hi = self.saturation[1] if self.saturation[0] == "interval" else (-math.inf, math.inf)
+
+    def at(self, rows: Rows, l: int) -> int:
+        """Address of row l of rows.buf."""
+        return rows.buf.data_ptr() + l * rows.buf.shape[1] * 8
+
+    def weight(self, l, w):
+        self.moments(self.weights, l, w)
+
+    def forward_stats(self, l, hd, xd):
+        hd, xd = hd.contiguous(), xd.contiguous()  # no copy unless strided
+        batch = hd.shape[0]
+        _fused.layer(self.at(self.fwd, l), self.is_double, batch, hd.numel() // batch, hd.data_ptr(), xd.data_ptr(),
+                     self.lo, self.hi)
+        if self.saturation[0] == "threshold":  # phi'(h) by forward-mode AD, counted by torch
+            work = self.work
+            if work is None or work.shape != hd.shape:
+                work = self.work = Workspace(hd)
+            self.fwd.buf[l, 3] = count(saturation_mask_(hd, self.phi, self.saturation, work.scratch), work.exact)
+
+    def moments(self, rows, l, *tensors):
+        """Sum and sum of squares of each tensor (all of one size) into row l of `rows`."""
+        held = [t.detach().contiguous() for t in tensors]  # held: a copy (of a strided view) must outlive the call
+        _fused.moments(self.at(rows, l), self.is_double, held[0].numel(), *(t.data_ptr() for t in held))
+
+    def grad_stats(self, l, gh, gx):
+        self.moments(self.grads, l, gh, gx)
+
+    def weight_grad(self, l, grad):
+        self.moments(self.weight_grads, l, grad)
+
+
+def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """The C kernels take CPU float32/float64 tensors; INITPROBE_FUSED=0 turns them off (the torch path, as on
+    a GPU), e.g. to compare the two."""
+    return (_fused is not None and device.type == "cpu" and dtype in (torch.float32, torch.float64)
+            and os.environ.get("INITPROBE_FUSED", "1") != "0")
+
+
+def recorder(depth, dtype, device, saturation, phi, hist_layers=()) -> Recorder:
+    """A FusedRecorder where the C kernels apply, else the torch one; `dtype` is the network's."""
+    cls = FusedRecorder if fused_available(device, dtype) else Recorder
+    return cls(depth, stat_dtype(dtype), device, saturation, phi, hist_layers)
 
 
 def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
@@ -220,18 +295,19 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
     `params` are the layers' (weight, bias), weights as leaves that require grad.
 
     Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
-    rec = Recorder(len(params), stat_dtype(x0.dtype), x0.device, saturation, phi, hist_layers)
+    rec = recorder(len(params), x0.dtype, x0.device, saturation, phi, hist_layers)
     rec.leaves = [w for w, _ in params]
     x = x0
     for l, (w, b) in enumerate(params):
         w.grad = None
+        rec.weight(l, w)
         h = models.block(cfg, x, w, b)
         x = phi(h)
-        rec.forward(l, w, h, x)
+        rec.forward(l, h, x)
     backward(x, cotangent)
     for l in range(len(params)):
         rec.take_weight_grad(l)
-    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.dtype, x0.device)), rec.kept
+    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
 
 
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
@@ -240,7 +316,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     pass, so neither activations nor weights of the whole network are ever held at once."""
     depth = len(seeds)
     segment = segment or max(1, math.ceil(math.sqrt(depth)))
-    rec = Recorder(depth, stat_dtype(x0.dtype), x0.device, saturation, phi, hist_layers)
+    rec = recorder(depth, x0.dtype, x0.device, saturation, phi, hist_layers)
     # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
@@ -249,10 +325,12 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
             w = z + anchor
+            if not state["recomputing"]:
+                rec.weight(l, w)
             h = models.block(cfg, x, w, b)
             x = phi(h)
             if not state["recomputing"]:
-                rec.forward(l, w, h, x)
+                rec.forward(l, h, x)
                 w.register_hook(functools.partial(rec.weight_grad, l))
         return x
 
@@ -261,7 +339,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         x = checkpoint(run_segment, x, start, use_reentrant=False)
     state["recomputing"] = True
     backward(x, cotangent)
-    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.dtype, x0.device)), rec.kept
+    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
 
 
 def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:

@@ -3,6 +3,7 @@ run records about its own cost (issue 5). Nothing here asserts on wall time."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,19 @@ from initprobe.config import RunConfig
 # phi's backward node hands the probe dL/dh and dL/dx at once (tanh, relu, gelu); phi that is no single node on h gets
 # a tensor hook on each (identity: x is h; softsign: a composite of abs, add and div)
 ACTS = ["tanh", "relu", "gelu", "identity", "softsign", "sigmoid"]
+
+
+# the C kernels of _fused.c (CPU float32/float64 where they are built) and the torch path (every other device)
+PATHS = ["fused", "torch"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, device, monkeypatch):
+    """Run the test on one path of the probe: INITPROBE_FUSED picks it (fused_available)."""
+    if request.param == "fused" and not probe.fused_available(device, torch.float32):
+        pytest.skip("the C kernels are not built here, or the device is not the CPU")
+    monkeypatch.setenv("INITPROBE_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
 
 
 def cfg_for(device, arch, act, dtype, **kw) -> RunConfig:
@@ -82,7 +96,7 @@ def direct_columns(cfg, params, x0, cotangent) -> np.ndarray:
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 @pytest.mark.parametrize("act", ACTS)
-def test_probe_matches_a_direct_computation(device, arch, act):
+def test_probe_matches_a_direct_computation(device, arch, act, path):
     """float64, so the only differences are summation order: rtol 1e-9 leaves room for E[t^2] - E[t]^2 against
     var_mean's two-pass formula (a few hundred ulps where the variance is small against the mean)."""
     cfg = cfg_for(device, arch, act, "float64")
@@ -99,7 +113,7 @@ def test_probe_matches_a_direct_computation(device, arch, act):
 
 
 @pytest.mark.parametrize("act", ["tanh", "hardtanh"])
-def test_counts_treat_nan_and_inf_as_the_original_definitions(device, act):
+def test_counts_treat_nan_and_inf_as_the_original_definitions(device, act, path):
     """saturated: h beyond the live interval's edge, compared exactly (in float64) whatever float32 rounding does to
     the edge, so inf is saturated, nan is not, and hardtanh's h = +-1.0 (where it is flat) is; zero_frac counts exact
     zeros only (nan is nonzero, as in count_nonzero)."""
@@ -111,9 +125,12 @@ def test_counts_treat_nan_and_inf_as_the_original_definitions(device, act):
                            [1.0, -1.0, math.nextafter(hi, 0), math.nextafter(hi, 9)]], device=device)
     h = values.clone().requires_grad_()
     phi = activations.torch_fn(act)
-    rec = probe.Recorder(1, torch.float32, device, sat, phi)
-    rec.forward(0, w, h, phi(h))  # one exact zero (phi(0)); phi(nan) is nan
-    cols = probe.to_host([rec.columns(3, values.numel(), torch.tensor([16.0], device=device))])[0][0]
+    rec = probe.recorder(1, torch.float32, device, sat, phi)
+    assert isinstance(rec, probe.FusedRecorder) == (path == "fused")
+    rec.weight(0, w)
+    rec.forward(0, h, phi(h))  # one exact zero (phi(0)); phi(nan) is nan
+    n_weights = torch.tensor([16.0], device=device, dtype=rec.fwd.buf.dtype)
+    cols = probe.to_host([rec.columns(3, values.numel(), n_weights)])[0][0]
     saturated = dict(zip(probe.COLUMNS, cols))["saturated_frac"] * values.numel()
     zeros = dict(zip(probe.COLUMNS, cols))["zero_frac"] * values.numel()
     assert saturated == pytest.approx(int((values.double().abs() > hi).sum()))
@@ -135,6 +152,60 @@ def test_large_tensors_count_with_count_nonzero(device, monkeypatch):
     exact = run()
     monkeypatch.setattr(probe, "EXACT_COUNT", 10)
     np.testing.assert_array_equal(run(), exact)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("act", ACTS + ["selu", "sin"])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_fused_kernels_equal_the_torch_path(device, monkeypatch, arch, act, dtype, rtol):
+    """The C kernels and the torch calls compute the same sums in another order (the kernels in double), so they
+    agree to float32 rounding of a sum (float64: to a few ulps); counts agree exactly. Means near zero are held
+    to their column's spread, the pair correlation (in [-1, 1], a difference of sums near the batch size)
+    absolutely."""
+    if not probe.fused_available(device, torch.float32):
+        pytest.skip("the C kernels are not built here, or the device is not the CPU")
+    cfg = cfg_for(device, arch, act, dtype, depth=8, width=40 if arch == "mlp" else 6, batch=12)
+    params, x0, cotangent = network(cfg, device)
+    phi, sat = activations.torch_fn(act), activations.get(act).saturation()
+    got = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("INITPROBE_FUSED", fused)
+        stats, _ = probe.probe(cfg, params, phi, x0, cotangent, sat)
+        got[fused] = probe.to_host([stats])[0]
+    for j, name in enumerate(probe.COLUMNS):
+        scale = 1.0 if name == "preact_corr" else spread(got["0"], name, lambda v: got["0"][:, probe.COLUMNS.index(v)])
+        assert_close(got["1"][:, j], got["0"][:, j], rtol, rtol * scale, name)
+    for name in ("saturated_frac", "zero_frac"):  # as counts: the torch path divides in float32
+        j, n = probe.COLUMNS.index(name), cotangent.numel()
+        np.testing.assert_array_equal(np.rint(got["1"][:, j] * n), np.rint(got["0"][:, j] * n), err_msg=name)
+
+
+def test_fused_kernels_record_an_overflow_as_the_torch_path_does(device, monkeypatch):
+    """A ReLU network scaled up until float32 overflows: non-finite statistics in the same places on both paths.
+    Where a sum of squares overflows float32 but the sum does not, the kernels (blocks added in double) say inf
+    and the torch path's E[t^2] - E[t]^2 says inf - inf = nan: both mark the layer non-finite."""
+    if not probe.fused_available(device, torch.float32):
+        pytest.skip("the C kernels are not built here, or the device is not the CPU")
+    cfg = cfg_for(device, "mlp", "relu", "float32", depth=12, width=32, batch=8)
+    params, x0, cotangent = network(cfg, device)
+    with torch.no_grad():
+        for w, _ in params:
+            w.mul_(1e4)
+    phi, sat = activations.torch_fn("relu"), activations.get("relu").saturation()
+    got = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("INITPROBE_FUSED", fused)
+        got[fused] = probe.to_host([probe.probe(cfg, params, phi, x0, cotangent, sat)[0]])[0]
+    finite = np.isfinite(got["0"])
+    assert not finite.all()  # the network did overflow
+    np.testing.assert_array_equal(np.isfinite(got["1"]), finite)
+    np.testing.assert_allclose(got["1"][finite], got["0"][finite], rtol=2e-5)
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler: the kernels are optional")
+def test_fused_kernels_are_built_where_there_is_a_c_compiler():
+    """setup.py marks the extension optional, so a failed build would only show as a slower probe: fail here."""
+    assert probe._fused is not None, "initprobe._fused did not build; see the pip install output"
 
 
 def test_rows_fill_in_any_order(device):

@@ -1,0 +1,212 @@
+/* The probe's statistics in one pass over each tensor, for contiguous float32/float64 tensors on the CPU.
+
+   In eager torch they cost about twenty calls a layer, each a pass over the tensor. Here each tensor is read
+   once (the preactivation twice per row, the second time from cache), by torch's own OpenMP threads: the
+   module links libgomp.so.1 and is imported after torch, so the loader hands it the runtime torch already
+   loaded, and each thread reads the part of the tensor that torch's threads just wrote, from its own cache.
+
+   Pointers arrive as integers (Tensor.data_ptr()); probe.py checks device, dtype and contiguity. Results are
+   written as doubles to `out`, a pointer into the probe's float64 row buffer: nothing goes back to Python per
+   layer. Partial sums are taken in the tensor's dtype over blocks of BLOCK elements (vectorised: `omp simd`
+   lets the compiler reorder those sums, nothing else) and added up in double. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 1024
+#define GRAIN 32768 /* fewer elements than this: one thread (torch's grain size for reductions) */
+
+/* AVX-512, AVX2 and baseline builds of each loop, picked when the module loads (GCC on x86-64 Linux) */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+typedef struct {
+    double sum, sq;            /* sum and sum of squares of v - shift */
+    int64_t nonzero, outside;  /* elements != 0 (nan included, as count_nonzero), outside [lo, hi] (nan never) */
+} Sums;
+
+#define DEFINE_SUMS(T, NAME)                                                                  \
+    CLONES static Sums NAME(const T *v, int64_t n, T shift, T lo, T hi) {                     \
+        double s = 0, q = 0, nz = 0, out = 0;                                                 \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                  \
+            int64_t stop = start + BLOCK < n ? start + BLOCK : n;                             \
+            T bs = 0, bq = 0, bnz = 0, bout = 0; /* counts in T: exact, a block is small */   \
+            _Pragma("omp simd reduction(+:bs,bq,bnz,bout)")                                   \
+            for (int64_t i = start; i < stop; i++) {                                          \
+                T x = v[i], d = x - shift;                                                    \
+                bs += d;                                                                      \
+                bq += d * d;                                                                  \
+                bnz += x != 0 ? (T)1 : (T)0;                                                  \
+                bout += (x < lo) | (x > hi) ? (T)1 : (T)0;                                    \
+            }                                                                                 \
+            s += bs;                                                                          \
+            q += bq;                                                                          \
+            nz += bnz;                                                                        \
+            out += bout;                                                                      \
+        }                                                                                     \
+        return (Sums){s, q, (int64_t)nz, (int64_t)out};                                       \
+    }
+
+/* unit += row * scale */
+#define DEFINE_AXPY(T, NAME)                                                                  \
+    CLONES static void NAME(T *unit, const T *row, int64_t n, T scale) {                      \
+        _Pragma("omp simd")                                                                   \
+        for (int64_t i = 0; i < n; i++) unit[i] += row[i] * scale;                            \
+    }
+
+/* Sums of n elements of each of `count` tensors (1 or 2) into sums[k]: each thread takes one contiguous part,
+   as torch's parallel_for does. */
+#define DEFINE_TOTAL(T, NAME, SUMS)                                                           \
+    static void NAME(const T *const *v, int count, int64_t n, Sums *sums) {                   \
+        double s0 = 0, q0 = 0, s1 = 0, q1 = 0;                                                \
+        _Pragma("omp parallel if (n * count >= GRAIN) reduction(+:s0,q0,s1,q1)")              \
+        {                                                                                     \
+            int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();                     \
+            int64_t a = n * t / nt, b = n * (t + 1) / nt;                                     \
+            Sums part = SUMS(v[0] + a, b - a, 0, -INFINITY, INFINITY);                        \
+            s0 += part.sum;                                                                   \
+            q0 += part.sq;                                                                    \
+            if (count > 1) {                                                                  \
+                part = SUMS(v[1] + a, b - a, 0, -INFINITY, INFINITY);                         \
+                s1 += part.sum;                                                               \
+                q1 += part.sq;                                                                \
+            }                                                                                 \
+        }                                                                                     \
+        sums[0] = (Sums){s0, q0, 0, 0};                                                       \
+        sums[1] = (Sums){s1, q1, 0, 0};                                                       \
+    }
+
+/* One layer's forward: h (rows, cols), row by row, with the squared norm of the sum of its rows scaled to unit
+   norm (each thread adds its rows into its own `cols` of `units`, nt_max * cols, added up at the end), and x of
+   the same shape, each thread the same part of both, as torch's threads wrote them. x's sums are taken about
+   `shift` (see layer()). */
+#define DEFINE_LAYER(T, NAME, SUMS, AXPY)                                                     \
+    static void NAME(const T *h, const T *x, int64_t rows, int64_t cols, T lo, T hi, T shift, T *units, \
+                     int nt_max, Sums *pre, Sums *act, double *pairs) {                       \
+        double s = 0, q = 0, xs = 0, xq = 0;                                                  \
+        int64_t out = 0, nz = 0;                                                              \
+        int used = 1;                                                                         \
+        _Pragma("omp parallel if (rows * cols >= GRAIN) num_threads(nt_max) reduction(+:s,q,out,xs,xq,nz)") \
+        {                                                                                     \
+            int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();                     \
+            int64_t first = rows * t / nt, last = rows * (t + 1) / nt;                        \
+            T *unit = units + t * cols;                                                       \
+            memset(unit, 0, cols * sizeof(T));                                               \
+            if (t == 0) used = (int)nt;                                                       \
+            for (int64_t r = first; r < last; r++) {                                          \
+                Sums row = SUMS(h + r * cols, cols, 0, lo, hi);                               \
+                s += row.sum;                                                                 \
+                q += row.sq;                                                                  \
+                out += row.outside;                                                           \
+                AXPY(unit, h + r * cols, cols, (T)(1.0 / sqrt(row.sq)));                      \
+            }                                                                                 \
+            Sums part = SUMS(x + first * cols, (last - first) * cols, shift, -INFINITY, INFINITY); \
+            xs += part.sum;                                                                   \
+            xq += part.sq;                                                                    \
+            nz += part.nonzero;                                                               \
+        }                                                                                     \
+        double p = 0;                                                                         \
+        for (int64_t j = 0; j < cols; j++) {                                                  \
+            double u = 0;                                                                     \
+            for (int t = 0; t < used; t++) u += units[t * cols + j];                          \
+            p += u * u;                                                                       \
+        }                                                                                     \
+        *pre = (Sums){s, q, 0, out};                                                          \
+        *act = (Sums){xs, xq, nz, 0};                                                         \
+        *pairs = p;                                                                           \
+    }
+
+DEFINE_SUMS(float, sums_f)
+DEFINE_SUMS(double, sums_d)
+DEFINE_AXPY(float, axpy_f)
+DEFINE_AXPY(double, axpy_d)
+DEFINE_TOTAL(float, total_f, sums_f)
+DEFINE_TOTAL(double, total_d, sums_d)
+DEFINE_LAYER(float, layer_f, sums_f, axpy_f)
+DEFINE_LAYER(double, layer_d, sums_d, axpy_d)
+
+static void *at(unsigned long long address) { return (void *)(uintptr_t)address; }
+
+/* moments(out, is_double, n, ptr[, ptr2]): out[0] = sum, out[1] = sum of squares of the n elements at ptr;
+   out[2], out[3] the same of ptr2 (dL/dh and dL/dx in one call) */
+static PyObject *moments(PyObject *self, PyObject *args) {
+    unsigned long long out, ptr[2] = {0, 0};
+    long long n;
+    int is_double;
+    if (!PyArg_ParseTuple(args, "KpLK|K", &out, &is_double, &n, &ptr[0], &ptr[1])) return NULL;
+    int count = ptr[1] ? 2 : 1;
+    Sums r[2];
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double) {
+        const double *v[2] = {at(ptr[0]), at(ptr[1])};
+        total_d(v, count, n, r);
+    } else {
+        const float *v[2] = {at(ptr[0]), at(ptr[1])};
+        total_f(v, count, n, r);
+    }
+    Py_END_ALLOW_THREADS
+    double *o = at(out);
+    for (int k = 0; k < count; k++) {
+        o[2 * k] = r[k].sum;
+        o[2 * k + 1] = r[k].sq;
+    }
+    Py_RETURN_NONE;
+}
+
+/* layer(out, is_double, rows, cols, h, x, lo, hi): h^l and x^l = phi(h^l), both (rows, cols).
+   out[0] = sum of h, out[1] = its sum of squares, out[2] = squared norm of the sum of h's rows scaled to unit
+   norm, out[3] = elements of h outside [lo, hi]; out[4] = sum of x, out[5] = its sum of squared deviations from
+   the mean, out[6] = elements of x not 0. x's deviations are taken from its first element (when finite) and
+   corrected in double: exact enough where the mean dominates the spread (sigmoid's 0.5), unlike
+   E[x^2] - E[x]^2 in float32. */
+static PyObject *layer(PyObject *self, PyObject *args) {
+    unsigned long long out, h, x;
+    long long rows, cols;
+    int is_double;
+    double lo, hi, pairs, shift;
+    if (!PyArg_ParseTuple(args, "KpLLKKdd", &out, &is_double, &rows, &cols, &h, &x, &lo, &hi)) return NULL;
+    int nt_max = omp_get_max_threads();
+    void *units = malloc((size_t)nt_max * cols * (is_double ? sizeof(double) : sizeof(float)));
+    if (!units) return PyErr_NoMemory();
+    Sums pre, act;
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double) {
+        const double *xv = at(x);
+        shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0;
+        layer_d(at(h), xv, rows, cols, lo, hi, shift, units, nt_max, &pre, &act, &pairs);
+    } else {
+        const float *xv = at(x);
+        shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0f;
+        layer_f(at(h), xv, rows, cols, (float)lo, (float)hi, (float)shift, units, nt_max, &pre, &act, &pairs);
+    }
+    Py_END_ALLOW_THREADS
+    free(units);
+    double n = (double)(rows * cols), m2 = act.sq - act.sum * act.sum / n;
+    double *o = at(out);
+    o[0] = pre.sum;
+    o[1] = pre.sq;
+    o[2] = pairs;
+    o[3] = (double)pre.outside;
+    o[4] = act.sum + shift * n;
+    o[5] = m2 < 0 ? 0.0 : m2; /* rounding; nan stays nan */
+    o[6] = (double)act.nonzero;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"moments", moments, METH_VARARGS, "moments(out, is_double, n, ptr[, ptr2]): sum, sum of squares of each"},
+    {"layer", layer, METH_VARARGS, "layer(out, is_double, rows, cols, h, x, lo, hi): a layer's forward sums"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
