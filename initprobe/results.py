@@ -156,11 +156,34 @@ def jacobian_summary(jac: pd.DataFrame) -> dict:
 def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFrame, summary: dict,
               jacobian: pd.DataFrame | None = None) -> None:
     write_json(staging / "config.json", config)
-    frame.to_csv(staging / "layers.csv", index=False)
-    hist.to_csv(staging / "histograms.csv", index=False)
+    write_csv(frame, staging / "layers.csv")
+    write_csv(hist, staging / "histograms.csv")
     if jacobian is not None:
-        jacobian.to_csv(staging / "jacobian.csv", index=False)
+        write_csv(jacobian, staging / "jacobian.csv")
     write_json(staging / "summary.json", summary)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """The bytes of frame.to_csv(path, index=False), written in half the time for a run's numeric frames (to_csv
+    took half of what a small sweep run spends outside its probe): floats as their shortest repr, as pandas
+    writes float64, NaN as an empty field. Anything else (another dtype, text that would need quoting) goes
+    to pandas."""
+    columns = [frame[name].to_numpy() for name in frame.columns]
+    plain = all(c.dtype == np.float64 or c.dtype.kind in "iu" or (c.dtype == object and _plain_text(c))
+                for c in columns) and _plain_text(np.asarray(frame.columns, dtype=object))
+    if not plain:
+        frame.to_csv(path, index=False)
+        return
+    cells = [["" if v != v else repr(v) for v in c.tolist()] if c.dtype == np.float64 else [str(v) for v in c.tolist()]
+             for c in columns]
+    lines = [",".join(map(str, frame.columns))] + [",".join(row) for row in zip(*cells)]
+    with open(path, "w", newline="") as f:
+        f.write(os.linesep.join(lines) + os.linesep)
+
+
+def _plain_text(values: np.ndarray) -> bool:
+    """Strings that a CSV writes as they are: no separator, quote or line break, not empty."""
+    return all(isinstance(v, str) and v and not any(ch in v for ch in ',"\r\n') for v in set(values.tolist()))
 
 
 def read_run(path: str | Path) -> dict:

@@ -118,6 +118,27 @@ def test_exploding_network_with_jacobian_records_nan_singular_values(device, tmp
     strict_json(tmp_path / "j" / "summary.json")
 
 
+@pytest.mark.parametrize("act, init", [("tanh", {}), ("identity", {"init": "normal", "std": 1.0})])  # 2nd explodes
+def test_run_csv_files_are_the_bytes_pandas_writes(device, tmp_path, act, init):
+    """results.write_csv is a faster frame.to_csv(index=False): the same bytes for every file of a run, with
+    nan, inf and -inf in it (the exploding run), and for frames it hands to pandas (text needing quotes, float32)."""
+    cfg = small(device, act=act, **init, depth=30, width=32, seeds=2, jacobian=True, out=str(tmp_path / "r"))
+    runner.run(cfg, root=tmp_path)
+    for name in ("layers.csv", "histograms.csv", "jacobian.csv"):
+        frame = pd.read_csv(tmp_path / "r" / name)
+        frame.to_csv(tmp_path / "pandas.csv", index=False)
+        assert (tmp_path / "r" / name).read_bytes() == (tmp_path / "pandas.csv").read_bytes(), name
+    if act == "identity":
+        layers = pd.read_csv(tmp_path / "r" / "layers.csv")
+        assert np.isinf(layers["act_var"]).any() and layers.isna().any().any()
+    odd = pd.DataFrame({"name": ["a,b", 'say "x"'], "v": np.array([0.1, math.nan], dtype=np.float32),
+                        "n": [1, -2], "x": [1e-300, -math.inf]})
+    for frame in (odd, odd[["n", "x"]], odd.iloc[:0]):
+        results.write_csv(frame, tmp_path / "ours.csv")
+        frame.to_csv(tmp_path / "pandas.csv", index=False)
+        assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
 def test_histograms_count_every_element(device, tmp_path):
     """histograms.csv: for each (quantity, layer) of a finite run the counts add up to batch * width (the first
     seed's network), bins are contiguous, and tanh activations lie in [-1, 1]."""
