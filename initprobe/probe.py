@@ -134,14 +134,17 @@ class Recorder:
     0-d results (see Workspace), no per-row stacks (see Rows), one hook for dL/dh and dL/dx, no hook for dL/dW in
     the plain probe (see take_weight_grad)."""
 
+    ROWS_DTYPE = None  # the row buffers' dtype; None: the statistics' dtype
+
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
         self.depth, self.dtype = depth, dtype
         self.saturation, self.phi, self.hist_layers = inward_edges(saturation, dtype), phi, hist_layers
         # counts go into the float rows too: exact up to 2^24 elements in float32, as finish() divided them anyway
-        self.fwd = Rows(depth, len(FORWARD_RAW), dtype, device)
-        self.weights = Rows(depth, 2, dtype, device)  # sum, sum of squares of W
-        self.grads = Rows(depth, 4, dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
-        self.weight_grads = Rows(depth, 2, dtype, device)
+        rows_dtype = self.ROWS_DTYPE or dtype
+        self.fwd = Rows(depth, len(FORWARD_RAW), rows_dtype, device)
+        self.weights = Rows(depth, 2, rows_dtype, device)  # sum, sum of squares of W
+        self.grads = Rows(depth, 4, rows_dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
+        self.weight_grads = Rows(depth, 2, rows_dtype, device)
         self.kept, self.work, self.one_node = {}, None, None
         self.leaves = None  # the plain probe's weights
 
@@ -158,10 +161,14 @@ class Recorder:
             self.kept[("act", l + 1)] = xd
         self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
 
+    def workspace(self, hd) -> "Workspace":
+        """The buffers for tensors of hd's shape, made again only when the shape changes."""
+        if self.work is None or self.work.shape != hd.shape:
+            self.work = Workspace(hd)
+        return self.work
+
     def forward_stats(self, l, hd, xd):
-        work = self.work
-        if work is None or work.shape != hd.shape:
-            work = self.work = Workspace(hd)
+        work = self.workspace(hd)
         scratch, flat = work.scratch, work.scratch_flat
         # x first, while phi's output is in cache: nonzero count (a float -> bool copy tests != 0, nan included, as
         # count_nonzero does), sum, then squared deviations from the mean (two-pass: exact when the mean dominates)
@@ -242,18 +249,17 @@ class FusedRecorder(Recorder):
     each row, the second from cache) instead of about twenty torch calls a layer, summed in double and written
     straight into float64 row buffers, so no tensor is made per layer. CPU, float32/float64 only (see recorder())."""
 
+    ROWS_DTYPE = torch.float64  # the kernels write doubles
+
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
         super().__init__(depth, dtype, device, saturation, phi, hist_layers)
-        for name in ("fwd", "weights", "grads", "weight_grads"):
-            rows = getattr(self, name)
-            rows.buf = rows.buf.to(torch.float64)
         self.is_double = dtype == torch.float64
         # an interval's outside is counted in the kernel; a threshold's by torch (forward_stats)
         self.lo, self.hi = self.saturation[1] if self.saturation[0] == "interval" else (-math.inf, math.inf)
 
     def at(self, rows: Rows, l: int) -> int:
         """Address of row l of rows.buf."""
-        return rows.buf.data_ptr() + l * rows.buf.shape[1] * 8
+        return rows.buf[l].data_ptr()
 
     def weight(self, l, w):
         self.moments(self.weights, l, w)
@@ -264,9 +270,7 @@ class FusedRecorder(Recorder):
         _fused.layer(self.at(self.fwd, l), self.is_double, batch, hd.numel() // batch, hd.data_ptr(), xd.data_ptr(),
                      self.lo, self.hi)
         if self.saturation[0] == "threshold":  # phi'(h) by forward-mode AD, counted by torch
-            work = self.work
-            if work is None or work.shape != hd.shape:
-                work = self.work = Workspace(hd)
+            work = self.workspace(hd)
             mask = saturation_mask_(hd, self.phi, self.saturation, work.scratch)
             self.fwd.buf[l, FORWARD_RAW.index("sat")] = count(mask, work.exact)
 
