@@ -493,6 +493,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
     labels = dict(zip(ids, (run_label(p, sweep.varying) for p in sweep.points)))
     jobs = [(rid, dataclasses.replace(cfg, out=str(ledger.run_dir(rid))))
             for rid, cfg in zip(ids, sweep.points) if not ledger.run_dir(rid).is_dir()]
+    if opts["backend"] != "local":  # longest first, so that no worker is left with a long run at the end
+        jobs.sort(key=lambda job: work(job[1]), reverse=True)
     resumed, ran = len(ids) - len(jobs), 0
 
     def report(current: str):
@@ -523,6 +525,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         path = report_mod.write_report(target)
     return SweepResult(path=target, runs=ledger.frame(), ran=ran, resumed=resumed, failed=ledger.failed,
                        seconds=time.perf_counter() - t0, report=path, options=opts)
+
+
+def work(cfg: RunConfig) -> int:
+    """Multiply-adds of a run's forward passes, every seed: a run's cost, relative to the other runs of a sweep."""
+    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
+    weights = sum(math.prod(config.weight_shape(cfg, *io)) for io in config.layer_sizes(cfg))
+    return cfg.seeds * cfg.batch * positions * weights
 
 
 def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:

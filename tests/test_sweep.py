@@ -298,6 +298,33 @@ def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_referen
     pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
 
 
+def test_parallel_backends_start_the_longest_runs_first(tmp_path, monkeypatch):
+    """local keeps the grid's order; process and ray get the runs by multiply-adds, most first, so that no worker
+    is left with a long run at the end."""
+    s = sweep.load_sweep(write(tmp_path, '[base]\nwidth = 16\nbatch = 8\nseeds = 2\n'
+                                         '[grid]\ndepth = [2, 8, 4]\narch = ["mlp", "cnn"]'))
+    given = {}
+
+    def record(jobs, opts, command, started):
+        given[opts["backend"]] = [cfg for _, cfg in jobs]
+        yield from ()
+
+    monkeypatch.setattr(sweep, "_run_local", record)
+    monkeypatch.setattr(sweep, "_run_process", record)
+    for backend in ("local", "process"):
+        sweep.run_sweep(s, out_dir=tmp_path / backend, backend=backend, figures=False)
+
+    def multiply_adds(c):  # 16 features (input_dim = width) or 3 -> 16 channels, 3x3 kernels over 32x32 positions
+        if c.arch == "mlp":
+            return 2 * 8 * c.depth * 16 * 16
+        return 2 * 8 * 32 * 32 * 9 * (3 * 16 + (c.depth - 1) * 16 * 16)
+
+    assert [(c.arch, c.depth) for c in given["local"]] == [(c.arch, c.depth) for c in s.points]
+    assert [(c.arch, c.depth) for c in given["process"]] == [("cnn", 8), ("cnn", 4), ("cnn", 2), ("mlp", 8),
+                                                             ("mlp", 4), ("mlp", 2)]
+    assert [sweep.work(c) for c in given["process"]] == [multiply_adds(c) for c in given["process"]]
+
+
 def test_process_workers_are_forked_only_where_that_is_safe():
     """fork on Linux with one Python thread and one intra-op thread per worker, for CPU runs (workers start with
     torch imported); spawn with a second Python thread (a lock it held would stay locked in the child), with
