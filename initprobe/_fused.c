@@ -33,7 +33,9 @@ typedef struct {
     int64_t nonzero, outside;  /* elements != 0 (nan included, as count_nonzero), outside [lo, hi] (nan never) */
 } Sums;
 
-#define DEFINE_SUMS(T, NAME)                                                                  \
+/* Sums of n elements; SHIFTED, NONZERO and OUTSIDE are constants of each instance (see below), so that each
+   loop does only the work its caller needs: the plain sum and sum of squares is a quarter of the full one. */
+#define DEFINE_SUMS(T, NAME, SHIFTED, NONZERO, OUTSIDE)                                       \
     CLONES static Sums NAME(const T *v, int64_t n, T shift, T lo, T hi) {                     \
         double s = 0, q = 0, nz = 0, out = 0;                                                 \
         for (int64_t start = 0; start < n; start += BLOCK) {                                  \
@@ -41,11 +43,11 @@ typedef struct {
             T bs = 0, bq = 0, bnz = 0, bout = 0; /* counts in T: exact, a block is small */   \
             _Pragma("omp simd reduction(+:bs,bq,bnz,bout)")                                   \
             for (int64_t i = start; i < stop; i++) {                                          \
-                T x = v[i], d = x - shift;                                                    \
+                T x = v[i], d = SHIFTED ? x - shift : x;                                      \
                 bs += d;                                                                      \
                 bq += d * d;                                                                  \
-                bnz += x != 0 ? (T)1 : (T)0;                                                  \
-                bout += (x < lo) | (x > hi) ? (T)1 : (T)0;                                    \
+                if (NONZERO) bnz += x != 0 ? (T)1 : (T)0;                                     \
+                if (OUTSIDE) bout += (x < lo) | (x > hi) ? (T)1 : (T)0;                       \
             }                                                                                 \
             s += bs;                                                                          \
             q += bq;                                                                          \
@@ -88,7 +90,7 @@ typedef struct {
    norm (each thread adds its rows into its own `cols` of `units`, nt_max * cols, added up at the end), and x of
    the same shape, each thread the same part of both, as torch's threads wrote them. x's sums are taken about
    `shift` (see layer()). */
-#define DEFINE_LAYER(T, NAME, SUMS, AXPY)                                                     \
+#define DEFINE_LAYER(T, NAME, PRE, ACT, AXPY)                                                     \
     static void NAME(const T *h, const T *x, int64_t rows, int64_t cols, T lo, T hi, T shift, T *units, \
                      int nt_max, Sums *pre, Sums *act, double *pairs) {                       \
         double s = 0, q = 0, xs = 0, xq = 0;                                                  \
@@ -102,13 +104,13 @@ typedef struct {
             memset(unit, 0, cols * sizeof(T));                                               \
             if (t == 0) used = (int)nt;                                                       \
             for (int64_t r = first; r < last; r++) {                                          \
-                Sums row = SUMS(h + r * cols, cols, 0, lo, hi);                               \
+                Sums row = PRE(h + r * cols, cols, 0, lo, hi);                               \
                 s += row.sum;                                                                 \
                 q += row.sq;                                                                  \
                 out += row.outside;                                                           \
                 AXPY(unit, h + r * cols, cols, (T)(1.0 / sqrt(row.sq)));                      \
             }                                                                                 \
-            Sums part = SUMS(x + first * cols, (last - first) * cols, shift, -INFINITY, INFINITY); \
+            Sums part = ACT(x + first * cols, (last - first) * cols, shift, -INFINITY, INFINITY); \
             xs += part.sum;                                                                   \
             xq += part.sq;                                                                    \
             nz += part.nonzero;                                                               \
@@ -124,14 +126,19 @@ typedef struct {
         *pairs = p;                                                                           \
     }
 
-DEFINE_SUMS(float, sums_f)
-DEFINE_SUMS(double, sums_d)
+/* moments: sum and sum of squares; h: also the elements outside [lo, hi]; x: about a shift, and the nonzero */
+DEFINE_SUMS(float, sums_f, 0, 0, 0)
+DEFINE_SUMS(double, sums_d, 0, 0, 0)
+DEFINE_SUMS(float, pre_f, 0, 0, 1)
+DEFINE_SUMS(double, pre_d, 0, 0, 1)
+DEFINE_SUMS(float, act_f, 1, 1, 0)
+DEFINE_SUMS(double, act_d, 1, 1, 0)
 DEFINE_AXPY(float, axpy_f)
 DEFINE_AXPY(double, axpy_d)
 DEFINE_TOTAL(float, total_f, sums_f)
 DEFINE_TOTAL(double, total_d, sums_d)
-DEFINE_LAYER(float, layer_f, sums_f, axpy_f)
-DEFINE_LAYER(double, layer_d, sums_d, axpy_d)
+DEFINE_LAYER(float, layer_f, pre_f, act_f, axpy_f)
+DEFINE_LAYER(double, layer_d, pre_d, act_d, axpy_d)
 
 static void *at(unsigned long long address) { return (void *)(uintptr_t)address; }
 
