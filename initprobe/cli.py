@@ -437,7 +437,7 @@ def bench(
     for col in ("target", "measured", "goal", "pass", "note"):
         table.add_column(col, overflow="fold")
     for r in result["rows"]:
-        verdict = "[green]pass[/]" if r["pass"] else "[red]FAIL[/]"
+        verdict = "info" if r["pass"] is None else "[green]pass[/]" if r["pass"] else "[red]FAIL[/]"
         table.add_row(r["target"], f"{r['value']} {r['unit']}".strip(), r["goal"], verdict, r["note"])
     out.print(table)
     print_path(bench_mod.write(result, out_file))
