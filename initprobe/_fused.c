@@ -29,39 +29,25 @@
 #endif
 
 typedef struct {
-    double sum, sq;            /* sum and sum of squares of v - shift */
-    int64_t nonzero, outside;  /* elements != 0 (nan included, as count_nonzero), outside [lo, hi] (nan never) */
+    double sum, sq;
 } Sums;
 
-/* Sums of n elements; SHIFTED, NONZERO and OUTSIDE are constants of each instance (see below), so that each
-   loop does only the work its caller needs: the plain sum and sum of squares is a quarter of the full one. */
-#define DEFINE_SUMS(T, NAME, SHIFTED, NONZERO, OUTSIDE)                                       \
-    CLONES static Sums NAME(const T *v, int64_t n, T shift, T lo, T hi) {                     \
-        double s = 0, q = 0, nz = 0, out = 0;                                                 \
+/* Sum and sum of squares of n elements */
+#define DEFINE_SUMS(T, NAME)                                                                  \
+    CLONES static Sums NAME(const T *v, int64_t n) {                                          \
+        double s = 0, q = 0;                                                                  \
         for (int64_t start = 0; start < n; start += BLOCK) {                                  \
             int64_t stop = start + BLOCK < n ? start + BLOCK : n;                             \
-            T bs = 0, bq = 0, bnz = 0, bout = 0; /* counts in T: exact, a block is small */   \
-            _Pragma("omp simd reduction(+:bs,bq,bnz,bout)")                                   \
+            T bs = 0, bq = 0;                                                                 \
+            _Pragma("omp simd reduction(+:bs,bq)")                                            \
             for (int64_t i = start; i < stop; i++) {                                          \
-                T x = v[i], d = SHIFTED ? x - shift : x;                                      \
-                bs += d;                                                                      \
-                bq += d * d;                                                                  \
-                if (NONZERO) bnz += x != 0 ? (T)1 : (T)0;                                     \
-                if (OUTSIDE) bout += (x < lo) | (x > hi) ? (T)1 : (T)0;                       \
+                bs += v[i];                                                                   \
+                bq += v[i] * v[i];                                                            \
             }                                                                                 \
             s += bs;                                                                          \
             q += bq;                                                                          \
-            nz += bnz;                                                                        \
-            out += bout;                                                                      \
         }                                                                                     \
-        return (Sums){s, q, (int64_t)nz, (int64_t)out};                                       \
-    }
-
-/* unit += row * scale */
-#define DEFINE_AXPY(T, NAME)                                                                  \
-    CLONES static void NAME(T *unit, const T *row, int64_t n, T scale) {                      \
-        _Pragma("omp simd")                                                                   \
-        for (int64_t i = 0; i < n; i++) unit[i] += row[i] * scale;                            \
+        return (Sums){s, q};                                                                  \
     }
 
 /* Sums of n elements of each of `count` tensors (1 or 2) into sums[k]: each thread takes one contiguous part,
@@ -73,47 +59,103 @@ typedef struct {
         {                                                                                     \
             int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();                     \
             int64_t a = n * t / nt, b = n * (t + 1) / nt;                                     \
-            Sums part = SUMS(v[0] + a, b - a, 0, -INFINITY, INFINITY);                        \
+            Sums part = SUMS(v[0] + a, b - a);                                                \
             s0 += part.sum;                                                                   \
             q0 += part.sq;                                                                    \
             if (count > 1) {                                                                  \
-                part = SUMS(v[1] + a, b - a, 0, -INFINITY, INFINITY);                         \
+                part = SUMS(v[1] + a, b - a);                                                 \
                 s1 += part.sum;                                                               \
                 q1 += part.sq;                                                                \
             }                                                                                 \
         }                                                                                     \
-        sums[0] = (Sums){s0, q0, 0, 0};                                                       \
-        sums[1] = (Sums){s1, q1, 0, 0};                                                       \
+        sums[0] = (Sums){s0, q0};                                                             \
+        sums[1] = (Sums){s1, q1};                                                             \
     }
 
-/* One layer's forward: h (rows, cols), row by row, with the squared norm of the sum of its rows scaled to unit
-   norm (each thread adds its rows into its own `cols` of `units`, nt_max * cols, added up at the end), and x of
-   the same shape, each thread the same part of both, as torch's threads wrote them. x's sums are taken about
-   `shift` (see layer()). */
-#define DEFINE_LAYER(T, NAME, PRE, ACT, AXPY)                                                     \
+/* A layer's running sums: h's sum, sum of squares and elements outside [lo, hi]; x's sum and sum of squares
+   about a shift, and elements not 0 (nan included, as count_nonzero) */
+typedef struct {
+    double hs, hq, xs, xq, out, nonzero;
+} LayerSums;
+
+/* One row of h and the same row of x in one loop, added into acc; returns the row's sum of squares */
+#define DEFINE_ROW(T, NAME)                                                                   \
+    CLONES static double NAME(const T *h, const T *x, int64_t n, T shift, T lo, T hi, LayerSums *acc) { \
+        double hq = 0;                                                                        \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                  \
+            int64_t stop = start + BLOCK < n ? start + BLOCK : n;                             \
+            T bhs = 0, bhq = 0, bxs = 0, bxq = 0, bout = 0, bnz = 0; /* counts: exact in T */ \
+            _Pragma("omp simd reduction(+:bhs,bhq,bxs,bxq,bout,bnz)")                         \
+            for (int64_t i = start; i < stop; i++) {                                          \
+                T v = h[i], d = x[i] - shift;                                                 \
+                bhs += v;                                                                     \
+                bhq += v * v;                                                                 \
+                bout += (v < lo) | (v > hi) ? (T)1 : (T)0;                                    \
+                bxs += d;                                                                     \
+                bxq += d * d;                                                                 \
+                bnz += x[i] != 0 ? (T)1 : (T)0;                                               \
+            }                                                                                 \
+            acc->hs += bhs;                                                                   \
+            hq += bhq;                                                                        \
+            acc->xs += bxs;                                                                   \
+            acc->xq += bxq;                                                                   \
+            acc->out += bout;                                                                 \
+            acc->nonzero += bnz;                                                              \
+        }                                                                                     \
+        acc->hq += hq;                                                                        \
+        return hq;                                                                            \
+    }
+
+/* unit += the sum of k (<= GROUP) rows, `stride` apart, each times its scale: a group of rows per pass over
+   unit, not one (adding one row at a time, unit's loads and stores took a third of the layer's time) */
+#define GROUP 4
+#define DEFINE_AXPY(T, NAME)                                                                  \
+    CLONES static void NAME(T *unit, const T *row, int64_t n, int64_t stride, int k, const T *scale) { \
+        if (k == GROUP) {                                                                     \
+            const T *r0 = row, *r1 = row + stride, *r2 = row + 2 * stride, *r3 = row + 3 * stride; \
+            T s0 = scale[0], s1 = scale[1], s2 = scale[2], s3 = scale[3];                     \
+            _Pragma("omp simd")                                                               \
+            for (int64_t i = 0; i < n; i++) unit[i] += r0[i] * s0 + r1[i] * s1 + r2[i] * s2 + r3[i] * s3; \
+            return;                                                                           \
+        }                                                                                     \
+        for (int j = 0; j < k; j++) {                                                         \
+            const T *r = row + j * stride;                                                    \
+            T s = scale[j];                                                                   \
+            _Pragma("omp simd")                                                               \
+            for (int64_t i = 0; i < n; i++) unit[i] += r[i] * s;                              \
+        }                                                                                     \
+    }
+
+/* One layer's forward: h and x (rows, cols), row by row, with the sum of h's rows scaled to unit norm (each
+   thread adds its rows into its own `cols` of `units`, nt_max * cols, added up at the end; its squared norm is
+   *pairs), each thread the same rows of both, as torch's threads wrote them. x's sums are taken about `shift`
+   (see layer()). */
+#define DEFINE_LAYER(T, NAME, ROW, AXPY)                                                      \
     static void NAME(const T *h, const T *x, int64_t rows, int64_t cols, T lo, T hi, T shift, T *units, \
-                     int nt_max, Sums *pre, Sums *act, double *pairs) {                       \
-        double s = 0, q = 0, xs = 0, xq = 0;                                                  \
-        int64_t out = 0, nz = 0;                                                              \
+                     int nt_max, LayerSums *sums, double *pairs) {                            \
+        double hs = 0, hq = 0, xs = 0, xq = 0, out = 0, nonzero = 0;                          \
         int used = 1;                                                                         \
-        _Pragma("omp parallel if (rows * cols >= GRAIN) num_threads(nt_max) reduction(+:s,q,out,xs,xq,nz)") \
+        _Pragma("omp parallel if (rows * cols >= GRAIN) num_threads(nt_max) reduction(+:hs,hq,xs,xq,out,nonzero)") \
         {                                                                                     \
             int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();                     \
             int64_t first = rows * t / nt, last = rows * (t + 1) / nt;                        \
             T *unit = units + t * cols;                                                       \
             memset(unit, 0, cols * sizeof(T));                                               \
             if (t == 0) used = (int)nt;                                                       \
-            for (int64_t r = first; r < last; r++) {                                          \
-                Sums row = PRE(h + r * cols, cols, 0, lo, hi);                               \
-                s += row.sum;                                                                 \
-                q += row.sq;                                                                  \
-                out += row.outside;                                                           \
-                AXPY(unit, h + r * cols, cols, (T)(1.0 / sqrt(row.sq)));                      \
+            LayerSums acc = {0, 0, 0, 0, 0, 0};                                               \
+            for (int64_t r = first; r < last; r += GROUP) {                                   \
+                int k = last - r < GROUP ? (int)(last - r) : GROUP;                           \
+                T scale[GROUP];                                                               \
+                for (int j = 0; j < k; j++)                                                   \
+                    scale[j] = (T)(1.0 / sqrt(ROW(h + (r + j) * cols, x + (r + j) * cols, cols, shift, lo, hi, &acc))); \
+                AXPY(unit, h + r * cols, cols, cols, k, scale);                               \
             }                                                                                 \
-            Sums part = ACT(x + first * cols, (last - first) * cols, shift, -INFINITY, INFINITY); \
-            xs += part.sum;                                                                   \
-            xq += part.sq;                                                                    \
-            nz += part.nonzero;                                                               \
+            hs += acc.hs;                                                                     \
+            hq += acc.hq;                                                                     \
+            xs += acc.xs;                                                                     \
+            xq += acc.xq;                                                                     \
+            out += acc.out;                                                                   \
+            nonzero += acc.nonzero;                                                           \
         }                                                                                     \
         double p = 0;                                                                         \
         for (int64_t j = 0; j < cols; j++) {                                                  \
@@ -121,24 +163,20 @@ typedef struct {
             for (int t = 0; t < used; t++) u += units[t * cols + j];                          \
             p += u * u;                                                                       \
         }                                                                                     \
-        *pre = (Sums){s, q, 0, out};                                                          \
-        *act = (Sums){xs, xq, nz, 0};                                                         \
+        *sums = (LayerSums){hs, hq, xs, xq, out, nonzero};                                    \
         *pairs = p;                                                                           \
     }
 
-/* moments: sum and sum of squares; h: also the elements outside [lo, hi]; x: about a shift, and the nonzero */
-DEFINE_SUMS(float, sums_f, 0, 0, 0)
-DEFINE_SUMS(double, sums_d, 0, 0, 0)
-DEFINE_SUMS(float, pre_f, 0, 0, 1)
-DEFINE_SUMS(double, pre_d, 0, 0, 1)
-DEFINE_SUMS(float, act_f, 1, 1, 0)
-DEFINE_SUMS(double, act_d, 1, 1, 0)
-DEFINE_AXPY(float, axpy_f)
-DEFINE_AXPY(double, axpy_d)
+DEFINE_SUMS(float, sums_f)
+DEFINE_SUMS(double, sums_d)
 DEFINE_TOTAL(float, total_f, sums_f)
 DEFINE_TOTAL(double, total_d, sums_d)
-DEFINE_LAYER(float, layer_f, pre_f, act_f, axpy_f)
-DEFINE_LAYER(double, layer_d, pre_d, act_d, axpy_d)
+DEFINE_ROW(float, row_f)
+DEFINE_ROW(double, row_d)
+DEFINE_AXPY(float, axpy_f)
+DEFINE_AXPY(double, axpy_d)
+DEFINE_LAYER(float, layer_f, row_f, axpy_f)
+DEFINE_LAYER(double, layer_d, row_d, axpy_d)
 
 static void *at(unsigned long long address) { return (void *)(uintptr_t)address; }
 
@@ -183,28 +221,28 @@ static PyObject *layer(PyObject *self, PyObject *args) {
     int nt_max = omp_get_max_threads();
     void *units = malloc((size_t)nt_max * cols * (is_double ? sizeof(double) : sizeof(float)));
     if (!units) return PyErr_NoMemory();
-    Sums pre, act;
+    LayerSums sums;
     Py_BEGIN_ALLOW_THREADS
     if (is_double) {
         const double *xv = at(x);
         shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0;
-        layer_d(at(h), xv, rows, cols, lo, hi, shift, units, nt_max, &pre, &act, &pairs);
+        layer_d(at(h), xv, rows, cols, lo, hi, shift, units, nt_max, &sums, &pairs);
     } else {
         const float *xv = at(x);
         shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0f;
-        layer_f(at(h), xv, rows, cols, (float)lo, (float)hi, (float)shift, units, nt_max, &pre, &act, &pairs);
+        layer_f(at(h), xv, rows, cols, (float)lo, (float)hi, (float)shift, units, nt_max, &sums, &pairs);
     }
     Py_END_ALLOW_THREADS
     free(units);
-    double n = (double)(rows * cols), m2 = act.sq - act.sum * act.sum / n;
+    double n = (double)(rows * cols), m2 = sums.xq - sums.xs * sums.xs / n;
     double *o = at(out);
-    o[0] = pre.sum;
-    o[1] = pre.sq;
+    o[0] = sums.hs;
+    o[1] = sums.hq;
     o[2] = pairs;
-    o[3] = (double)pre.outside;
-    o[4] = act.sum + shift * n;
+    o[3] = sums.out;
+    o[4] = sums.xs + shift * n;
     o[5] = m2 < 0 ? 0.0 : m2; /* rounding; nan stays nan */
-    o[6] = (double)act.nonzero;
+    o[6] = sums.nonzero;
     Py_RETURN_NONE;
 }
 
