@@ -140,7 +140,7 @@ def overhead(name, options, goal, device, reps=21):
     flops *= cfg.image_size**2 if cfg.arch == "cnn" else 1
     note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {bare_s * 1e3:.0f} ms "
             f"({flops / bare_s / 1e9:.1f} GFLOP/s); .item()-per-statistic approach: {naive_ratio:.2f}x")
-    return row(f"overhead {name}", round(ratio, 3), f"<= {goal}", ratio <= goal, note, "x bare"), flops / bare_s
+    return row(f"overhead {name}", round(ratio, 3), f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s
 
 
 def matmul_throughput(device, n=1024, reps=10):

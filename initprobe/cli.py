@@ -420,7 +420,8 @@ def ranking_table(ranked, name: str) -> Table:
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option(help="Smaller depths and fewer repetitions (a minute, not several).")] = False,
+    quick: Annotated[bool, typer.Option(help="A smoke test in a minute: smaller depths, grid and repetitions than "
+                                             "the targets name, so its verdicts are not theirs.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.", envvar="TORCH_DEVICE")] = D.device,
     out_file: Annotated[Path, typer.Option("--out", help="JSON written here.")] = Path("results/bench.json"),
 ):
@@ -439,7 +440,7 @@ def bench(
     for r in result["rows"]:
         verdict = "info" if r["pass"] is None else "[green]pass[/]" if r["pass"] else "[red]FAIL[/]"
         table.add_row(r["target"], f"{r['value']} {r['unit']}".strip(), r["goal"], verdict, r["note"])
-    out.print(table)
+    (out if out.is_terminal else Console(width=150)).print(table)  # a log or file gets the notes unfolded
     print_path(bench_mod.write(result, out_file))
 
 

@@ -286,3 +286,25 @@ def test_console_script_help_exits_0(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "run" in done.stdout and "list" in done.stdout
+
+
+def test_bench_prints_every_row_with_its_verdict_and_writes_the_json(workdir, capsys, monkeypatch):
+    """The table and JSON of `initprobe bench`, from rows made by bench.row (the measurements themselves are
+    timed, so not run here): a failed row says FAIL, a row without a goal says info and is null in the JSON,
+    and a note gets wide columns where the output is not a terminal."""
+    from initprobe import bench
+
+    note = "a long note that an 80-column table would fold over several lines"
+    rows = [bench.row("fast enough", 1.05, "<= 1.10", True, note, "x bare"),
+            bench.row("too slow", 1.2, "<= 1.10", False, "", "x bare"),
+            bench.row("  once per sweep: its report", 2.0, "-", None, "", "s")]
+    result = {"device": "cpu", "torch": torch.__version__, "cpu_count": 2, "freed_memory_kept": True,
+              "matmul_gflops": 300.0, "bare_fraction_of_matmul": 0.7, "rows": rows}
+    monkeypatch.setattr(bench, "run_all", lambda device, quick=False: result)
+    assert main(["bench", "--device", "cpu", "--out", "b/bench.json"]) == 0
+    printed = capsys.readouterr().out
+    lines = {name: next(line for line in printed.splitlines() if name in line) for name in ("fast", "too", "once")}
+    assert "pass" in lines["fast"] and "FAIL" in lines["too"] and "info" in lines["once"]
+    assert "a long note that an 80-column table would fold" in lines["fast"]  # 150 columns: 17 for notes at 80
+    written = json.loads((workdir / "b" / "bench.json").read_text())
+    assert [r["pass"] for r in written["rows"]] == [True, False, None]
