@@ -1,9 +1,10 @@
 /* The probe's statistics in one pass over each tensor, for contiguous float32/float64 tensors on the CPU.
 
    In eager torch they cost about twenty calls a layer, each a pass over the tensor. Here each tensor is read
-   once (the preactivation twice per row, the second time from cache), by torch's own OpenMP threads: the
-   module links libgomp.so.1 and is imported after torch, so the loader hands it the runtime torch already
-   loaded, and each thread reads the part of the tensor that torch's threads just wrote, from its own cache.
+   once (the preactivation twice, four rows at a time, the second time from cache), by torch's own OpenMP
+   threads: the module links libgomp.so.1 and is imported after torch, so the loader hands it the runtime torch
+   already loaded, and each thread reads the part of the tensor that torch's threads just wrote, from its own
+   cache.
 
    Pointers arrive as integers (Tensor.data_ptr()); probe.py checks device, dtype and contiguity. Results are
    written as doubles to `out`, a pointer into the probe's float64 row buffer: nothing goes back to Python per
@@ -146,8 +147,10 @@ typedef struct {
             for (int64_t r = first; r < last; r += GROUP) {                                   \
                 int k = last - r < GROUP ? (int)(last - r) : GROUP;                           \
                 T scale[GROUP];                                                               \
-                for (int j = 0; j < k; j++)                                                   \
-                    scale[j] = (T)(1.0 / sqrt(ROW(h + (r + j) * cols, x + (r + j) * cols, cols, shift, lo, hi, &acc))); \
+                for (int j = 0; j < k; j++) {                                                 \
+                    double sq = ROW(h + (r + j) * cols, x + (r + j) * cols, cols, shift, lo, hi, &acc); \
+                    scale[j] = (T)(1.0 / sqrt(sq));                                           \
+                }                                                                             \
                 AXPY(unit, h + r * cols, cols, cols, k, scale);                               \
             }                                                                                 \
             hs += acc.hs;                                                                     \

@@ -252,8 +252,9 @@ class Recorder:
 
 class FusedRecorder(Recorder):
     """The same statistics from the C kernels of _fused.c: one pass over each tensor (the preactivation: two over
-    each row, the second from cache) instead of about twenty torch calls a layer, summed in double and written
-    straight into float64 row buffers, so no tensor is made per layer. CPU, float32/float64 only (see recorder())."""
+    each group of four rows, the second from cache) instead of about twenty torch calls a layer, summed in double
+    and written straight into float64 row buffers, so no tensor is made per layer. CPU, float32/float64 only (see
+    recorder())."""
 
     ROWS_DTYPE = torch.float64  # the kernels write doubles
 
@@ -370,7 +371,7 @@ def weight_counts(cfg, dtype, device) -> torch.Tensor:
     filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
     for l, n in enumerate(counts):
         if n != counts[-1]:
-            filled[l] = n
+            filled[l].fill_(n)  # `filled[l] = n` would copy a host tensor in, and wait for it
     return filled
 
 

@@ -162,9 +162,26 @@ def test_fused_kernels_equal_the_torch_path(device, monkeypatch, arch, act, dtyp
     agree to float32 rounding of a sum (float64: to a few ulps); counts agree exactly. Means near zero are held
     to their column's spread, the pair correlation (in [-1, 1], a difference of sums near the batch size)
     absolutely."""
+    assert_fused_equals_torch(device, monkeypatch, cfg_for(device, arch, act, dtype, depth=8,
+                                                           width=40 if arch == "mlp" else 6, batch=12), rtol)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_fused_kernels_equal_the_torch_path_on_every_thread(device, monkeypatch, arch, act, dtype, rtol):
+    """Tensors past the kernels' grain (32768 elements), so that each of torch's threads takes a part, and a
+    batch of 37: each thread's rows end in a group of fewer than four."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one intra-op thread: the kernels run on one thread")
+    cfg = cfg_for(device, arch, act, dtype, depth=4, width=1000 if arch == "mlp" else 32, batch=37)
+    assert_fused_equals_torch(device, monkeypatch, cfg, rtol)
+
+
+def assert_fused_equals_torch(device, monkeypatch, cfg, rtol):
     if not probe.fused_available(device, torch.float32):
         pytest.skip("the C kernels are not built here, or the device is not the CPU")
-    cfg = cfg_for(device, arch, act, dtype, depth=8, width=40 if arch == "mlp" else 6, batch=12)
+    act = cfg.act
     params, x0, cotangent = network(cfg, device)
     phi, sat = activations.torch_fn(act), activations.get(act).saturation()
     got = {}
