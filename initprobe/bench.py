@@ -136,8 +136,7 @@ def overhead(name, options, goal, device, reps=21):
     # the reference afterwards, not interleaved: its retained tensors (100s of MB) perturb the passes after it
     naive_ratio = statistics.median(timed(naive, device, 3)) / statistics.median(timed(bare, device, 3))
     bare_s = statistics.median(bare_t)
-    flops = 3 * 2 * sum(math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)) * cfg.batch
-    flops *= cfg.image_size**2 if cfg.arch == "cnn" else 1
+    flops = 2 * 3 * config.multiply_adds(cfg)  # forward and backward, two flops a multiply-add
     note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {bare_s * 1e3:.0f} ms "
             f"({flops / bare_s / 1e9:.1f} GFLOP/s); .item()-per-statistic approach: {naive_ratio:.2f}x")
     return row(f"overhead {name}", round(ratio, 3), f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s

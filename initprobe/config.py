@@ -5,6 +5,7 @@ No torch here: validation that needs a device (is CUDA there?) lives in the runn
 
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, fields
@@ -216,6 +217,17 @@ def layer_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
 def weight_shape(cfg: RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
     """As nn.Linear (out, in) / nn.Conv2d (out, in, k, k), so fans are PyTorch's."""
     return (n_out, n_in) if cfg.arch == "mlp" else (n_out, n_in, cfg.kernel_size, cfg.kernel_size)
+
+
+def weight_sizes(cfg: RunConfig) -> list[int]:
+    """Elements of each layer's weight."""
+    return [math.prod(weight_shape(cfg, *io)) for io in layer_sizes(cfg)]
+
+
+def multiply_adds(cfg: RunConfig) -> int:
+    """Multiply-adds of one forward pass of a batch (the backward pass costs twice that)."""
+    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
+    return cfg.batch * positions * sum(weight_sizes(cfg))
 
 
 def init_params(cfg: RunConfig) -> dict:

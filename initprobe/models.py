@@ -16,7 +16,7 @@ from . import activations, config, inits
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-layer_sizes, weight_shape = config.layer_sizes, config.weight_shape
+layer_sizes, weight_shape, weight_sizes = config.layer_sizes, config.weight_shape, config.weight_sizes
 
 
 def layer_seeds(depth: int, generator: torch.Generator) -> list[int]:

@@ -367,7 +367,7 @@ def weight_counts(cfg, dtype, device) -> torch.Tensor:
     """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
     the host and waits for the copy (a host sync). Every layer but the first has the last one's count, so that is
     two fills, not one a layer and a stack (0.1 ms of a 50-layer probe)."""
-    counts = [math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg)]
+    counts = models.weight_sizes(cfg)
     filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
     for l, n in enumerate(counts):
         if n != counts[-1]:

@@ -5,7 +5,6 @@ config -> models (+ inits, activations) -> probe -> results (CSV/JSON) -> plots.
 
 import dataclasses
 import datetime
-import math
 import os
 import platform
 import sys
@@ -74,7 +73,7 @@ def available_memory(device: torch.device) -> int:
 
 def estimated_bytes(cfg: config.RunConfig) -> int:
     """Memory of the plain probe: every weight, plus the pre-activation and output autograd keeps per layer."""
-    weights = sum(math.prod(models.weight_shape(cfg, *io)) for io in models.layer_sizes(cfg))
+    weights = sum(config.weight_sizes(cfg))
     per_input = cfg.width * (cfg.image_size**2 if cfg.arch == "cnn" else 1)
     element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
     return (weights + 2 * cfg.depth * cfg.batch * per_input) * element

@@ -530,9 +530,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 def work(cfg: RunConfig) -> int:
     """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
     (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute)."""
-    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
-    weights = sum(math.prod(config.weight_shape(cfg, *io)) for io in config.layer_sizes(cfg))
-    return cfg.seeds * cfg.batch * positions * weights
+    return cfg.seeds * config.multiply_adds(cfg)
 
 
 def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
