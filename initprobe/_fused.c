@@ -6,18 +6,26 @@
    already loaded, and each thread reads the part of the tensor that torch's threads just wrote, from its own
    cache.
 
-   Pointers arrive as integers (Tensor.data_ptr()); probe.py checks device, dtype and contiguity. Results are
-   written as doubles to `out`, a pointer into the probe's float64 row buffer: nothing goes back to Python per
-   layer. Partial sums are taken in the tensor's dtype over blocks of BLOCK elements (vectorised: `omp simd`
-   lets the compiler reorder those sums, nothing else) and added up in double. */
+   Pointers arrive as integers (Tensor.data_ptr()); initprobe/fused.py checks device, dtype, size and contiguity
+   before calling, and is the only caller. Results are written as doubles to `out`, a pointer into the probe's
+   float64 row buffer: nothing goes back to Python per layer. Without OpenMP (a compiler that lacks it) the same
+   code runs on one thread. Partial sums are taken in the tensor's dtype over blocks of BLOCK elements
+   (vectorised: `omp simd` lets the compiler reorder those sums, nothing else) and added up in double. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#else /* a compiler without OpenMP (Apple clang): one thread, the pragmas are ignored */
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_max_threads(void) { return 1; }
+#endif
 
 #define BLOCK 1024
 #define GRAIN 32768 /* fewer elements than this: one thread (torch's grain size for reductions) */

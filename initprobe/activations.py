@@ -1,14 +1,17 @@
-"""Activation registry: name -> torch function, PyTorch gain, and the numpy phi/phi' that theory needs.
+"""Activation registry: everything known about a nonlinearity in one entry (as neural-tangents keeps a nonlinearity
+and its kernel together): its torch function, numpy phi and phi' for theory, PyTorch's gain, where it is flat, and
+the closed forms theory can use (piecewise-linear: the arc-cosine kernel).
 
-No torch import at module level, so `initprobe list` and `initprobe theory` stay instant; the torch
-function is looked up on first use by `torch_fn`.
+No torch import at module level, so `initprobe list` and `initprobe theory` stay instant; the torch function is
+made on first use (`torch_fn`).
 """
 
-import difflib
 import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+from .names import unknown
 
 
 class _LazyNumpy:
@@ -26,7 +29,7 @@ np = _LazyNumpy()
 
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
-SATURATION_LEVEL = 0.05  # saturated where abs(phi'(h)) < 5% of max abs(phi') (DESIGN section 1)
+SATURATION_LEVEL = 0.05  # saturated where abs(phi'(h)) < 5% of max abs(phi') (docs/architecture.md)
 
 
 def _sigmoid(x):
@@ -57,8 +60,11 @@ class Activation:
     formula: str
     phi: Callable  # numpy phi(x, slope)
     dphi: Callable  # numpy phi'(x, slope)
+    torch: Callable  # torch(slope) -> the torch function h -> phi(h) (torch imported on the first call)
     torch_gain: Callable | None = None  # torch.nn.init.calculate_gain(name) as f(slope); None if PyTorch has none
+    gain_formula: str | None = None  # the gain as `initprobe list` writes it, where it depends on the slope
     odd: bool = False  # phi(-x) = -phi(x): the zero-correlation fixed point of theory
+    negative_slope: Callable | None = None  # piecewise linear, phi = x (x > 0), a x (x < 0): a as f(slope)
 
     def gain(self, slope: float = 0.01) -> float:
         """PyTorch's gain where it defines one, else the gain that keeps a unit Gaussian's second moment."""
@@ -103,35 +109,60 @@ def _edge(act, slope, threshold, flat, live) -> float:
     return float(live)
 
 
+def _torch(path: str, **slope_kwarg):
+    """torch(slope) for `path` ('tanh' in torch, 'F.relu' in torch.nn.functional); with `slope_kwarg`
+    ({'negative_slope': None}) the slope is passed as that keyword."""
+    def make(slope: float = 0.01):
+        import torch
+        import torch.nn.functional as F
+
+        fn = getattr(F, path[2:]) if path.startswith("F.") else getattr(torch, path)
+        return functools.partial(fn, **{k: slope for k in slope_kwarg}) if slope_kwarg else fn
+    return make
+
+
+def _identity_torch(slope: float = 0.01):
+    return _identity
+
+
+def _identity(h):
+    return h
+
+
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
-        Activation("identity", "x", lambda x, s: x, lambda x, s: np.ones_like(x), lambda s: 1.0, odd=True),
-        Activation("tanh", "tanh(x)", lambda x, s: np.tanh(x), lambda x, s: 1.0 - np.tanh(x) ** 2,
+        Activation("identity", "x", lambda x, s: x, lambda x, s: np.ones_like(x), _identity_torch, lambda s: 1.0,
+                   odd=True, negative_slope=lambda s: 1.0),
+        Activation("tanh", "tanh(x)", lambda x, s: np.tanh(x), lambda x, s: 1.0 - np.tanh(x) ** 2, _torch("tanh"),
                    lambda s: 5.0 / 3.0, odd=True),
         Activation("sigmoid", "1/(1+exp(-x))", lambda x, s: _sigmoid(x),
-                   lambda x, s: _sigmoid(x) * (1.0 - _sigmoid(x)), lambda s: 1.0),
+                   lambda x, s: _sigmoid(x) * (1.0 - _sigmoid(x)), _torch("sigmoid"), lambda s: 1.0),
         Activation("softsign", "x/(1+|x|)", lambda x, s: x / (1.0 + np.abs(x)),
-                   lambda x, s: 1.0 / (1.0 + np.abs(x)) ** 2, odd=True),
+                   lambda x, s: 1.0 / (1.0 + np.abs(x)) ** 2, _torch("F.softsign"), odd=True),
         Activation("hardtanh", "clip(x, -1, 1)", lambda x, s: np.clip(x, -1.0, 1.0),
-                   lambda x, s: (np.abs(x) < 1.0).astype(float), odd=True),
+                   lambda x, s: (np.abs(x) < 1.0).astype(float), _torch("F.hardtanh"), odd=True),
         Activation("relu", "max(x, 0)", lambda x, s: np.maximum(x, 0.0), lambda x, s: (x > 0).astype(float),
-                   lambda s: math.sqrt(2.0)),
+                   _torch("F.relu"), lambda s: math.sqrt(2.0), negative_slope=lambda s: 0.0),
         Activation("leaky_relu", "x if x>0 else slope*x", lambda x, s: np.where(x > 0, x, s * x),
-                   lambda x, s: np.where(x > 0, 1.0, s), lambda s: math.sqrt(2.0 / (1.0 + s * s))),
+                   lambda x, s: np.where(x > 0, 1.0, s), _torch("F.leaky_relu", negative_slope=None),
+                   lambda s: math.sqrt(2.0 / (1.0 + s * s)), gain_formula="sqrt(2/(1+slope^2))",
+                   negative_slope=lambda s: s),
         Activation("elu", "x if x>0 else exp(x)-1", lambda x, s: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-                   lambda x, s: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))),
+                   lambda x, s: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))), _torch("F.elu")),
         Activation("selu", "lambda*(x if x>0 else alpha*(exp(x)-1))",
                    lambda x, s: SELU_LAMBDA * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
                    lambda x, s: SELU_LAMBDA * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
-                   lambda s: 0.75),
+                   _torch("F.selu"), lambda s: 0.75),
         Activation("gelu", "x*Phi(x) (exact, erf)", lambda x, s: x * _norm_cdf(x),
-                   lambda x, s: _norm_cdf(x) + x * _norm_pdf(x)),
+                   lambda x, s: _norm_cdf(x) + x * _norm_pdf(x), _torch("F.gelu")),
         Activation("silu", "x*sigmoid(x)", lambda x, s: x * _sigmoid(x),
-                   lambda x, s: _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x)))),
-        Activation("softplus", "log(1+exp(x))", lambda x, s: _softplus(x), lambda x, s: _sigmoid(x)),
-        Activation("mish", "x*tanh(softplus(x))", lambda x, s: x * np.tanh(_softplus(x)), lambda x, s: _mish_grad(x)),
-        Activation("sin", "sin(x)", lambda x, s: np.sin(x), lambda x, s: np.cos(x), odd=True),
+                   lambda x, s: _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x))), _torch("F.silu")),
+        Activation("softplus", "log(1+exp(x))", lambda x, s: _softplus(x), lambda x, s: _sigmoid(x),
+                   _torch("F.softplus")),
+        Activation("mish", "x*tanh(softplus(x))", lambda x, s: x * np.tanh(_softplus(x)), lambda x, s: _mish_grad(x),
+                   _torch("F.mish")),
+        Activation("sin", "sin(x)", lambda x, s: np.sin(x), lambda x, s: np.cos(x), _torch("sin"), odd=True),
     ]
 }
 ALIASES = {"linear": "identity", "swish": "silu"}
@@ -149,14 +180,8 @@ def get(name: str) -> Activation:
     """The activation called `name` (aliases allowed); unknown names raise KeyError naming the closest ones."""
     key = canonical(name)
     if key not in ACTIVATIONS:
-        raise KeyError(unknown_message("activation", name, choices()))
+        raise KeyError(unknown("activation", name, choices()))
     return ACTIVATIONS[key]
-
-
-def unknown_message(kind: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name.lower(), valid, n=3, cutoff=0.5)  # ReLU, GELU: torch class names
-    hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
-    return f"unknown {kind} '{name}'; {hint}"
 
 
 @functools.cache
@@ -174,24 +199,5 @@ def second_moment(act: Activation, q: float, slope: float = 0.01) -> float:
 
 
 def torch_fn(name: str, slope: float = 0.01) -> Callable:
-    """The torch function for activation `name` (imported here so the registry itself needs no torch)."""
-    import torch
-    import torch.nn.functional as F
-
-    fns = {
-        "identity": lambda h: h,
-        "tanh": torch.tanh,
-        "sigmoid": torch.sigmoid,
-        "softsign": F.softsign,
-        "hardtanh": F.hardtanh,
-        "relu": F.relu,
-        "leaky_relu": lambda h: F.leaky_relu(h, slope),
-        "elu": F.elu,
-        "selu": F.selu,
-        "gelu": F.gelu,
-        "silu": F.silu,
-        "softplus": F.softplus,
-        "mish": F.mish,
-        "sin": torch.sin,
-    }
-    return fns[canonical(name)]
+    """The torch function of activation `name` (torch is imported on the first call)."""
+    return get(name).torch(slope)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import activations, config, models, probe
+from . import activations, config, models, probe, shapes
 
 MLP = dict(arch="mlp", depth=50, width=512, batch=256, act="tanh")
 CNN = dict(arch="cnn", depth=20, width=64, image_size=32, batch=32, act="tanh")
@@ -136,7 +136,7 @@ def overhead(name, options, goal, device, reps=21):
     # the reference afterwards, not interleaved: its retained tensors (100s of MB) perturb the passes after it
     naive_ratio = statistics.median(timed(naive, device, 3)) / statistics.median(timed(bare, device, 3))
     bare_s = statistics.median(bare_t)
-    flops = 2 * 3 * config.multiply_adds(cfg)  # forward and backward, two flops a multiply-add
+    flops = 2 * 3 * shapes.multiply_adds(cfg)  # forward and backward, two flops a multiply-add
     note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {bare_s * 1e3:.0f} ms "
             f"({flops / bare_s / 1e9:.1f} GFLOP/s); .item()-per-statistic approach: {naive_ratio:.2f}x")
     return row(f"overhead {name}", round(ratio, 3), f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s
@@ -150,12 +150,12 @@ def matmul_throughput(device, n=1024, reps=10):
 
 DEPTH_SCRIPT = """
 import json, sys, time, torch
-from initprobe import config, runner
+from initprobe import config, devices, runner
 cfg = config.RunConfig(depth={depth}, width=256, batch=128, act="tanh", seeds=1, checkpoint=True, device="cpu")
-base = runner.peak_memory(torch.device("cpu"))
+base = devices.peak_memory(torch.device("cpu"))
 t = time.perf_counter()
 frame, _, seconds, _ = runner.measure(cfg, torch.device("cpu"), checkpointed=True)
-peak = runner.peak_memory(torch.device("cpu"))
+peak = devices.peak_memory(torch.device("cpu"))
 finite = bool(frame[["act_var", "grad_preact_var"]].notna().all().all())
 print(json.dumps({{"peak": peak, "base": base, "seconds": seconds, "finite": finite}}))
 """
@@ -211,7 +211,8 @@ SWEEP_GRID = {"depth": [10, 20, 30, 40, 50], "act": ["tanh", "relu"],
 def timed_sweep(backend: str, quick: bool) -> dict:
     """A fresh sweep of ~50 small runs (width 128) on `backend`: wall seconds of its runs phase (start-up included)
     and of its report (figures, report.html), and the probes' summed seconds."""
-    from . import report, sweep
+    from . import sweep
+    from .sweep import backends, report
 
     grid = {**SWEEP_GRID, "init": SWEEP_GRID["init"][:2]} if quick else SWEEP_GRID
     spec = sweep.parse_sweep({"base": {"width": 128, "device": "cpu"}, "grid": grid}, name=f"bench-{backend}")
@@ -222,7 +223,7 @@ def timed_sweep(backend: str, quick: bool) -> dict:
         report.write_report(result.path)
         report_s = time.perf_counter() - t - runs_s
     return {"runs": runs_s, "report": report_s, "wall": runs_s + report_s, "n": len(result.runs),
-            "probes": float(result.runs["probe_seconds"].sum()), "start": sweep.start_method(1, {"cpu"})}
+            "probes": float(result.runs["probe_seconds"].sum()), "start": backends.start_method(1, {"cpu"})}
 
 
 def sweep_rows(quick: bool = False):

@@ -4,13 +4,14 @@ Glorot, He and LeCun are named presets of one `variance_scaling_` (Keras semanti
 exactly as torch.nn.init does for Linear (out, in) and Conv (out, in, k, k) weights.
 """
 
+import functools
 import importlib
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from .activations import unknown_message
+from .names import unknown
 
 TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (Keras' correction)
 SQRT2 = math.sqrt(2.0)
@@ -36,13 +37,13 @@ def fan(w, mode: str) -> float:
 
 
 def _no_grad(fn):
+    @functools.wraps(fn)  # keeps fn's signature: the registry reads a scheme's options from it
     def wrapped(*args, **kwargs):
         import torch
 
         with torch.no_grad():
             return fn(*args, **kwargs)
 
-    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
     return wrapped
 
 
@@ -63,45 +64,45 @@ def sample_(w, std: float, distribution: str, generator=None):
     raise ValueError(f"unknown distribution '{distribution}'")
 
 
-def variance_scaling_(w, scale=1.0, mode="fan_in", distribution="truncated_normal", generator=None):
-    """Keras VarianceScaling: Var(W) = scale / n, n = fan_in, fan_out, their mean or geometric mean."""
-    return sample_(w, math.sqrt(scale / fan(w, mode)), distribution, generator)
+def scaled_variance(shape, scale=1.0, mode="fan_in", gain=1.0) -> float:
+    """Var(W) = gain^2 * scale / n, n the fan `mode` of `shape`: the one statement of every preset's size."""
+    return gain**2 * scale / fan(shape, mode)
 
 
+def variance_scaling_(w, scale=1.0, mode="fan_in", distribution="truncated_normal", gain=1.0, generator=None):
+    """Keras VarianceScaling (with a gain): zero-mean `distribution` with Var = scaled_variance(w.shape, ...)."""
+    return sample_(w, math.sqrt(scaled_variance(w.shape, scale, mode, gain)), distribution, generator)
+
+
+# The Glorot/He/LeCun presets: variance_scaling_ with scale 1 and a fixed fan mode (He: a choice of mode).
 def glorot_uniform_(w, gain=1.0, distribution="uniform", generator=None):
-    """U(+-gain*sqrt(6/(fan_in+fan_out))): Var = gain^2 * 2/(fan_in+fan_out) (= torch xavier_uniform_)."""
-    return variance_scaling_(w, gain**2, "fan_avg", distribution, generator)
+    """Glorot & Bengio 2010's normalized init, torch xavier_uniform_: fan_avg."""
+    return variance_scaling_(w, 1.0, "fan_avg", distribution, gain, generator)
 
 
 def glorot_normal_(w, gain=1.0, distribution="normal", generator=None):
-    """N(0, gain^2 * 2/(fan_in+fan_out)) (= torch xavier_normal_); same variance as glorot_uniform_."""
-    return variance_scaling_(w, gain**2, "fan_avg", distribution, generator)
+    """torch xavier_normal_: fan_avg, the same variance as glorot_uniform_."""
+    return variance_scaling_(w, 1.0, "fan_avg", distribution, gain, generator)
 
 
 def he_uniform_(w, gain=SQRT2, mode="fan_in", distribution="uniform", generator=None):
-    """U(+-gain*sqrt(3/fan)) (= torch kaiming_uniform_ with the ReLU gain sqrt(2) by default)."""
-    return variance_scaling_(w, gain**2, mode, distribution, generator)
+    """He et al. 2015, torch kaiming_uniform_ (default gain: ReLU's sqrt(2))."""
+    return variance_scaling_(w, 1.0, mode, distribution, gain, generator)
 
 
 def he_normal_(w, gain=SQRT2, mode="fan_in", distribution="normal", generator=None):
-    """N(0, gain^2/fan) (= torch kaiming_normal_)."""
-    return variance_scaling_(w, gain**2, mode, distribution, generator)
+    """He et al. 2015, torch kaiming_normal_ (default gain: ReLU's sqrt(2))."""
+    return variance_scaling_(w, 1.0, mode, distribution, gain, generator)
 
 
 def lecun_uniform_(w, gain=1.0, distribution="uniform", generator=None):
-    """U(+-gain*sqrt(3/fan_in)): Var = gain^2/fan_in."""
-    return variance_scaling_(w, gain**2, "fan_in", distribution, generator)
+    """LeCun et al. 1998: fan_in."""
+    return variance_scaling_(w, 1.0, "fan_in", distribution, gain, generator)
 
 
 def lecun_normal_(w, gain=1.0, distribution="normal", generator=None):
-    """N(0, gain^2/fan_in). Keras' LecunNormal is this with distribution='truncated_normal'."""
-    return variance_scaling_(w, gain**2, "fan_in", distribution, generator)
-
-
-def scaled_variance_scaling_(w, scale=1.0, mode="fan_in", distribution="truncated_normal", gain=1.0,
-                             generator=None):
-    """variance_scaling_ with an extra gain: Var = gain^2 * scale / n."""
-    return variance_scaling_(w, gain**2 * scale, mode, distribution, generator)
+    """LeCun et al. 1998: fan_in. Keras' LecunNormal is this with distribution='truncated_normal'."""
+    return variance_scaling_(w, 1.0, "fan_in", distribution, gain, generator)
 
 
 @_no_grad
@@ -135,10 +136,15 @@ def delta_orthogonal_(w, gain=1.0, generator=None):
     return w
 
 
+def torch_default_std(shape, gain=1.0) -> float:
+    """gain / sqrt(3 fan_in): the std of U(+-gain/sqrt(fan_in))."""
+    return gain / math.sqrt(3.0 * fans(shape)[0])
+
+
 def torch_default_(w, gain=1.0, generator=None):
     """What nn.Linear/nn.Conv2d do by default, kaiming_uniform_(a=sqrt(5)): U(+-gain/sqrt(fan_in)).
     With gain 1 this is also Glorot & Bengio 2010's "standard" init U[-1/sqrt(n), 1/sqrt(n)]."""
-    return sample_(w, gain / math.sqrt(3.0 * fans(w)[0]), "uniform", generator)
+    return sample_(w, torch_default_std(w.shape, gain), "uniform", generator)
 
 
 def normal_(w, std=0.05, generator=None):
@@ -183,63 +189,75 @@ def lsuv_(weights, forward_one, x, tol=LSUV_TOL, max_iter=LSUV_MAX_ITER):
 
 @dataclass(frozen=True)
 class Init:
+    """A registry entry: the function, the formula `initprobe list` shows, and what code must know about the scheme.
+    The options it takes, with their defaults, are the function's own keyword arguments."""
+
     fn: Callable
     formula: str
-    defaults: dict = field(default_factory=dict)  # the options this scheme takes, with their defaults
-    cnn_only: bool = False
-    variance: Callable | None = None  # expected E[W^2] (= Var for zero-mean schemes); None: data-dependent
+    second_moment: Callable | None = None  # E[W^2](shape, **options) before any tensor exists; None: data-dependent
+    cnn_only: bool = False  # needs a convolution weight
+    data_dependent: bool = False  # rescaled on a batch after the network exists (lsuv): no a-priori prediction
+    orthogonal: bool = False  # (semi-)orthogonal weights: free probability's orthogonal case, not the Gaussian one
 
-    def expected_variance(self, shape, params: dict) -> float | None:
-        """What theory needs before any tensor exists (`initprobe theory`)."""
-        return None if self.variance is None else float(self.variance(tuple(shape), **params))
+    @property
+    def defaults(self) -> dict:
+        """The options this scheme takes, with their defaults (the function's keyword arguments)."""
+        return _options(self.fn)
+
+    def expected_second_moment(self, shape, params: dict) -> float | None:
+        """E[W^2] for a weight of `shape`: what theory needs as sigma_w^2 / fan_in before any tensor exists."""
+        return None if self.second_moment is None else float(self.second_moment(tuple(shape), **params))
 
     @property
     def default_gain(self):
         return self.defaults.get("gain")
 
 
-def _ones_share(shape, gain=1.0, **_):
-    """Second moment of gain * (eye or dirac or a centre-tap orthogonal matrix): min(out, in) entries of size
-    gain^2 among all, i.e. Var = gain^2 / max(out, in) for a square-free count over the kernel taps."""
+@functools.cache
+def _options(fn: Callable) -> dict:
+    skip = ("w", "weights", "forward_one", "x", "generator", "tol", "max_iter")
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items() if name not in skip}
+
+
+def _preset(mode=None):
+    """E[W^2] of a variance_scaling_ preset: its fixed fan `mode`, or the one chosen (He)."""
+    return lambda shape, gain, distribution=None, **chosen: scaled_variance(shape, 1.0, chosen.get("mode", mode), gain)
+
+
+def _ones_share(shape, gain=1.0):
+    """Second moment of gain * (eye, dirac, or a centre-tap orthogonal matrix): min(out, in) entries of size gain^2
+    among all the weight's entries."""
     return gain**2 * min(shape[0], shape[1]) / math.prod(shape)
 
 
-def _orthogonal_var(shape, gain=1.0, **_):
+def _orthogonal(shape, gain=1.0):
     rows, cols = shape[0], math.prod(shape[1:])  # torch flattens to (out, in * k * k)
     return gain**2 / max(rows, cols)
 
 
-_DIST, _MODE = {"distribution": "uniform"}, {"mode": "fan_in"}
-_FAN_AVG = dict(variance=lambda s, gain, **_: gain**2 / fan(s, "fan_avg"))
-_FAN_MODE = dict(variance=lambda s, gain, mode, **_: gain**2 / fan(s, mode))
-_FAN_IN = dict(variance=lambda s, gain, **_: gain**2 / fan(s, "fan_in"))
 INITS: dict[str, Init] = {
-    "glorot_uniform": Init(glorot_uniform_, "U(+-gain*sqrt(6/(fan_in+fan_out)))", {"gain": 1.0, **_DIST},
-                           **_FAN_AVG),
-    "glorot_normal": Init(glorot_normal_, "N(0, gain^2*2/(fan_in+fan_out))", {"gain": 1.0, "distribution": "normal"},
-                          **_FAN_AVG),
-    "he_uniform": Init(he_uniform_, "U(+-gain*sqrt(3/fan)), gain sqrt(2)", {"gain": SQRT2, **_MODE, **_DIST},
-                       **_FAN_MODE),
-    "he_normal": Init(he_normal_, "N(0, gain^2/fan), gain sqrt(2)",
-                      {"gain": SQRT2, **_MODE, "distribution": "normal"}, **_FAN_MODE),
-    "lecun_uniform": Init(lecun_uniform_, "U(+-gain*sqrt(3/fan_in))", {"gain": 1.0, **_DIST}, **_FAN_IN),
-    "lecun_normal": Init(lecun_normal_, "N(0, gain^2/fan_in)", {"gain": 1.0, "distribution": "normal"}, **_FAN_IN),
-    "variance_scaling": Init(scaled_variance_scaling_, "Var = gain^2*scale/fan_mode (Keras VarianceScaling)",
-                             {"scale": 1.0, **_MODE, "distribution": "truncated_normal", "gain": 1.0},
-                             variance=lambda s, gain, scale, mode, **_: gain**2 * scale / fan(s, mode)),
-    "orthogonal": Init(orthogonal_, "gain * (semi-)orthogonal matrix", {"gain": 1.0}, variance=_orthogonal_var),
-    "identity": Init(identity_, "gain * I (eye for MLP, dirac for CNN)", {"gain": 1.0}, variance=_ones_share),
-    "delta_orthogonal": Init(delta_orthogonal_, "orthogonal centre tap, zeros elsewhere (CNN)", {"gain": 1.0},
-                             cnn_only=True, variance=_ones_share),
-    "torch_default": Init(torch_default_, "U(+-gain/sqrt(fan_in)) (nn.Linear/nn.Conv2d default)", {"gain": 1.0},
-                          variance=lambda s, gain: gain**2 / (3 * fans(s)[0])),
-    "normal": Init(normal_, "N(0, std^2)", {"std": 0.05}, variance=lambda s, std: std**2),
-    "uniform": Init(uniform_, "U(-bound, bound)", {"bound": 0.05}, variance=lambda s, bound: bound**2 / 3),
-    "truncated_normal": Init(truncated_normal_, "N(0, std^2) cut at +-2 std", {"std": 0.05},
-                             variance=lambda s, std: (TRUNC_STD * std) ** 2),
-    "zeros": Init(zeros_, "0", variance=lambda s: 0.0),
-    "constant": Init(constant_, "value", {"value": 0.1}, variance=lambda s, value: value**2),
-    "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)"),
+    "glorot_uniform": Init(glorot_uniform_, "U(+-gain*sqrt(6/(fan_in+fan_out)))", _preset("fan_avg")),
+    "glorot_normal": Init(glorot_normal_, "N(0, gain^2*2/(fan_in+fan_out))", _preset("fan_avg")),
+    "he_uniform": Init(he_uniform_, "U(+-gain*sqrt(3/fan)), gain sqrt(2)", _preset()),
+    "he_normal": Init(he_normal_, "N(0, gain^2/fan), gain sqrt(2)", _preset()),
+    "lecun_uniform": Init(lecun_uniform_, "U(+-gain*sqrt(3/fan_in))", _preset("fan_in")),
+    "lecun_normal": Init(lecun_normal_, "N(0, gain^2/fan_in)", _preset("fan_in")),
+    "variance_scaling": Init(variance_scaling_, "Var = gain^2*scale/fan_mode (Keras VarianceScaling)",
+                             lambda shape, scale, mode, gain, distribution: scaled_variance(shape, scale, mode, gain)),
+    "orthogonal": Init(orthogonal_, "gain * (semi-)orthogonal matrix", _orthogonal, orthogonal=True),
+    "identity": Init(identity_, "gain * I (eye for MLP, dirac for CNN)", _ones_share, orthogonal=True),
+    "delta_orthogonal": Init(delta_orthogonal_, "orthogonal centre tap, zeros elsewhere (CNN)", _ones_share,
+                             cnn_only=True, orthogonal=True),
+    "torch_default": Init(torch_default_, "U(+-gain/sqrt(fan_in)) (nn.Linear/nn.Conv2d default)",
+                          lambda shape, gain: torch_default_std(shape, gain) ** 2),
+    "normal": Init(normal_, "N(0, std^2)", lambda shape, std: std**2),
+    "uniform": Init(uniform_, "U(-bound, bound)", lambda shape, bound: bound**2 / 3),
+    "truncated_normal": Init(truncated_normal_, "N(0, std^2) cut at +-2 std",
+                             lambda shape, std: (TRUNC_STD * std) ** 2),
+    "zeros": Init(zeros_, "0", lambda shape: 0.0),
+    "constant": Init(constant_, "value", lambda shape, value: value**2),
+    "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)",
+                 data_dependent=True, orthogonal=True),
 }
 ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
            "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
@@ -263,7 +281,7 @@ def get(name: str) -> Init:
         return Init(_load_custom(name), f"user function {name}")
     key = canonical(name)
     if key not in INITS:
-        raise KeyError(unknown_message("init", name, choices()))
+        raise KeyError(unknown("init", name, choices()))
     return INITS[key]
 
 

@@ -1,4 +1,4 @@
-"""The probed network of DESIGN section 1: `depth` Linear or Conv2d blocks, as plain (weight, bias) tensors.
+"""The probed network (docs/architecture.md): `depth` Linear or Conv2d blocks, as plain (weight, bias) tensors.
 
 Layer l (1-based in files and plots) is `params[l - 1]` here. Each layer's weights are drawn from a generator
 of its own, seeded from the run's seed, so any layer can be made again on demand: the checkpointed probe
@@ -12,11 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from . import activations, config, inits
+from .shapes import layer_sizes, weight_shape
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-layer_sizes, weight_shape, weight_sizes = config.layer_sizes, config.weight_shape, config.weight_sizes
 
 
 def layer_seeds(depth: int, generator: torch.Generator) -> list[int]:
@@ -35,14 +33,14 @@ def init_bias_(b, w, cfg: config.RunConfig, generator):
 @torch.no_grad()
 def make_layer(cfg: config.RunConfig, l: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of layer index l (0-based), drawn from a generator seeded with `seed`.
-    lsuv's pre-init is orthogonal; its rescaling happens in `build`."""
+    A data-dependent init (lsuv) starts orthogonal; build() rescales it on a batch."""
     n_in, n_out = layer_sizes(cfg)[l]
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = DTYPES[cfg.dtype]
     w = torch.empty(weight_shape(cfg, n_in, n_out), device=device, dtype=dtype)
     b = torch.empty(n_out, device=device, dtype=dtype)
     spec = inits.get(cfg.init)
-    if spec.fn is inits.lsuv_:
+    if spec.data_dependent:
         inits.orthogonal_(w, generator=gen)
     else:
         spec.fn(w, generator=gen, **config.init_params(cfg))
@@ -64,9 +62,14 @@ def block(cfg: config.RunConfig, x, w, b):
 def build(cfg: config.RunConfig, seeds: list[int], device, lsuv_input=None) -> list[tuple]:
     """All layers' (weight, bias), weights as leaves that require grad (biases need none)."""
     params = [make_layer(cfg, l, s, device) for l, s in enumerate(seeds)]
-    if cfg.init == "lsuv":
+    if needs_batch(cfg):
         lsuv_rescale_(cfg, params, lsuv_input)
     return [(w.requires_grad_(), b) for w, b in params]
+
+
+def needs_batch(cfg: config.RunConfig) -> bool:
+    """Whether building the network needs a batch of inputs (a data-dependent init)."""
+    return inits.get(cfg.init).data_dependent
 
 
 def lsuv_rescale_(cfg, params, x):

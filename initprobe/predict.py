@@ -12,14 +12,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import config, inits, theory
+from . import config, inits, shapes, theory
 
 COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
 
 
 def fans(cfg: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    shapes = [config.weight_shape(cfg, *io) for io in config.layer_sizes(cfg)]
-    pairs = np.array([inits.fans(s) for s in shapes], dtype=float)
+    pairs = np.array([inits.fans(s) for s in shapes.weight_shapes(cfg)], dtype=float)
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -34,15 +33,14 @@ def expected_weight_variance(cfg: config.RunConfig) -> np.ndarray | None:
     """Var(W^l) from the scheme's formula; None for data-dependent schemes (lsuv, a user's function)."""
     spec = inits.get(cfg.init)
     params = config.init_params(cfg)
-    shapes = [config.weight_shape(cfg, *io) for io in config.layer_sizes(cfg)]
-    values = [spec.expected_variance(s, params) for s in shapes]
+    values = [spec.expected_second_moment(s, params) for s in shapes.weight_shapes(cfg)]
     return None if None in values else np.array(values)
 
 
 def columns(cfg: config.RunConfig, weight_var: np.ndarray) -> dict[str, np.ndarray]:
     """theory_* columns, one value per layer, for these weight variances."""
     fan_in, fan_out = fans(cfg)
-    n_terms = cfg.batch * (cfg.image_size**2 if cfg.arch == "cnn" else 1)
+    n_terms = cfg.batch * shapes.positions(cfg)
     out = theory.predict(cfg.act, weight_var, fan_in, fan_out, bias_var=bias_variance(cfg), input_q=1.0,
                          slope=cfg.slope, input_corr=0.0, n_terms=n_terms)
     out["theory_preact_corr"] = out.pop("theory_corr")
@@ -103,9 +101,6 @@ def phase_grid(act: str, sigma_w2: np.ndarray, sigma_b2: np.ndarray, slope: floa
     return pd.DataFrame(rows, columns=["sigma_w2", "sigma_b2", "chi_1", "q_star"])
 
 
-ORTHOGONAL = ("orthogonal", "identity", "delta_orthogonal")
-
-
 def jacobian(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
     """Predictions for the first seed's end-to-end Jacobian: the mean squared singular value from this
     network's own layers (prod over l of fan_out Var(W^l) E[phi'(h^l)^2]), and the free-probability mean and
@@ -116,6 +111,6 @@ def jacobian(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
         dphi2 = first["theory_grad_preact_var"].to_numpy() / first["theory_grad_act_var"].to_numpy()
         layerwise = float(np.prod(fan_out * first["weight_var"].to_numpy() * dphi2))
     sc = scales(cfg, first["weight_var"].to_numpy())
-    weights = "orthogonal" if cfg.init in ORTHOGONAL else "gaussian"
+    weights = "orthogonal" if inits.get(cfg.init).orthogonal else "gaussian"
     free = theory.jacobian_prediction(cfg.act, sc["sigma_w2"], sc["q_star"], cfg.depth, weights, cfg.slope)
     return {"theory_mean_sq_sv": layerwise, "free_probability": {"weights": weights, "at_q": sc["q_star"], **free}}

@@ -13,18 +13,12 @@ picks one.
 
 import functools
 import math
-import os
 
 import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import models
-
-try:  # one-pass C kernels for CPU tensors, built at install time where there is a C compiler (setup.py)
-    from . import _fused
-except ImportError:
-    _fused = None
+from . import fused, models, shapes
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
@@ -91,11 +85,6 @@ class Rows:
     def __init__(self, depth, cols, dtype, device, chunk=32):
         self.buf = torch.full((depth, cols), math.nan, dtype=dtype, device=device)
         self.chunk, self.pending = chunk, []
-        self.base, self.row_bytes = self.buf.data_ptr(), self.buf.stride(0) * self.buf.element_size()
-
-    def address(self, row: int) -> int:
-        """Where row `row` of buf starts, for the C kernels (buf[row].data_ptr() makes a view: ~1 us a call)."""
-        return self.base + row * self.row_bytes
 
     def add(self, row: int, values: list):
         self.pending.append((row, values))
@@ -256,11 +245,12 @@ class FusedRecorder(Recorder):
     and written straight into float64 row buffers, so no tensor is made per layer. CPU, float32/float64 only (see
     recorder())."""
 
-    ROWS_DTYPE = torch.float64  # the kernels write doubles
+    ROWS_DTYPE = fused.ROW_DTYPE
 
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
         super().__init__(depth, dtype, device, saturation, phi, hist_layers)
-        self.is_double = dtype == torch.float64
+        self.out = {id(rows): fused.Output(rows.buf) for rows in (self.fwd, self.weights, self.grads,
+                                                                   self.weight_grads)}
         # an interval's outside is counted in the kernel; a threshold's by torch (forward_stats)
         self.lo, self.hi = self.saturation[1] if self.saturation[0] == "interval" else (-math.inf, math.inf)
 
@@ -268,10 +258,7 @@ class FusedRecorder(Recorder):
         self.moments(self.weights, l, w)
 
     def forward_stats(self, l, hd, xd):
-        hd, xd = hd.contiguous(), xd.contiguous()  # no copy unless strided
-        batch = hd.shape[0]
-        _fused.layer(self.fwd.address(l), self.is_double, batch, hd.numel() // batch, hd.data_ptr(), xd.data_ptr(),
-                     self.lo, self.hi)
+        fused.layer(self.out[id(self.fwd)], l, hd, xd, self.lo, self.hi)
         if self.saturation[0] == "threshold":  # phi'(h) by forward-mode AD, counted by torch
             work = self.workspace(hd)
             mask = saturation_mask_(hd, self.phi, self.saturation, work.scratch)
@@ -279,8 +266,7 @@ class FusedRecorder(Recorder):
 
     def moments(self, rows, l, *tensors):
         """Sum and sum of squares of each tensor (all of one size) into row l of `rows`."""
-        held = [t.detach().contiguous() for t in tensors]  # held: a copy (of a strided view) must outlive the call
-        _fused.moments(rows.address(l), self.is_double, held[0].numel(), *(t.data_ptr() for t in held))
+        fused.moments(self.out[id(rows)], l, *tensors)
 
     def grad_stats(self, l, gh, gx):
         self.moments(self.grads, l, gh, gx)
@@ -289,16 +275,9 @@ class FusedRecorder(Recorder):
         self.moments(self.weight_grads, l, grad)
 
 
-def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """The C kernels take CPU float32/float64 tensors; INITPROBE_FUSED=0 turns them off (the torch path, as on
-    a GPU), e.g. to compare the two."""
-    return (_fused is not None and device.type == "cpu" and dtype in (torch.float32, torch.float64)
-            and os.environ.get("INITPROBE_FUSED", "1") != "0")
-
-
 def recorder(depth, dtype, device, saturation, phi, hist_layers=()) -> Recorder:
     """A FusedRecorder where the C kernels apply, else the torch one; `dtype` is the network's."""
-    cls = FusedRecorder if fused_available(device, dtype) else Recorder
+    cls = FusedRecorder if fused.available(device, dtype) else Recorder
     return cls(depth, stat_dtype(dtype), device, saturation, phi, hist_layers)
 
 
@@ -367,7 +346,7 @@ def weight_counts(cfg, dtype, device) -> torch.Tensor:
     """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
     the host and waits for the copy (a host sync). Every layer but the first has the last one's count, so that is
     two fills, not one a layer and a stack (0.1 ms of a 50-layer probe)."""
-    counts = models.weight_sizes(cfg)
+    counts = shapes.weight_sizes(cfg)
     filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
     for l, n in enumerate(counts):
         if n != counts[-1]:

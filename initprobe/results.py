@@ -1,14 +1,17 @@
-"""The run directory (DESIGN section 3): config.json, layers.csv, histograms.csv, summary.json, plots/.
+"""The run directory (docs/output-format.md): config.json, layers.csv, histograms.csv, summary.json, plots/, and
+the file-writing rules every output of initprobe follows.
 
-A run is written into a hidden `.NAME.partial-PID` folder beside its final place and renamed into place when
-complete, so an interrupted run never leaves a directory that looks finished, and an existing run is never
-overwritten. JSON holds no NaN/Infinity tokens (not JSON): non-finite numbers are written as the strings
-"nan", "inf", "-inf".
+A run (and any other output directory) is written into a hidden `.NAME.partial-PID` folder beside its final place
+and renamed into place when complete, so an interrupted run never leaves a directory that looks finished, and an
+existing one is never overwritten. Single files that are rewritten (a sweep's runs.csv) are replaced atomically.
+JSON holds no NaN/Infinity tokens (not JSON): non-finite numbers are written as the strings "nan", "inf", "-inf".
 """
 
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +20,6 @@ import pandas as pd
 
 from .config import ConfigError
 
-STABLE_BAND = 10.0  # verdict: stable if the end-to-end ratio is within [1/10, 10], else vanishing/exploding
 RESULTS_ROOT = Path("results")
 
 
@@ -30,66 +32,11 @@ def layers_frame(stats: np.ndarray, seeds: list[int], columns: list[str]) -> pd.
     return frame
 
 
-def geometric_mean(values) -> float:
-    values = np.asarray(values, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.exp(np.mean(np.log(values))))
-
-
-def verdict(ratio: float, nonfinite: bool) -> str:
-    if nonfinite or ratio > STABLE_BAND:
-        return "exploding"
-    if not ratio >= 1.0 / STABLE_BAND:  # includes 0 and nan
-        return "vanishing"
-    return "stable"
-
-
-FORWARD = ("preact_mean", "preact_var", "act_mean", "act_var", "weight_var")
-BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
-
-
-def nonfinite_layers(layer: np.ndarray, finite: dict, columns) -> np.ndarray:
-    """Layers (ascending) where any seed has a non-finite value in `columns` (finite: column -> mask)."""
-    bad = ~np.logical_and.reduce([finite[c] for c in columns if c in finite])
-    return np.unique(layer[bad])
-
-
-def summarize(frame: pd.DataFrame, timings: dict) -> dict:
-    """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer.
-    Non-finite means an overflow in a mean or variance. The forward pass meets layers bottom-up and the
-    backward top-down, so each direction's first non-finite layer is the first it reaches."""
-    layer, seed = frame["layer"].to_numpy(), frame["seed"].to_numpy()
-    depth = int(layer.max())
-    first, last = np.flatnonzero(layer == 1), np.flatnonzero(layer == depth)
-    first, last = first[np.argsort(seed[first])], last[np.argsort(seed[last])]  # paired by seed
-    act, grad = frame["act_var"].to_numpy(dtype=float), frame["grad_preact_var"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        forward = geometric_mean(act[last] / act[first])
-        backward = geometric_mean(grad[first] / grad[last])
-    finite = {c: np.isfinite(frame[c].to_numpy(dtype=float)) for c in FORWARD + BACKWARD if c in frame}
-    fwd_bad, bwd_bad = nonfinite_layers(layer, finite, FORWARD), nonfinite_layers(layer, finite, BACKWARD)
-    any_bad = nonfinite_layers(layer, finite, FORWARD + BACKWARD)
-    per_layer = 1.0 / max(depth - 1, 1)
-    return {
-        "forward_ratio": forward,
-        "backward_ratio": backward,
-        "forward_gain_per_layer": forward**per_layer,
-        "backward_gain_per_layer": backward**per_layer,
-        "forward_verdict": verdict(forward, fwd_bad.size > 0),
-        "backward_verdict": verdict(backward, bwd_bad.size > 0),
-        "first_nonfinite_layer": int(any_bad[0]) if any_bad.size else None,
-        "first_nonfinite_forward": int(fwd_bad[0]) if fwd_bad.size else None,
-        "first_nonfinite_backward": int(bwd_bad[-1]) if bwd_bad.size else None,
-        "stable_band": [1.0 / STABLE_BAND, STABLE_BAND],
-        "timings": timings,
-    }
-
-
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, np.integer)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -98,11 +45,23 @@ def _jsonable(obj):
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    path.write_text(json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` in one step (a temporary file beside it, then os.replace): a reader, or an
+    interruption, sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def default_name(cfg) -> str:
@@ -145,12 +104,52 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def jacobian_summary(jac: pd.DataFrame) -> dict:
-    """Mean and variance of the squared singular values (Pennington et al. 2017's m1 and sigma^2)."""
-    sq = jac["singular_value"].to_numpy() ** 2
-    return {"mean_sq_sv": float(np.mean(sq)), "var_sq_sv": float(np.var(sq)),
-            "max_sv": float(np.max(jac["singular_value"])), "min_sv": float(np.min(jac["singular_value"])),
-            "inputs": int(jac["input"].nunique())}
+@contextlib.contextmanager
+def publishing(staging: Path, final: Path):
+    """Write into `staging` inside the block; publish it as `final` when the block ends, or discard it if the block
+    raises (bad input found late, Ctrl-C, a crash): nothing half-written is left behind."""
+    try:
+        yield staging
+    except BaseException:
+        discard(staging)
+        raise
+    publish(staging, final)
+
+
+def writable_file(path: str | Path) -> Path:
+    """`path` if a file could be written there, checked without writing anything; else ConfigError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; name a file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot write {path}: permission denied")
+    return path
+
+
+_STAGING = re.compile(r"^\..+\.partial-(\d+)$")
+
+
+def staging_pid(path: Path) -> int | None:
+    """The process writing staging folder `path` (`.NAME.partial-PID`), or None if it is not one."""
+    m = _STAGING.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFrame, summary: dict,

@@ -4,10 +4,6 @@ config -> models (+ inits, activations) -> probe -> results (CSV/JSON) -> plots.
 """
 
 import dataclasses
-import datetime
-import os
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, activations, config, models, predict, probe, results
+from . import activations, analysis, config, devices, environment, inits, models, predict, probe, results, shapes
 
 
 @dataclass
@@ -28,65 +24,23 @@ class RunResult:
     config: dict
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu. Asking for a device that is not there is a ConfigError."""
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise config.ConfigError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__})")
-    if name == "mps" and not has_mps:
-        raise config.ConfigError("--device mps: no Apple MPS device is available")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() if device.type == "cpu" else device.type
-
-
-def environment(device: torch.device, command: list[str] | None) -> dict:
-    return {
-        "initprobe_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": device_name(device),
-        "command": command if command is not None else sys.argv,
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free for the probe: CUDA's free memory, else the host's MemAvailable (Linux) or physical memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def estimated_bytes(cfg: config.RunConfig) -> int:
     """Memory of the plain probe: every weight, plus the pre-activation and output autograd keeps per layer."""
-    weights = sum(config.weight_sizes(cfg))
-    per_input = cfg.width * (cfg.image_size**2 if cfg.arch == "cnn" else 1)
+    weights = sum(shapes.weight_sizes(cfg))
+    per_input = cfg.width * shapes.positions(cfg)
     element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
     return (weights + 2 * cfg.depth * cfg.batch * per_input) * element
 
 
 def use_checkpoint(cfg: config.RunConfig, device: torch.device) -> tuple[bool, str]:
     """(checkpoint?, why): as asked, or automatically when the plain probe would take over half the free memory."""
+    data_dependent = inits.get(cfg.init).data_dependent
     if cfg.checkpoint is not None:
-        if cfg.checkpoint and cfg.init == "lsuv":
-            raise config.ConfigError("lsuv rescales stored weights, so it cannot run with --checkpoint")
+        if cfg.checkpoint and data_dependent:
+            raise config.ConfigError(f"{cfg.init} rescales stored weights, so it cannot run with --checkpoint")
         return cfg.checkpoint, "asked for"
-    need, free = estimated_bytes(cfg), available_memory(device)
-    if need > free // 2 and cfg.init != "lsuv":
+    need, free = estimated_bytes(cfg), devices.available_memory(device)
+    if need > free // 2 and not data_dependent:
         return True, f"automatic: the plain probe needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
     return False, "not needed"
 
@@ -112,7 +66,7 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
         if checkpointed:
             rows, kept = probe.probe_checkpointed(cfg, per_layer, phi, x0, cotangent, saturation, hist_at)
         else:
-            lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if cfg.init == "lsuv" else None
+            lsuv_batch = models.make_input(cfg, cfg.batch, device, gen) if models.needs_batch(cfg) else None
             params = models.build(cfg, per_layer, device, lsuv_batch)
             rows, kept = probe.probe(cfg, params, phi, x0, cotangent, saturation, hist_at)
             if cfg.jacobian and i == 0:
@@ -139,23 +93,6 @@ def jacobian_frame(svals, seed: int) -> pd.DataFrame:
                          "singular_value": svals.reshape(-1)})
 
 
-def peak_memory(device: torch.device) -> int:
-    """Peak bytes: CUDA's max_memory_allocated, else the process's peak resident set size. On Linux from
-    /proc (VmHWM, this program's own): getrusage's maxrss survives exec, so a process started by a larger one
-    (a bench, a spawned sweep worker) would report its parent's peak."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
-
-
 def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
     """Rows (quantity, layer, bin_left, bin_right, count): each quantity's layers, each over the same bins."""
     parts = []
@@ -176,23 +113,22 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     """Validate, probe, write the run directory, plot. Raises ConfigError for bad input before any work."""
     t0 = time.perf_counter()
     config.validate(cfg)
-    device = resolve_device(cfg.device)
+    device = devices.resolve(cfg.device)
     final, staging = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
         resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
-                "environment": environment(device, command)}
+                "environment": environment.environment(command, str(device), devices.name(device))}
         checkpointed, why = use_checkpoint(cfg, device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        devices.reset_peak_memory(device)
         frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
-        summary = results.summarize(frame, {"probe_seconds": probe_seconds})
+        summary = analysis.summarize(frame, {"probe_seconds": probe_seconds})
         frame = predict.add_theory(frame, cfg)
         summary["theory"] = predict.summary(frame, cfg)
         if jac is not None:
-            summary["jacobian"] = {**results.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
+            summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
-        summary["peak_memory_bytes"] = peak_memory(device)
+        summary["peak_memory_bytes"] = devices.peak_memory(device)
         summary["checkpoint"] = {"used": checkpointed, "why": why}
         results.write_run(staging, info, frame, hist, summary, jac)
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind

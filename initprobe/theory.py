@@ -218,7 +218,7 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
     q, mean, m2, d2, corr = (np.empty(depth) for _ in range(5))
     fns = (phi, lambda x: phi(x) ** 2, lambda x: dphi(x) ** 2)
     moments = functools.lru_cache(maxsize=None)(lambda ql: expect_all(fns, ql))
-    piecewise_linear = NEGATIVE_SLOPE.get(_act(act).name)
+    piecewise_linear = _act(act).negative_slope
     negative_slope = piecewise_linear(slope) if piecewise_linear else None
     with np.errstate(all="ignore"):
         for l in range(depth):
@@ -268,8 +268,6 @@ def _arc_cosine(c: float) -> float:
     """E[relu(z1) relu(z2)] for unit Gaussians with correlation c."""
     return (math.sqrt(max(0.0, (1.0 - c) * (1.0 + c))) + (math.pi - math.acos(c)) * c) / (2.0 * math.pi)
 
-
-NEGATIVE_SLOPE = {"identity": lambda slope: 1.0, "relu": lambda slope: 0.0, "leaky_relu": lambda slope: slope}
 
 
 # ---- fixed points, depth scales, phase diagram ------------------------------------------------------------------

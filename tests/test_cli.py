@@ -301,7 +301,7 @@ def test_bench_prints_every_row_with_its_verdict_and_writes_the_json(workdir, ca
     result = {"device": "cpu", "torch": torch.__version__, "cpu_count": 2, "freed_memory_kept": True,
               "matmul_gflops": 300.0, "bare_fraction_of_matmul": 0.7, "rows": rows}
     monkeypatch.setattr(bench, "run_all", lambda device, quick=False: result)
-    assert main(["bench", "--device", "cpu", "--out", "b/bench.json"]) == 0
+    assert main(["bench", "--device", "cpu", "--json", "b/bench.json"]) == 0
     printed = capsys.readouterr().out
     lines = {name: next(line for line in printed.splitlines() if name in line) for name in ("fast", "too", "once")}
     assert "pass" in lines["fast"] and "FAIL" in lines["too"] and "info" in lines["once"]

@@ -195,11 +195,11 @@ def test_registry_init(name, shape, options, device, generator):
 
 
 @pytest.mark.parametrize("name,shape,options", _registry_cases())
-def test_expected_variance(name, shape, options, device, generator):
-    """Init.expected_variance (theory's a-priori E[W^2], the variance for zero-mean schemes) agrees with the
+def test_expected_second_moment(name, shape, options, device, generator):
+    """Init.expected_second_moment (theory's a-priori E[W^2], the variance for zero-mean schemes) agrees with the
     scheme's formula. For the structured and constant schemes it is the exact second moment mean(w^2)."""
     w, p = apply(name, shape, device, generator, **options)
-    got = INITS[name].expected_variance(shape, p)
+    got = INITS[name].expected_second_moment(shape, p)
     if name in ("identity", "orthogonal", "delta_orthogonal", "zeros", "constant"):
         assert got == pytest.approx(w.double().pow(2).mean().item(), rel=1e-5, abs=0.0)
     else:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import initprobe
-from initprobe import activations, models, probe, runner
+from initprobe import activations, fused, models, probe, runner
 from initprobe.config import RunConfig
 
 # phi's backward node hands the probe dL/dh and dL/dx at once (tanh, relu, gelu); phi that is no single node on h gets
@@ -28,7 +28,7 @@ PATHS = ["fused", "torch"]
 @pytest.fixture(params=PATHS)
 def path(request, device, monkeypatch):
     """Run the test on one path of the probe: INITPROBE_FUSED picks it (fused_available)."""
-    if request.param == "fused" and not probe.fused_available(device, torch.float32):
+    if request.param == "fused" and not fused.available(device, torch.float32):
         pytest.skip("the C kernels are not built here, or the device is not the CPU")
     monkeypatch.setenv("INITPROBE_FUSED", "1" if request.param == "fused" else "0")
     return request.param
@@ -179,16 +179,16 @@ def test_fused_kernels_equal_the_torch_path_on_every_thread(device, monkeypatch,
 
 
 def assert_fused_equals_torch(device, monkeypatch, cfg, rtol):
-    if not probe.fused_available(device, torch.float32):
+    if not fused.available(device, torch.float32):
         pytest.skip("the C kernels are not built here, or the device is not the CPU")
     act = cfg.act
     params, x0, cotangent = network(cfg, device)
     phi, sat = activations.torch_fn(act), activations.get(act).saturation()
     got = {}
-    for fused in ("1", "0"):
-        monkeypatch.setenv("INITPROBE_FUSED", fused)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("INITPROBE_FUSED", setting)
         stats, _ = probe.probe(cfg, params, phi, x0, cotangent, sat)
-        got[fused] = probe.to_host([stats])[0]
+        got[setting] = probe.to_host([stats])[0]
     for j, name in enumerate(probe.COLUMNS):
         scale = 1.0 if name == "preact_corr" else spread(got["0"], name, lambda v: got["0"][:, probe.COLUMNS.index(v)])
         assert_close(got["1"][:, j], got["0"][:, j], rtol, rtol * scale, name)
@@ -201,7 +201,7 @@ def test_fused_kernels_record_an_overflow_as_the_torch_path_does(device, monkeyp
     """A ReLU network scaled up until float32 overflows: non-finite statistics in the same places on both paths.
     Where a sum of squares overflows float32 but the sum does not, the kernels (blocks added in double) say inf
     and the torch path's E[t^2] - E[t]^2 says inf - inf = nan: both mark the layer non-finite."""
-    if not probe.fused_available(device, torch.float32):
+    if not fused.available(device, torch.float32):
         pytest.skip("the C kernels are not built here, or the device is not the CPU")
     cfg = cfg_for(device, "mlp", "relu", "float32", depth=12, width=32, batch=8)
     params, x0, cotangent = network(cfg, device)
@@ -210,9 +210,9 @@ def test_fused_kernels_record_an_overflow_as_the_torch_path_does(device, monkeyp
             w.mul_(1e4)
     phi, sat = activations.torch_fn("relu"), activations.get("relu").saturation()
     got = {}
-    for fused in ("1", "0"):
-        monkeypatch.setenv("INITPROBE_FUSED", fused)
-        got[fused] = probe.to_host([probe.probe(cfg, params, phi, x0, cotangent, sat)[0]])[0]
+    for setting in ("1", "0"):
+        monkeypatch.setenv("INITPROBE_FUSED", setting)
+        got[setting] = probe.to_host([probe.probe(cfg, params, phi, x0, cotangent, sat)[0]])[0]
     finite = np.isfinite(got["0"])
     assert not finite.all()  # the network did overflow
     np.testing.assert_array_equal(np.isfinite(got["1"]), finite)
@@ -222,7 +222,7 @@ def test_fused_kernels_record_an_overflow_as_the_torch_path_does(device, monkeyp
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler: the kernels are optional")
 def test_fused_kernels_are_built_where_there_is_a_c_compiler():
     """setup.py marks the extension optional, so a failed build would only show as a slower probe: fail here."""
-    assert probe._fused is not None, "initprobe._fused did not build; see the pip install output"
+    assert fused.built(), "initprobe._fused did not build; see the pip install output"
 
 
 def test_rows_fill_in_any_order(device):
@@ -285,7 +285,7 @@ def test_peak_memory_is_the_programs_own_not_its_parents():
     """getrusage's maxrss survives fork + exec: a run started by a process holding 1 GiB would report >= 1 GiB.
     The child imports torch (a few hundred MiB) and reports its own peak, well under the parent's gigabyte."""
     held = b"\x01" * 2**30  # touched pages: resident in this process
-    code = "import torch; from initprobe import runner; print(runner.peak_memory(torch.device('cpu')))"
+    code = "import torch; from initprobe import devices; print(devices.peak_memory(torch.device('cpu')))"
     peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert len(held) == 2**30 and 50 * 2**20 < peak < 2**30 - 2**27, peak
 

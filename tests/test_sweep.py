@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initprobe import report, runner, sweep
+from initprobe import analysis, runner, sweep
+from initprobe.plots import sweep_figures
+from initprobe.sweep import backends
+from initprobe.sweep import report as sweep_report
+from initprobe.sweep import run as sweep_run
 from initprobe.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +244,7 @@ def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
     assert not (out / "runs" / failed["run_id"].item()).exists()
     assert (out / "report.html").is_file()  # the sweep finished
     assert progress[-1].done == progress[-1].total == 4 and progress[-1].failed == 1
-    ranked = sweep.ranking(runs)
+    ranked = analysis.ranking(runs)
     assert ranked["run_id"].iloc[-1] == failed["run_id"].item() and ranked["score"].iloc[-1] == np.inf
 
     monkeypatch.undo()
@@ -290,9 +294,9 @@ def local_reference(tmp_path_factory):
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference, monkeypatch, method):
     s, reference = local_reference
-    if method == "fork" and sweep.start_method(1, {p.device for p in s.points}) != "fork":
+    if method == "fork" and backends.start_method(1, {p.device for p in s.points}) != "fork":
         pytest.skip("fork is not safe here (not Linux, another thread runs, or the runs may use CUDA)")
-    monkeypatch.setattr(sweep, "start_method", lambda threads, devices: method)
+    monkeypatch.setattr(backends, "start_method", lambda threads, devices: method)
     result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
     assert result.failed == 0 and result.ran == 4
     pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), reference, check_exact=True)
@@ -309,8 +313,8 @@ def test_parallel_backends_start_the_longest_runs_first(tmp_path, monkeypatch):
         given[opts["backend"]] = [cfg for _, cfg in jobs]
         yield from ()
 
-    monkeypatch.setattr(sweep, "_run_local", record)
-    monkeypatch.setattr(sweep, "_run_process", record)
+    monkeypatch.setitem(backends.BACKENDS, "local", record)
+    monkeypatch.setitem(backends.BACKENDS, "process", record)
     for backend in ("local", "process"):
         sweep.run_sweep(s, out_dir=tmp_path / backend, backend=backend, figures=False)
 
@@ -334,16 +338,16 @@ def test_process_workers_are_forked_only_where_that_is_safe():
         pytest.skip("needs Linux and no other thread in the test process")
     import torch
 
-    assert sweep.start_method(1, {"cpu"}) == "fork"
-    assert sweep.start_method(2, {"cpu"}) == "spawn"
+    assert backends.start_method(1, {"cpu"}) == "fork"
+    assert backends.start_method(2, {"cpu"}) == "spawn"
     cuda_build = torch.backends.cuda.is_built()
     for devices in ({"cuda"}, {"auto"}, {"cpu", "cuda"}):
-        assert sweep.start_method(1, devices) == ("spawn" if cuda_build else "fork"), devices
+        assert backends.start_method(1, devices) == ("spawn" if cuda_build else "fork"), devices
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        assert sweep.start_method(1, {"cpu"}) == "spawn"
+        assert backends.start_method(1, {"cpu"}) == "spawn"
     finally:
         stop.set()
         other.join()
@@ -364,7 +368,7 @@ def test_ray_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
 
 
 def test_ray_backend_without_ray_is_a_config_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sweep_run.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install initprobe\[ray\]"):
         sweep.run_sweep(tiny_sweep(tmp_path), out_dir=tmp_path / "out", backend="ray")
     assert not (tmp_path / "out").exists()
@@ -377,7 +381,7 @@ def test_ranking_scores_both_directions_and_puts_non_finite_last():
     runs = pd.DataFrame({
         "run_id": list("abcde"), "label": list("abcde"), "status": ["ok", "ok", "ok", "failed", "ok"],
         "forward_ratio": [10.0, 1.0, np.inf, np.nan, 0.5], "backward_ratio": [0.1, 1.0, 1.0, np.nan, 2.0]})
-    ranked = sweep.ranking(runs)
+    ranked = analysis.ranking(runs)
     assert list(ranked["run_id"]) == ["b", "e", "a", "c", "d"]
     assert list(ranked["rank"]) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose(ranked["score"][:3], [0.0, 2 * np.log10(2), 2.0])
@@ -418,8 +422,6 @@ def test_report_is_self_contained_and_survives_inf_nan_and_zero(tmp_path):
 
 def test_report_drawn_by_two_processes_equals_the_one_drawn_by_one(tmp_path, monkeypatch):
     """write_report draws its two figures in two forked processes where there are two cores: same bytes."""
-    from initprobe import report
-
     s = tiny_sweep(tmp_path)
     out = tmp_path / "out"
     sweep.run_sweep(s, out_dir=out, figures=False)
@@ -433,7 +435,7 @@ def test_report_drawn_by_two_processes_equals_the_one_drawn_by_one(tmp_path, mon
     monkeypatch.setattr(os, "fork", counted_fork)
     for cores in (1, 2):
         monkeypatch.setattr(os, "cpu_count", functools.partial(int, cores))
-        report.write_report(out)
+        sweep_report.write_report(out)
         drawn[cores] = [f.read_bytes() for f in files]
     assert drawn[1] == drawn[2]
     assert all(len(data) > 10_000 for data in drawn[2])
@@ -443,7 +445,7 @@ def test_report_drawn_by_two_processes_equals_the_one_drawn_by_one(tmp_path, mon
 def test_report_groups_columns_and_lines():
     runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "arch": ["mlp", "mlp", "cnn", "cnn"],
                          "width": [512, 512, 32, 32], "init": ["x", "y", "x", "y"]})
-    groups = report.assign_groups(runs, ["arch", "width", "init"])
+    groups = sweep_figures.assign_groups(runs, ["arch", "width", "init"])
     assert list(groups["column"]) == ["arch=mlp, width=512"] * 2 + ["arch=cnn, width=32"] * 2
     assert list(groups["line"]) == ["x", "y", "x", "y"]
 
@@ -452,28 +454,28 @@ def test_report_labels_skip_keys_an_arch_ignores_and_name_what_every_run_shares(
     runs = pd.DataFrame({"run_id": list("abcd"), "arch": ["mlp", "mlp", "cnn", "cnn"],
                          "padding": ["zeros", "zeros", "circular", "circular"], "init": ["x", "y", "x", "y"],
                          "act": ["relu"] * 4, "depth": [30] * 4, "seeds": [3] * 4})
-    groups = report.assign_groups(runs, ["arch", "padding", "init"])
+    groups = sweep_figures.assign_groups(runs, ["arch", "padding", "init"])
     assert list(groups["column"]) == ["arch=mlp"] * 2 + ["arch=cnn, padding=circular"] * 2  # an MLP has no padding
-    assert report.describe_fixed(runs, ["arch", "padding", "init"]) == "act=relu, depth=30, 3 seeds"
+    assert sweep_figures.describe_fixed(runs, ["arch", "padding", "init"]) == "act=relu, depth=30, 3 seeds"
 
 
 def test_sparse_heatmap_becomes_one_column_a_row_per_run():
     runs = pd.DataFrame({"run_id": list("abcd"), "act": ["tanh", "tanh", "relu", "selu"],
                          "init": ["glorot_uniform", "glorot_normal", "he_normal", "lecun_normal"]})
-    groups = report.assign_groups(runs, ["act", "init"])  # 3 columns x 4 lines, 4 of 12 cells filled
-    single = report.one_column_if_sparse(groups)
-    assert set(single["column"]) == {report.ONE_COLUMN}
+    groups = sweep_figures.assign_groups(runs, ["act", "init"])  # 3 columns x 4 lines, 4 of 12 cells filled
+    single = sweep_figures.one_column_if_sparse(groups)
+    assert set(single["column"]) == {sweep_figures.ONE_COLUMN}
     assert list(single["line"]) == ["glorot_uniform, act=tanh", "glorot_normal, act=tanh", "he_normal, act=relu",
                                     "lecun_normal, act=selu"]
-    full = report.assign_groups(runs.assign(act="tanh"), ["init"])
-    assert report.one_column_if_sparse(full) is full
+    full = sweep_figures.assign_groups(runs.assign(act="tanh"), ["init"])
+    assert sweep_figures.one_column_if_sparse(full) is full
 
 
 def test_heatmap_cells_say_failed_no_run_or_the_ratio():
     runs = pd.DataFrame({"run_id": list("abc"), "act": ["tanh", "tanh", "relu"], "init": ["x", "y", "x"],
                          "status": ["ok", "failed", "ok"], "forward_ratio": [0.5, np.nan, np.inf],
                          "backward_ratio": [2.0, np.nan, 1.0]})
-    fig = report.ratios_figure(runs, report.assign_groups(runs, ["act", "init"]), "t")
+    fig = sweep_figures.ratios_figure(runs, sweep_figures.assign_groups(runs, ["act", "init"]), "t")
     forward = sorted(t.get_text() for t in fig.axes[0].texts)
     assert forward == ["-", "0.5", "failed", "inf"]  # relu+y has no run
 

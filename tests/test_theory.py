@@ -435,7 +435,7 @@ def test_piecewise_linear_kernel_closed_form_equals_the_2d_rule(name, slope):
     """The correlation map's closed form for phi = x (x > 0), a x (x < 0) against expect2, to 1e-12 of q
     (measured <= 5e-14), and predict's theory_corr with it equal to the map run layer by layer on expect2."""
     phi, _ = phi_of(name, slope)
-    a = theory.NEGATIVE_SLOPE[name](slope)
+    a = ACTIVATIONS[name].negative_slope(slope)
     for q in (1e-6, 0.3, 1.0, 7.5, 1e6):
         for c in (-1.0, -0.999999, -0.7, -0.1, 1e-9, 0.05, 0.5, 0.9, 0.99999999):
             assert theory._kernel(phi, q, c, math.nan, a) == pytest.approx(theory.expect2(phi, phi, q, q, c),

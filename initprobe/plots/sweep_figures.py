@@ -1,6 +1,4 @@
-"""Comparison figures of a sweep and a self-contained report.html (figures embedded as base64 PNG).
-
-    write_report("results/glorot_bengio_2010")   # figures/profiles.png, figures/ratios.png, report.html
+"""A sweep's comparison figures (its figures/ folder; sweep/report.py embeds them in report.html).
 
 - profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
   (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
@@ -16,13 +14,8 @@ Non-finite and non-positive values (overflow, exact zeros) cannot be drawn on a 
 figures say where they are. matplotlib's object API only (no pyplot state).
 """
 
-import base64
-import functools
-import html
 import io
-import json
 import math
-import os
 import textwrap
 from pathlib import Path
 
@@ -33,8 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import plots, results
-from .sweep import applies
+from .. import config, formatting, results
 
 COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
 POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
@@ -46,56 +38,32 @@ QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
 DPI = 110
 
 
-def write_report(sweep_dir: str | Path) -> Path:
-    """Draw the comparison figures into sweep_dir/figures/ and write sweep_dir/report.html; returns its path."""
-    sweep_dir = Path(sweep_dir)
-    meta = results.read_json(sweep_dir / "sweep.json")
-    runs_path, layers_path = sweep_dir / "runs.csv", sweep_dir / "layers.csv"
-    runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["run_id", "status"])
-    layers = pd.read_csv(layers_path) if layers_path.is_file() else None
-    varying = meta.get("varying", [])
-    title = meta.get("name", sweep_dir.name)
+def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], title: str, fig_dir: Path) -> dict:
+    """profiles.png and ratios.png into fig_dir (two processes where there are two cores, forking.run_shared);
+    returns {name: PNG bytes}, empty where no run is ok."""
+    from .. import forking
+
     ok = runs[runs["status"] == "ok"]
-    fig_dir = sweep_dir / "figures"
-    jobs = []
-    if layers is not None and len(ok):
-        groups = assign_groups(ok, varying)
-        context = describe_fixed(ok, varying)
-        every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
-        every_groups = one_column_if_sparse(assign_groups(every, varying))
-        jobs = [(functools.partial(profiles_figure, layers, groups, title, context), fig_dir / "profiles.png"),
-                (functools.partial(ratios_figure, every, every_groups, title, context), fig_dir / "ratios.png")]
-        fig_dir.mkdir(exist_ok=True)
-    plots.draw_all(jobs, _save_png)  # the two figures in two processes where there are two cores
-    pngs = {path.stem: path.read_bytes() for _, path in jobs}
-    path = sweep_dir / "report.html"
-    _atomic_write(path, render_html(meta, runs, pngs).encode())
-    return path
+    if layers is None or not len(ok):
+        return {}
+    groups, context = assign_groups(ok, varying), describe_fixed(ok, varying)
+    every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
+    every_groups = one_column_if_sparse(assign_groups(every, varying))
+    fig_dir.mkdir(exist_ok=True)
+    paths = {"profiles": fig_dir / "profiles.png", "ratios": fig_dir / "ratios.png"}
+    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context), paths["profiles"]),
+                        lambda: _save_png(ratios_figure(every, every_groups, title, context), paths["ratios"])])
+    return {name: path.read_bytes() for name, path in paths.items()}
 
 
 def _save_png(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    results.atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Grouping runs into columns and lines
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _present(value) -> bool:
@@ -113,8 +81,8 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
 
     def label(row, keys, named):
-        parts = [(_fmt(row[k]) if k in named else f"{k}={_fmt(row[k])}") for k in keys
-                 if _present(row[k]) and applies(k, row.get("arch"))]
+        parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
+                 if _present(row[k]) and config.applies(k, row.get("arch"))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -132,7 +100,8 @@ def describe_fixed(runs: pd.DataFrame, varying: list[str]) -> str:
             continue
         values = runs[key].dropna().unique()
         if len(values) == 1:
-            parts.append(f"{_fmt(values[0])} seeds" if key == "seeds" else f"{key}={_fmt(values[0])}")
+            shown = formatting.value(values[0])
+            parts.append(f"{shown} seeds" if key == "seeds" else f"{key}={shown}")
     return ", ".join(parts)
 
 
@@ -324,82 +293,3 @@ def _cell_runs(runs: pd.DataFrame, groups: pd.DataFrame, table: pd.DataFrame, i:
     return runs[runs["run_id"].isin(ids)]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# HTML
-
-
-STYLE = """
-body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; text-align: left; } td.text { text-align: left; white-space: normal; min-width: 12em; }
-.scroll { overflow-x: auto; } img { max-width: 100%; height: auto; }
-pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.8em; }
-.stable { color: #1a7f37; } .vanishing { color: #9a6700; } .exploding, .failed { color: #cf222e; }
-"""
-
-
-def _table_html(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            text = "" if math.isnan(value) else _annotation(value) if not math.isfinite(value) else f"{value:.4g}"
-        else:
-            text = "" if value is None or value is pd.NA else str(value)
-        if text in ("stable", "vanishing", "exploding", "failed"):
-            cls = f' class="{text}"'
-        else:
-            cls = ' class="text"' if isinstance(value, str) and len(text) > 12 else ""
-        return f"<td{cls}>{html.escape(text)}</td>"
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>\n"
-                   for row in frame.astype(object).itertuples(index=False))
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table></div>'
-
-
-def render_html(meta: dict, runs: pd.DataFrame, pngs: dict[str, bytes]) -> str:
-    """One file, no server and no network: CSS inline, figures as data: URIs."""
-    from .sweep import ranking
-
-    name = html.escape(str(meta.get("name", "sweep")))
-    n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0
-    n_failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
-    total = len(meta.get("run_ids", [])) or len(runs)
-    parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>initprobe sweep {name}"
-             f"</title><style>{STYLE}</style></head><body>",
-             f"<h1>initprobe sweep: {name}</h1>",
-             f"<p>{total} runs in the grid: {n_ok} ok, {n_failed} failed, {total - n_ok - n_failed} not run. "
-             f"Varying: {html.escape(', '.join(meta.get('varying', [])) or 'nothing')}. "
-             f"Source: {html.escape(str(meta.get('source')))}.</p>"]
-    if meta.get("description"):
-        parts.append("<details open><summary>About this sweep (the sweep file's header)</summary>"
-                     f"<pre>{html.escape(meta['description'])}</pre></details>")
-    if len(runs):
-        ranked = ranking(runs)
-        ranked = ranked[[c for c in ranked.columns if c not in ("error", "run_id")]]
-        parts += ["<h2>Ranking</h2><p>score = |log10 forward ratio| + |log10 backward ratio| "
-                  "(0: the signal keeps its variance end to end in both directions; lower is better; "
-                  "inf: failed, non-finite or zero).</p>", _table_html(ranked)]
-    captions = {"profiles": "Per-layer variance of the activations (forward) and of the back-propagated gradients "
-                            "(backward); geometric mean over seeds, band min..max over seeds.",
-                "ratios": "End-to-end ratios on a log10 colour scale, red above 1 (exploding), blue below "
-                          "(vanishing)."}
-    for key, png in pngs.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts += [f"<h2>{html.escape(key.capitalize())}</h2><p>{html.escape(captions.get(key, ''))}</p>",
-                  f'<img alt="{html.escape(key)}" src="data:image/png;base64,{data}">']
-    if not pngs:
-        parts.append("<p>No figures: no run has finished successfully.</p>")
-    if len(runs):
-        shown = [c for c in runs.columns if c in ("run_id", "label", "status", "forward_ratio", "backward_ratio",
-                                                  "forward_verdict", "backward_verdict", "first_nonfinite_layer",
-                                                  "wall_seconds", "error")]
-        parts += ["<h2>Runs</h2><p>All columns, every config key included, are in runs.csv; each run's files are "
-                  "in runs/&lt;run_id&gt;/.</p>", _table_html(runs[shown])]
-    config = {k: meta.get(k) for k in ("name", "source", "base", "grid", "points", "varying", "options",
-                                       "environment", "created")}
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>",
-              "</body></html>\n"]
-    return "\n".join(parts)

@@ -1,0 +1,101 @@
+"""The numbers drawn from measured layers: end-to-end ratios, per-layer gains, verdicts, the first non-finite
+layer, the Jacobian spectrum's moments, and the ranking of a sweep's runs. numpy and pandas only."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+STABLE_BAND = 10.0  # verdict: stable if the end-to-end ratio is within [1/10, 10], else vanishing/exploding
+FORWARD = ("preact_mean", "preact_var", "act_mean", "act_var", "weight_var")
+BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
+
+
+def geometric_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.exp(np.mean(np.log(values))))
+
+
+def verdict(ratio: float, nonfinite: bool) -> str:
+    """'exploding' above the stable band or with a non-finite statistic, 'vanishing' below it (0 and nan
+    included), else 'stable'."""
+    if nonfinite or ratio > STABLE_BAND:
+        return "exploding"
+    if not ratio >= 1.0 / STABLE_BAND:
+        return "vanishing"
+    return "stable"
+
+
+def nonfinite_layers(layer: np.ndarray, finite: dict, columns) -> np.ndarray:
+    """Layers (ascending) where any seed has a non-finite value in `columns` (finite: column -> mask)."""
+    bad = ~np.logical_and.reduce([finite[c] for c in columns if c in finite])
+    return np.unique(layer[bad])
+
+
+def summarize(frame: pd.DataFrame, timings: dict) -> dict:
+    """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer.
+    Non-finite means an overflow in a mean or variance. The forward pass meets layers bottom-up and the
+    backward top-down, so each direction's first non-finite layer is the first it reaches."""
+    layer, seed = frame["layer"].to_numpy(), frame["seed"].to_numpy()
+    depth = int(layer.max())
+    first, last = np.flatnonzero(layer == 1), np.flatnonzero(layer == depth)
+    first, last = first[np.argsort(seed[first])], last[np.argsort(seed[last])]  # paired by seed
+    act, grad = frame["act_var"].to_numpy(dtype=float), frame["grad_preact_var"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        forward = geometric_mean(act[last] / act[first])
+        backward = geometric_mean(grad[first] / grad[last])
+    finite = {c: np.isfinite(frame[c].to_numpy(dtype=float)) for c in FORWARD + BACKWARD if c in frame}
+    fwd_bad, bwd_bad = nonfinite_layers(layer, finite, FORWARD), nonfinite_layers(layer, finite, BACKWARD)
+    any_bad = nonfinite_layers(layer, finite, FORWARD + BACKWARD)
+    per_layer = 1.0 / max(depth - 1, 1)
+    return {
+        "forward_ratio": forward,
+        "backward_ratio": backward,
+        "forward_gain_per_layer": forward**per_layer,
+        "backward_gain_per_layer": backward**per_layer,
+        "forward_verdict": verdict(forward, fwd_bad.size > 0),
+        "backward_verdict": verdict(backward, bwd_bad.size > 0),
+        "first_nonfinite_layer": int(any_bad[0]) if any_bad.size else None,
+        "first_nonfinite_forward": int(fwd_bad[0]) if fwd_bad.size else None,
+        "first_nonfinite_backward": int(bwd_bad[-1]) if bwd_bad.size else None,
+        "stable_band": [1.0 / STABLE_BAND, STABLE_BAND],
+        "timings": timings,
+    }
+
+
+def gradient_gain(frame: pd.DataFrame) -> float:
+    """Geometric per-layer gain of grad_preact_var from the top layer down to layer 2, averaged over seeds in log
+    space: the measured counterpart of chi_1 (layer 1, with its own fan-in, is left out)."""
+    depth = int(frame["layer"].max())
+    top = frame[frame["layer"] == depth].set_index("seed")["grad_preact_var"]
+    low = frame[frame["layer"] == 2].set_index("seed")["grad_preact_var"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.exp(np.mean(np.log(low / top)) / (depth - 2)))
+
+
+def jacobian_summary(jac: pd.DataFrame) -> dict:
+    """Mean and variance of the squared singular values (Pennington et al. 2017's m1 and sigma^2)."""
+    sv = jac["singular_value"].to_numpy()
+    return {"mean_sq_sv": float(np.mean(sv**2)), "var_sq_sv": float(np.var(sv**2)), "max_sv": float(np.max(sv)),
+            "min_sv": float(np.min(sv)), "inputs": int(jac["input"].nunique())}
+
+
+def ranking(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs ranked by how well they keep the signal in both directions:
+    score = |log10 forward_ratio| + |log10 backward_ratio| (0 = both end-to-end ratios exactly 1; lower is better),
+    inf for a failed run or a non-finite or zero ratio. Ties keep the grid order."""
+    def numbers(col):
+        return pd.to_numeric(runs[col], errors="coerce").to_numpy(dtype=float) if col in runs else \
+            np.full(len(runs), np.nan)
+
+    forward, backward = numbers("forward_ratio"), numbers("backward_ratio")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.abs(np.log10(forward)) + np.abs(np.log10(backward))
+    ok = (runs["status"] == "ok").to_numpy() if "status" in runs else np.ones(len(runs), bool)
+    score = np.where(np.isfinite(score) & ok, score, math.inf)
+    columns = [c for c in ("label", "forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict",
+                           "status", "error", "run_id") if c in runs]
+    ranked = runs[columns].assign(score=score).sort_values("score", kind="stable").reset_index(drop=True)
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    return ranked

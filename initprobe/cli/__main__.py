@@ -1,0 +1,5 @@
+import sys
+
+from . import console
+
+sys.exit(console())

@@ -1,0 +1,116 @@
+"""The rich tables the commands print: a run's summary, theory's scales and layers, a sweep's ranking, the bench,
+and `initprobe list`."""
+
+from rich.markup import escape
+from rich.table import Table
+
+from .. import activations, config, inits
+from ..formatting import number
+
+VERDICT_COLOURS = {"stable": "green", "vanishing": "yellow", "exploding": "red"}
+
+
+def summary(summary: dict, path) -> Table:
+    table = Table(title=escape(f"initprobe — {path}"), show_header=True)
+    for col in ("direction", "end-to-end ratio", "gain per layer", "verdict"):
+        table.add_column(col, overflow="fold")
+    for direction, key in (("forward (act_var)", "forward"), ("backward (grad_preact_var)", "backward")):
+        v = summary[f"{key}_verdict"]
+        table.add_row(direction, number(summary[f"{key}_ratio"]), number(summary[f"{key}_gain_per_layer"]),
+                      f"[{VERDICT_COLOURS.get(v, 'white')}]{v}[/]")
+    first = [f"{d} at layer {summary[f'first_nonfinite_{d}']}" for d in ("forward", "backward")
+             if summary.get(f"first_nonfinite_{d}") is not None]
+    table.caption = escape(f"first non-finite: {', '.join(first) or 'none'} · "
+                           f"probe {summary['timings']['probe_seconds']:.2f} s · stable band "
+                           f"[{number(summary['stable_band'][0])}, {number(summary['stable_band'][1])}]")
+    return table
+
+
+SCALE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "q*": "q_star", "chi_1": "chi_1", "xi_q": "xi_q",
+                 "xi_c": "xi_c", "gradient scale": "xi_grad"}
+
+
+def scales(rows: dict[str, dict], title: str) -> Table:
+    """Mean-field scales, one row per label ({'nominal': scales, ...})."""
+    table = Table(title=escape(f"Mean-field theory — {title}"))
+    table.add_column("")
+    for col in (*SCALE_COLUMNS, "regime"):
+        table.add_column(col, overflow="fold")
+    for name, values in rows.items():
+        table.add_row(name, *[number(values.get(k)) for k in SCALE_COLUMNS.values()], str(values.get("regime")))
+    return table
+
+
+def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_preact_var",
+                           "theory_preact_corr")) -> Table:
+    depth = int(frame["layer"].max())
+    shown = sorted({n for n in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, depth) if n <= depth})
+    table = Table(title="Per layer (dL/dh: backward from a unit-variance cotangent at the top)")
+    table.add_column("layer")
+    for col in columns:
+        table.add_column(col.removeprefix("theory_"))
+    for _, r in frame[frame["layer"].isin(shown)].iterrows():
+        table.add_row(str(int(r["layer"])), *[number(r[c]) for c in columns])
+    return table
+
+
+def ranking(ranked, name: str) -> Table:
+    table = Table(title=escape(f"Sweep {name} — ranked by |log10 forward ratio| + |log10 backward ratio| "
+                               "(0 is ideal)"))
+    for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
+        table.add_column(col, overflow="fold")
+    for _, r in ranked.iterrows():
+        label = escape(str(r.get("label", r.get("run_id"))))
+        if r.get("status") == "failed":
+            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]))
+            continue
+        table.add_row(str(r["rank"]), label, number(r["forward_ratio"]), number(r["backward_ratio"]),
+                      number(r["score"]))
+    return table
+
+
+def bench(result: dict) -> Table:
+    table = Table(title=escape(f"initprobe bench — {result['device']}, torch {result['torch']}, "
+                               f"{result['cpu_count']} CPU(s), matmul {result['matmul_gflops']} GFLOP/s, "
+                               f"bare MLP pass at {result['bare_fraction_of_matmul']:.0%} of it"))
+    for col in ("target", "measured", "goal", "pass", "note"):
+        table.add_column(col, overflow="fold")
+    for r in result["rows"]:
+        verdict = "info" if r["pass"] is None else "[green]pass[/]" if r["pass"] else "[red]FAIL[/]"
+        table.add_row(escape(r["target"]), escape(f"{r['value']} {r['unit']}".strip()), escape(r["goal"]), verdict,
+                      escape(r["note"]))
+    return table
+
+
+def initializers() -> Table:
+    table = Table(title="Initializers (Var = variance of the weights; fan_avg = (fan_in+fan_out)/2)")
+    for col in ("name", "aliases", "formula", escape("options [defaults]")):
+        table.add_column(col, overflow="fold")
+    for name, spec in inits.INITS.items():
+        aliases = ", ".join(a for a, c in inits.ALIASES.items() if c == name)
+        options = ", ".join(f"{k}={number(v)}" for k, v in spec.defaults.items()) or "-"
+        table.add_row(name + (" (cnn)" if spec.cnn_only else ""), aliases, escape(spec.formula), escape(options))
+    table.caption = "Also: package.module:function, a torch.nn.init-style in-place function of your own."
+    return table
+
+
+def activation_table() -> Table:
+    table = Table(title="Activations (gain: PyTorch's calculate_gain; * = not in PyTorch, 1/sqrt(E[phi(z)^2]))")
+    for col in ("name", "aliases", "phi", "gain (--gain auto)"):
+        table.add_column(col, overflow="fold")
+    for name, act in activations.ACTIVATIONS.items():
+        aliases = ", ".join(a for a, c in activations.ALIASES.items() if c == name)
+        gain = act.gain_formula or number(act.gain())
+        table.add_row(name, aliases, escape(act.formula), gain + ("" if act.torch_gain else " *"))
+    return table
+
+
+def option_table() -> Table:
+    table = Table(title="Run options (config keys; on the command line --key-with-dashes)")
+    for col in ("key", "commands", "takes", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for key, opt in config.OPTIONS.items():
+        table.add_row(key, ", ".join(opt.commands), escape(config.type_text(key)), escape(config.default_text(key)),
+                      escape(opt.help))
+    return table
+

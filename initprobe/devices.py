@@ -1,0 +1,61 @@
+"""Devices: which one a run uses, what it is called, how much memory is free, and the peak a run used."""
+
+import os
+import platform
+import sys
+
+import torch
+
+from .config import ConfigError
+
+
+def resolve(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu. Asking for a device that is not there is a ConfigError."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__})")
+    if name == "mps" and not has_mps:
+        raise ConfigError("--device mps: no Apple MPS device is available")
+    return torch.device(name)
+
+
+def name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() if device.type == "cpu" else device.type
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for the probe: CUDA's free memory, else the host's MemAvailable (Linux) or physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: CUDA's max_memory_allocated, else the process's peak resident set size. On Linux from
+    /proc (VmHWM, this program's own): getrusage's maxrss survives exec, so a process started by a larger one
+    (a bench, a spawned sweep worker) would report its parent's peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB

@@ -1,0 +1,22 @@
+"""How numbers are written in tables, titles and labels (one place, so every view of a run agrees)."""
+
+import math
+
+
+def number(value) -> str:
+    """Four significant digits for numbers ('0.001234', '1.5e+06', 'inf', 'nan'); anything else as str."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def value(value) -> str:
+    """A config value as a person would write it: 2.0 -> '2', 0.25 -> '0.25', 1e-05 -> '1e-05', text as is."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return f"{value:g}"
+    return str(value)

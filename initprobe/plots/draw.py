@@ -1,0 +1,267 @@
+"""The drawing every per-layer figure shares: seed lines and bands, theory dashes, log axes that survive 0 and
+inf, marks where a pass overflows or underflows, and saving. See the package docstring for the conventions."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+
+FIGSIZE = (11, 4.2)
+SMALL_FIGSIZE = (7.5, 4.2)  # one-panel figures
+JACOBIAN_FIGSIZE = (8, 5.4)  # one panel, legend below
+JACOBIAN_COLOUR = "#4c72b0"
+EPS = {"float32": 2.0**-23, "float64": 2.0**-52, "bfloat16": 2.0**-7}  # machine epsilon of each --dtype
+DPI = 150
+MARKER_DEPTH = 20  # runs this shallow get a marker per layer
+BAND_ALPHA = 0.2
+NONFINITE_COLOUR = "#b2182b"
+UNDERFLOW_COLOUR = "#2166ac"
+
+NAMES = {
+    "act_var": r"$\mathrm{Var}(x^l)$ activations",
+    "preact_var": r"$\mathrm{Var}(h^l)$ pre-activations",
+    "grad_preact_var": r"$\mathrm{Var}(\partial L/\partial h^l)$",
+    "grad_act_var": r"$\mathrm{Var}(\partial L/\partial x^l)$",
+    "weight_grad_var": r"$\mathrm{Var}(\partial L/\partial W^l)$",
+    "weight_var": r"$\mathrm{Var}(W^l)$",
+    "saturated_frac": r"saturated: $|\phi'(h)|$ < 5% of its max",
+    "zero_frac": r"exactly zero: $x = 0$",
+    "preact_corr": r"$c^l$: correlation of $h^l$ between two inputs",
+}
+COLOURS = {
+    "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
+    "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
+    "preact_corr": "#bcbd22",
+}
+FORWARD = ("act_var", "preact_var")
+BACKWARD = ("grad_preact_var", "grad_act_var")
+LOG_RANGE = (-300.0, 300.0)  # decades a log axis may show (float64 denormals reach 1e-324)
+
+# ------------------------------------------------------------------------------------------ per-layer data
+
+
+def seed_matrix(layers: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(layer numbers, values of shape (layers, seeds))."""
+    table = layers.pivot_table(index="layer", columns="seed", values=column, aggfunc="first", dropna=False)
+    table = table.sort_index()
+    return table.index.to_numpy(dtype=float), table.to_numpy(dtype=float)
+
+
+def usable(values: np.ndarray, log: bool) -> np.ndarray:
+    """Drawable values: finite, and on a log axis inside the decades it shows (theory can reach 1e-318)."""
+    if not log:
+        return np.isfinite(values)
+    return np.isfinite(values) & (values >= 10.0 ** LOG_RANGE[0]) & (values <= 10.0 ** LOG_RANGE[1])
+
+
+def centre_line(values: np.ndarray, log: bool) -> np.ndarray:
+    """Geometric (log) or arithmetic mean over seeds, NaN at layers where any seed is unusable."""
+    ok = usable(values, log)
+    safe = np.where(ok, values, 1.0)
+    mean = np.exp(np.mean(np.log(safe), axis=1)) if log else np.mean(safe, axis=1)
+    return np.where(ok.all(axis=1), mean, np.nan)
+
+
+def seed_band(values: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray]:
+    """min..max over the usable seeds of each layer (NaN where none is)."""
+    ok = usable(values, log)
+    lo = np.min(np.where(ok, values, np.inf), axis=1)
+    hi = np.max(np.where(ok, values, -np.inf), axis=1)
+    none = ~ok.any(axis=1)
+    return np.where(none, np.nan, lo), np.where(none, np.nan, hi)
+
+
+def start_layer(layers: pd.DataFrame, columns, test, direction: str) -> int | None:
+    """The first layer the pass reaches where `test` holds for any seed in any of `columns`."""
+    cols = [c for c in columns if c in layers]
+    if not cols:
+        return None
+    hit = test(layers[cols].to_numpy(dtype=float)).any(axis=1)
+    found = layers["layer"].to_numpy()[hit]
+    if found.size == 0:
+        return None
+    return int(found.min() if direction == "forward" else found.max())
+
+
+def first_nonfinite(layers: pd.DataFrame, columns, direction: str) -> int | None:
+    return start_layer(layers, columns, lambda v: ~np.isfinite(v), direction)
+
+
+def first_zero(layers: pd.DataFrame, columns, direction: str) -> int | None:
+    return start_layer(layers, columns, lambda v: v == 0, direction)
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def new_figure(ncols: int = 2, width_ratios=None, figsize=FIGSIZE) -> tuple[Figure, list]:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False, width_ratios=width_ratios)[0]
+    return fig, list(axes)
+
+
+def isolated(line: np.ndarray) -> np.ndarray:
+    """Finite points whose neighbours are both missing."""
+    ok = np.isfinite(line)
+    before = np.concatenate([[False], ok[:-1]])
+    after = np.concatenate([ok[1:], [False]])
+    return ok & ~before & ~after
+
+
+def draw_series(ax, x, values, colour, name, log=True, band=True, style="-", marker=None) -> np.ndarray:
+    """Mean line and seed band of one quantity; returns the finite (positive, if log) values drawn."""
+    line = centre_line(values, log)
+    if name is not None and not usable(values, log).any():
+        name += ": all 0" if np.all(values[np.isfinite(values)] == 0) and np.isfinite(values).any() else ": inf/nan"
+    ax.plot(x, line, style, color=colour, lw=1.8, label=name, marker=marker, ms=3.5)
+    lonely = isolated(line)
+    if lonely.any() and marker is None:  # a point between gaps draws no line: give it a dot
+        ax.plot(x[lonely], line[lonely], "o", color=colour, ms=3.5)
+    drawn = [line]
+    if band and values.shape[1] > 1:
+        lo, hi = seed_band(values, log)
+        where = np.isfinite(lo) & np.isfinite(hi)
+        ax.fill_between(x, np.where(where, lo, 1.0), np.where(where, hi, 1.0), where=where, color=colour,
+                        alpha=BAND_ALPHA, lw=0)
+        drawn += [lo, hi]
+    everything = np.concatenate(drawn)
+    return everything[usable(everything, log)]
+
+
+def draw_theory(ax, layers, column, colour, log=True) -> np.ndarray:
+    """The dashed theory line of `column`, if the run has one; returns its drawable values."""
+    if "theory_" + column not in layers:
+        return np.array([])
+    x, values = seed_matrix(layers, "theory_" + column)
+    line = centre_line(values, log)
+    ax.plot(x, line, "--", color=colour, lw=1.3, alpha=0.9)
+    return line[usable(line, log)]
+
+
+def draw_quantities(ax, layers, columns, log=True, n_seeds=1) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Measured lines and bands, plus theory; returns (measured values, theory values, any theory column)."""
+    marker = "o" if layers["layer"].max() <= MARKER_DEPTH else None
+    measured, theory = [np.array([])], [np.array([])]
+    for column in columns:
+        x, values = seed_matrix(layers, column)
+        measured.append(draw_series(ax, x, values, COLOURS[column], NAMES[column], log, n_seeds > 1,
+                                    marker=marker))
+        theory.append(draw_theory(ax, layers, column, COLOURS[column], log))
+    has_theory = any("theory_" + c in layers for c in columns)
+    return np.concatenate(measured), np.concatenate(theory), has_theory
+
+
+def log_limits(values: np.ndarray) -> tuple[float, float]:
+    """y limits around positive values: their range plus a margin of at least 0.3 decades."""
+    lo, hi = np.log10([values.min(), values.max()])
+    pad = max(0.3, 0.05 * (hi - lo))
+    return 10 ** max(lo - pad, LOG_RANGE[0]), 10 ** min(hi + pad, LOG_RANGE[1])
+
+
+def set_log_axis(ax, lo: float, hi: float) -> None:
+    """Log y from lo to hi, labelled at every 1, 2, 5, 10, 20, ... decades so that at most 8 labels show."""
+    ax.set_ylim(lo, hi)  # first: autoscaling a log axis near 1e300 would overflow
+    ax.set_yscale("log")
+    first, last = np.log10(lo), np.log10(hi)
+    stride = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200) if (last - first) / s <= 8)
+    if stride > 1:
+        ticks = 10.0 ** (stride * np.arange(np.ceil(first / stride), np.floor(last / stride) + 1))
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+
+
+def set_layer_axis(ax, depth: int) -> None:
+    pad = max(0.5, 0.01 * depth)
+    ax.set_xlim(1 - pad, depth + pad)
+    if depth <= MARKER_DEPTH:
+        ax.set_xticks(range(1, depth + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer l")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def empty_note(ax, text: str) -> None:
+    """A centred note where a panel has nothing to draw."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
+
+
+def why_empty(layers: pd.DataFrame, columns) -> str:
+    cols = [c for c in columns if c in layers]
+    values = layers[cols].to_numpy(dtype=float) if cols else np.array([])
+    if values.size and np.all(values[np.isfinite(values)] == 0) and np.isfinite(values).any():
+        rest = ", the rest inf/nan" if not np.isfinite(values).all() else ""
+        return f"no finite values > 0 measured\n(every finite one is exactly 0: underflow{rest})"
+    return "no finite values measured\n(inf/nan at every layer: overflow)"
+
+
+def mark_layer(ax, layer: int, text: str, colour: str, side: str, top: bool) -> None:
+    """A dotted vertical line at `layer`, labelled on `side` ('left'/'right') unless that is off the axes."""
+    ax.axvline(layer, ls=":", lw=1.5, color=colour)
+    lo, hi = ax.get_xlim()
+    where = (layer - lo) / (hi - lo)
+    if side == "right" and where > 0.85:
+        side = "left"
+    if side == "left" and where < 0.15:
+        side = "right"
+    ax.text(layer, 0.97 if top else 0.03, f" {text} ", transform=ax.get_xaxis_transform(), rotation=90,
+            ha="left" if side == "right" else "right", va="top" if top else "bottom", fontsize=7.5, color=colour,
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+
+
+def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None, underflow=True) -> None:
+    """Where the pass first meets inf/nan and where it first meets exact zeros, in `columns`. The summary's
+    first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data."""
+    side = "right" if direction == "forward" else "left"
+    down = "" if direction == "forward" else " down"
+    bad = first_nonfinite(layers, columns, direction)
+    if bad is not None and (summary.get("first_nonfinite_layer") is not None or not summary):
+        ax_text = f"non-finite from layer {bad}{down}"
+        mark_layer(ax, bad, ax_text, colour or NONFINITE_COLOUR, side, top=True)
+    zero = first_zero(layers, columns, direction) if underflow else None
+    if zero is not None:
+        mark_layer(ax, zero, f"underflow to 0 from layer {zero}{down}", colour or UNDERFLOW_COLOUR, side, top=False)
+
+
+def theory_handle() -> Line2D:
+    return Line2D([], [], color="0.35", ls="--", lw=1.3, label="mean-field theory")
+
+
+def finish_log_panel(ax, measured, theory, has_theory, note) -> None:
+    """Log y limits around the measured and theory values, or the note where nothing was measured."""
+    if measured.size or theory.size:
+        set_log_axis(ax, *log_limits(np.concatenate([measured, theory])))
+    if not measured.size:
+        empty_note(ax, note)
+    if not (measured.size or theory.size):
+        ax.set_yticks([])
+    add_legend(ax, has_theory and theory.size > 0)
+
+
+def add_legend(ax, theory: bool = False) -> None:
+    """The axes' labelled lines, plus a grey dashed 'mean-field theory' entry if `theory`."""
+    handles, _ = ax.get_legend_handles_labels()
+    if theory:
+        handles.append(theory_handle())
+    ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.85)
+
+
+
+def save(fig: Figure, path: Path, fmt: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=fmt, dpi=DPI)
+    return path
+
+
+
+def set_correlation_axis(ax, values: np.ndarray, depth: int) -> None:
+    set_layer_axis(ax, depth)
+    low = values.min() - 0.05 if values.size else 0.0
+    ax.set_ylim(max(min(low, -0.05), -1.05), 1.05)
+    ax.set_ylabel("correlation")
+
+

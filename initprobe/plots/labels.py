@@ -1,0 +1,112 @@
+"""Labels of figures: a run's description, the distinguishing parts of overlaid runs, mean-field scales and
+verdicts as text."""
+
+import numpy as np
+
+from ..formatting import number as _num
+
+NUMERIC_PARAMS = ("gain", "scale", "std", "bound", "value")
+
+
+def _split_config(config_dict: dict) -> tuple[dict, dict]:
+    """(run config, init params) from a config.json dict or from a flat RunConfig dict."""
+    if isinstance(config_dict.get("config"), dict):
+        return config_dict["config"], config_dict.get("init_params") or {}
+    params = {k: config_dict[k] for k in NUMERIC_PARAMS + ("mode", "distribution") if config_dict.get(k) is not None}
+    return config_dict, params
+
+
+def init_text(cfg: dict, params: dict) -> str:
+    """'he_normal (gain 1.414, fan_in)': the numbers, and the words the scheme's name does not already say."""
+    name = str(cfg.get("init", "?"))
+    shown = [f"{k} {_num(v)}" for k, v in params.items() if k in NUMERIC_PARAMS and v is not None]
+    shown += [str(v) for k, v in params.items() if k not in NUMERIC_PARAMS and v is not None and str(v) not in name]
+    return f"{name} ({', '.join(shown)})" if shown else name
+
+
+def width_text(cfg: dict) -> str:
+    if cfg.get("arch") == "cnn":
+        return f"{cfg.get('width', '?')} channels ({cfg.get('image_size', '?')}² images)"
+    return f"width {cfg.get('width', '?')}"
+
+
+def label_parts(config_dict: dict) -> dict[str, str]:
+    """The pieces of a run's label, by key, so that an overlay can keep only those that differ. The first
+    seed is a piece too, though `label` leaves it out: two runs may differ only in it."""
+    cfg, params = _split_config(config_dict)
+    act = str(cfg.get("act", "?"))
+    if act == "leaky_relu" and cfg.get("slope") is not None:
+        act += f" (slope {_num(cfg['slope'])})"
+    parts = {"init": init_text(cfg, params), "act": act, "arch": str(cfg.get("arch", "mlp")).upper(),
+             "depth": f"depth {cfg.get('depth', '?')}", "width": width_text(cfg)}
+    if cfg.get("bias") not in (None, "zeros"):
+        parts["bias"] = f"bias std {_num(cfg['bias_std'])}" if cfg.get("bias_std") else f"bias {cfg['bias']}"
+    if cfg.get("dtype") not in (None, "float32"):
+        parts["dtype"] = str(cfg["dtype"])
+    if cfg.get("seeds") is not None:
+        parts["seeds"] = f"{cfg['seeds']} seed{'s' if cfg['seeds'] != 1 else ''}"
+    if cfg.get("seed") is not None:
+        parts["seed"] = f"seed {cfg['seed']}"  # only shown to tell overlaid runs apart
+    return parts
+
+
+def join_parts(parts: dict[str, str]) -> str:
+    """'init · act · ARCH depth D × width W · extras · seeds', leaving out what `parts` does not hold."""
+    net = " × ".join(parts[k] for k in ("depth", "width") if k in parts)
+    net = " ".join(p for p in (parts.get("arch"), net) if p)
+    pieces = [parts.get("init"), parts.get("act"), net, parts.get("bias"), parts.get("dtype"), parts.get("seeds")]
+    return " · ".join(p for p in pieces if p)
+
+
+def label(config_dict: dict) -> str:
+    """e.g. 'glorot_uniform (gain 1) · tanh · MLP depth 50 × width 512 · 3 seeds'. Takes a config.json dict
+    ({'config': ..., 'init_params': ...}) or a flat RunConfig dict."""
+    return join_parts(label_parts(config_dict))
+
+
+def distinguishing_labels(configs: list[dict], names: list[str]) -> tuple[list[str], str]:
+    """(per-run labels holding only the parts that differ between runs, the common rest as a title)."""
+    parts = [label_parts(c) for c in configs]
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    differ = [k for k in keys if len({p.get(k) for p in parts}) > 1]
+    common = {k: v for k, v in parts[0].items() if k not in differ and k != "seed"}
+    if not differ:
+        return list(names), join_parts(common)
+    labels = [" · ".join(filter(None, [join_parts({k: p[k] for k in differ if k in p}),
+                                       p.get("seed") if "seed" in differ else None])) for p in parts]
+    if len(set(labels)) < len(labels):  # e.g. same config, different --seed
+        labels = [f"{lab} ({name})" for lab, name in zip(labels, names)]
+    return labels, join_parts(common)
+
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def verdict_text(summary: dict, direction: str) -> str:
+    """'end to end ×0.48: stable' from the summary, or '' for a run without one."""
+    verdict = summary.get(f"{direction}_verdict")
+    if verdict is None:
+        return ""
+    ratio = _as_float(summary.get(f"{direction}_ratio"))
+    if not np.isfinite(ratio):
+        return f"end to end: {verdict} (inf/nan)"
+    return f"end to end ×{ratio:.3g}: {verdict}"
+
+
+
+def scales_text(scales: dict) -> str:
+    """'σ_w² = 1 · σ_b² = 0 · q* = 0.0015 · χ₁ = 1: critical · ξ_c = 6.8e+05' from predict.scales (or a
+    summary's "theory"); keys it lacks are left out."""
+    names = {"sigma_w2": r"$\sigma_w^2$", "sigma_b2": r"$\sigma_b^2$", "q_star": r"$q^*$", "chi_1": r"$\chi_1$"}
+    parts = [f"{tex} = {_num(_as_float(scales[k]))}" for k, tex in names.items() if k in scales]
+    if parts and "regime" in scales:
+        parts[-1] += f": {scales['regime']}"
+    if not np.isnan(_as_float(scales.get("xi_c"))):
+        parts.append(rf"depth scale $\xi_c$ = {_num(_as_float(scales['xi_c']))}")
+    return " · ".join(parts)
+

@@ -1,0 +1,232 @@
+"""Where a sweep's runs run. Each backend is a generator of (run_id, outcome) as runs finish, outcome = {status,
+error, wall_seconds}; every backend probes with the same number of torch threads, so the numbers do not depend on it.
+
+- local: one after another in this process.
+- process: a persistent pool of processes (forked where that is safe, with torch already imported; else spawned,
+  each importing torch) that write run directories straight into the sweep directory. A worker that dies takes the
+  runs in flight with it; those are retried one at a time, so that only the culprit fails.
+- ray: each point a Ray task on a local Ray or a cluster; the task probes into a temporary folder on its node and
+  returns the run's files, which the driver writes and publishes atomically (no shared file system needed).
+"""
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .. import forking, results
+from ..config import ConfigError, RunConfig
+
+RAY_MISSING = "the ray backend needs `pip install initprobe[ray]`"
+
+
+def _probe(cfg: RunConfig, threads: int, command) -> dict:
+    """One run with `threads` intra-op threads (restored after): what every backend executes for a point."""
+    import torch
+
+    from .. import runner
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        runner.run(cfg, command=command)
+        return {"status": "ok", "error": "", "wall_seconds": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001  (out of memory, a bug, bad input found late: recorded, sweep goes on)
+        return {"status": "failed", "error": _one_line(e), "wall_seconds": time.perf_counter() - t0}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _one_line(e: BaseException, limit: int = 1000) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
+    for rid, cfg in jobs:
+        started(rid)
+        outcome = _probe(cfg, opts["threads"], command)
+        yield rid, outcome
+
+
+def _init_process_worker(threads: int) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's SIGTERM-as-Ctrl-C
+    torch.set_num_threads(threads)
+
+
+def start_method(threads: int, devices) -> str:
+    """'fork' where it is safe, so that workers start at once with torch already imported; else 'spawn', whose
+    workers import torch first (seconds each, longer than a sweep of small runs takes on one core).
+    Safe means forking.fork_is_safe() (Linux, no other Python thread), and: one intra-op thread per worker (GNU
+    OpenMP cannot run a parallel region in a child forked after this process ran one); and no CUDA in the
+    children: every run's `devices` is the CPU, or this torch has no CUDA (merely asking CUDA whether there is a
+    GPU, as resolving 'auto' or 'cuda' here does, leaves a forked child unable to use it), and CUDA is not
+    initialised here."""
+    import torch
+
+    no_cuda = set(devices) <= {"cpu"} or not torch.backends.cuda.is_built()
+    safe = forking.fork_is_safe() and threads == 1 and no_cuda and not torch.cuda.is_initialized()
+    return "fork" if safe else "spawn"
+
+
+def _process_task(cfg_dict: dict, threads: int, command) -> dict:
+    return _probe(RunConfig(**cfg_dict), threads, command)
+
+
+WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
+               "a crash in native code? From a script, call run_sweep under `if __name__ == '__main__':`: spawned "
+               "workers import the script)")
+
+
+def _run_process(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
+    """A persistent pool of processes (forked with torch imported, or spawned: see start_method); each writes its
+    runs straight into the sweep directory, which is on this machine.
+
+    A worker that dies (the OOM killer, a crash in native code) breaks the whole pool, and every run in flight with
+    it. Those runs are then retried one at a time in a one-process pool: the run that kills its worker again is
+    recorded as failed (and the next gets a fresh pool), the others finish; the rest of the sweep goes on in a fresh
+    pool of `workers`."""
+    queue = list(jobs)
+    while queue:
+        suspects, queue = yield from _process_pool(queue, min(opts["workers"], len(queue)), opts, command)
+        while suspects:
+            for rid, _ in [j for j in suspects if Path(j[1].out).is_dir()]:  # it finished, then lost its worker
+                yield rid, {"status": "ok", "error": "", "wall_seconds": None}
+            alone = [j for j in suspects if not Path(j[1].out).is_dir()]
+            dead, suspects = (yield from _process_pool(alone, 1, opts, command)) if alone else ([], [])
+            for rid, _ in dead:
+                yield rid, {"status": "failed", "error": WORKER_DIED, "wall_seconds": None}
+
+
+def _remove_dead_staging(runs_dir: Path) -> None:
+    """Remove the staging folders of processes that are gone (a killed worker's half-written run)."""
+    for entry in runs_dir.iterdir():
+        pid = results.staging_pid(entry)
+        if pid is not None and not results.pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_pool(jobs, workers: int, opts, command):
+    """Run `jobs` in one pool of `workers` processes (forked or spawned: see start_method), at most `workers`
+    submitted at a time (so the runs in flight are known), yielding (run_id, outcome) as they finish. Returns
+    (the jobs in flight when a worker died, the jobs not yet submitted); ([], []) when every job finished."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .. import runner  # noqa: F401  (imported here, a forked worker has it, and torch, from the start)
+
+    method = start_method(opts["threads"], {cfg.device for _, cfg in jobs})
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_process_worker, initargs=(opts["threads"],))
+    todo, running, broken = list(jobs), {}, []
+    try:
+        while running or (todo and not broken):
+            while todo and len(running) < workers and not broken:
+                rid, cfg = todo.pop(0)
+                running[pool.submit(_process_task, dataclasses.asdict(cfg), opts["threads"], command)] = (rid, cfg)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    broken.append(job)
+                    continue
+                yield job[0], outcome
+        return broken, todo
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
+
+
+def _ray_task(cfg_dict: dict, threads: int, command) -> dict:
+    """Probe into a temporary folder on the Ray node and return the run directory's files (relative path ->
+    bytes): the driver writes them, so the nodes need no shared file system."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="initprobe-ray-") as tmp:
+        out = Path(tmp) / "run"
+        outcome = _probe(RunConfig(**{**cfg_dict, "out": str(out)}), threads, command)
+        if outcome["status"] == "ok":
+            outcome["files"] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        return outcome
+
+
+def _publish_files(final: Path, files: dict[str, bytes]) -> None:
+    """Write a run directory from its files' contents, atomically (staging folder + rename, like the runner)."""
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for rel, data in files.items():
+            path = staging / rel
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise ValueError(f"unexpected path in a run's files: {rel}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        info = results.read_json(staging / "config.json")
+        info["config"]["out"] = str(final)  # it ran in a temporary folder on its node
+        results.write_json(staging / "config.json", info)
+        results.publish(staging, final)
+    except BaseException:
+        results.discard(staging)
+        raise
+
+
+def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
+    """Each point is a Ray task (num_cpus=1, num_gpus=gpus_per_run) on the cluster at `address`, or a local Ray.
+    A Ray already initialised in this process (a notebook, a test) is used as it is."""
+    if not jobs:
+        return
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(RAY_MISSING) from None
+    own = not ray.is_initialized()
+    if own:
+        import logging
+
+        kwargs = {"address": opts["address"]} if opts["address"] else {"include_dashboard": False}
+        try:
+            ray.init(**kwargs, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot start or join Ray (address {opts['address'] or 'local'}): {e}") from None
+    task = ray.remote(num_cpus=1, num_gpus=opts["gpus_per_run"])(_ray_task)
+    finals, pending = {}, []
+    try:
+        for rid, cfg in jobs:
+            ref = task.remote(dataclasses.asdict(cfg), opts["threads"], command)
+            finals[ref] = (rid, Path(cfg.out))
+            pending.append(ref)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            rid, final = finals[ready[0]]
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001  (the worker died, the node was lost, ...)
+                outcome = {"status": "failed", "error": _one_line(e), "wall_seconds": None}
+            files = outcome.pop("files", None)
+            if files is not None:
+                try:
+                    _publish_files(final, files)
+                except (OSError, ValueError, KeyError, ConfigError) as e:
+                    outcome.update(status="failed", error=f"writing the run's files: {_one_line(e)}")
+            yield rid, outcome
+    finally:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+        if own:
+            ray.shutdown()
+
+
+BACKENDS = {"local": _run_local, "process": _run_process, "ray": _run_ray}
