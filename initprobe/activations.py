@@ -15,8 +15,8 @@ from .names import unknown
 
 
 class _LazyNumpy:
-    """numpy, imported on first use: `initprobe --help` needs only the registry's names, and importing numpy
-    costs it ~0.1 s. The first attribute access replaces this placeholder with the module itself."""
+    """numpy, imported on first use: `initprobe --help` needs only the registry's names, and should not pay for
+    importing numpy. The first attribute access replaces this placeholder with the module itself."""
 
     def __getattr__(self, name):
         import numpy

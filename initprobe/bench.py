@@ -33,9 +33,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse (blocks up to 32 MiB from the heap, not mmap; no trimming), so
-    that no timed pass page-faults in memory the pass before it gave back. Without it the bare pass, which holds
-    every layer's dL/dW until its end, faulted in 20-80 MB in some passes and took 10-15% longer in those,
-    flattering the overhead ratio. glibc only (True when applied); elsewhere nothing changes."""
+    that no timed pass page-faults in memory the pass before it gave back: the bare pass, which holds every layer's
+    dL/dW until its end, would otherwise fault pages back in on some passes and be slowed, flattering the overhead
+    ratio (docs/performance.md). glibc only (True when applied); elsewhere nothing changes."""
     import ctypes
 
     try:
@@ -234,7 +234,7 @@ def sweep_rows(quick: bool = False):
     The report's figures are drawn once per sweep, whatever its size, like the interpreter's start and imports;
     they get a row of their own that informs, with no pass/fail: for this grid of fast probes they cost about as
     much as the probes, and such a share would fall the faster the probes got."""
-    # twice each, alternated, the faster kept: this machine's speed drifts by tens of percent within a minute
+    # twice each, alternated, the faster kept: a shared machine's speed drifts within a minute
     local, process = timed_sweep("local", quick), timed_sweep("process", quick)
     again_local, again_process = timed_sweep("local", quick), timed_sweep("process", quick)
     local = min(local, again_local, key=lambda t: t["runs"])

@@ -163,10 +163,9 @@ def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFra
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """The bytes of frame.to_csv(path, index=False), written in half the time for a run's numeric frames (to_csv
-    took half of what a small sweep run spends outside its probe): floats as their shortest repr, as pandas
-    writes float64, NaN as an empty field. Anything else (another dtype, text that would need quoting) goes
-    to pandas."""
+    """The bytes of frame.to_csv(path, index=False), written without pandas' per-cell machinery for a run's numeric
+    frames (a small sweep run writes several files): floats as their shortest repr, as pandas writes float64, NaN
+    as an empty field. Anything else (another dtype, text that would need quoting) goes to pandas."""
     columns = [frame[name].to_numpy() for name in frame.columns]
     plain = all(c.dtype == np.float64 or c.dtype.kind in "iu" or (c.dtype == object and _plain_text(c))
                 for c in columns) and _plain_text(np.asarray(frame.columns, dtype=object))
