@@ -10,6 +10,12 @@ zero-mean weights.) A run takes E[W^2] from its measured weights (layers.csv's w
 from the scheme's formula. sigma_b^2 = Var(b) (the biases have mean 0). The input x0 ~ N(0, 1) has E[x0^2] = 1
 and, between two inputs, correlation 0 in expectation.
 
+Two sets of scales (q*, chi_1, depth scales, regime) describe a run: the nominal ones of the scheme's formula (what
+`initprobe theory` prints; none for a data-dependent init or a user's function) and the realized ones of the
+weights this run drew, whose sigma_w^2 differs from the formula's by O(1/sqrt(weights)). Near criticality that
+difference decides q* and the regime (tanh + Glorot: 1.001 gives q* = 0.0005, 0.999 gives q* = 0 and "ordered"),
+so the summary gives both, labelled.
+
 CNNs use the same recursions with fan_in = k^2 C per position; they are exact with circular padding, while zero
 padding lowers the variance at the border (a measured deviation, not hidden).
 """
@@ -39,12 +45,25 @@ def bias_variance(cfg: config.RunConfig) -> np.ndarray:
 
 
 def expected_second_moment(cfg: config.RunConfig) -> np.ndarray | None:
-    """E[(W^l)^2] of each layer from the scheme's formula; None for data-dependent schemes (lsuv, a user's
-    function)."""
+    """E[(W^l)^2] of each layer from the scheme's formula; None where there is none (nominal_note says why)."""
     spec = inits.get(cfg.init)
     params = config.init_params(cfg)
     values = [spec.expected_second_moment(s, params) for s in shapes.weight_shapes(cfg)]
     return None if None in values else np.array(values)
+
+
+def nominal_note(cfg: config.RunConfig) -> str | None:
+    """Why the scheme has no nominal prediction (no formula for E[W^2] before the weights exist), or None."""
+    if expected_second_moment(cfg) is not None:
+        return None
+    return _no_formula(cfg) + "; only the realized network is predicted, from the weights it drew"
+
+
+def _no_formula(cfg: config.RunConfig) -> str:
+    if inits.get(cfg.init).data_dependent:
+        return (f"init '{cfg.init}' is data-dependent (it rescales the weights on a batch): there is no formula "
+                "for E[W^2] before a network exists")
+    return f"init '{cfg.init}' is a function of your own: there is no formula for E[W^2] before it has run"
 
 
 def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict[str, np.ndarray]:
@@ -96,15 +115,23 @@ def deviation(frame: pd.DataFrame) -> dict:
 
 
 def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
-    return {**scales(cfg, measured_second_moment(frame).to_numpy()), "max_relative_deviation": deviation(frame)}
+    """summary.json's "theory": {"nominal": the scheme's scales (None, with "nominal_note", where it has no
+    formula), "realized": the scales of the weights this run drew (their E[W^2] averaged over the seeds),
+    "max_relative_deviation": of the measurement from the realized network's theory_* columns}."""
+    nominal = expected_second_moment(cfg)
+    out = {"nominal": None if nominal is None else scales(cfg, nominal)}
+    if nominal is None:
+        out["nominal_note"] = nominal_note(cfg)
+    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy())
+    out["max_relative_deviation"] = deviation(frame)
+    return out
 
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
     """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales."""
     moment = expected_second_moment(cfg)
     if moment is None:
-        raise config.ConfigError(f"init '{cfg.init}' is data-dependent: there is no prediction before a "
-                                 "network exists; `initprobe run` predicts from the weights it produced")
+        raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")
     frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), WEIGHT_MOMENT: moment, **columns(cfg, moment)})
     return frame, scales(cfg, moment)
 

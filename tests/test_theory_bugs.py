@@ -1,6 +1,8 @@
-"""Mean-field theory beside a run: sigma_w^2 from the weights' second moment E[W^2] (not their variance), and the
-fixed point where every q is one, each held to an independent computation or a derived tolerance."""
+"""Mean-field theory beside a run: sigma_w^2 from the weights' second moment E[W^2] (not their variance), the
+scheme's nominal scales beside the realized network's, and the fixed point where every q is one, each held to an
+independent computation or a derived tolerance."""
 
+import json
 import math
 
 import numpy as np
@@ -8,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from initprobe import models, predict, probe, runner
+from initprobe import models, predict, probe, results, runner
+from initprobe.cli import main, tables
 from initprobe.config import RunConfig
+from initprobe.plots import labels, run_figures
 
 
 def first_layer_weights(cfg: RunConfig, device) -> list[torch.Tensor]:
@@ -72,7 +76,7 @@ def test_layer_one_theory_uses_the_second_moment_of_the_weights(device, case):
     np.testing.assert_allclose(layer_one(frame, "weight_var"), [float(w.var(correction=0)) for w in weights],
                                rtol=1e-9, atol=1e-15)
     # the summary's scales and the Jacobian's layer-wise product read the same second moment
-    realized = predict.summary(frame, cfg)
+    realized = predict.summary(frame, cfg)["realized"]
     layer_two = frame.loc[frame["layer"] == 2, "weight_sq_mean"].mean()
     assert realized["sigma_w2"] == pytest.approx(cfg.width * layer_two, rel=1e-12)
     first = frame[frame["seed"] == cfg.seed].sort_values("layer")
@@ -89,7 +93,79 @@ def test_constant_init_run_agrees_with_theory_command(device, tmp_path):
     summary = runner.run(cfg, root=tmp_path).summary["theory"]
     _, nominal = predict.for_config(cfg)
     assert nominal["sigma_w2"] == pytest.approx(0.64, rel=1e-12)
-    assert summary["sigma_w2"] == pytest.approx(0.64, rel=1e-12)
+    assert summary["realized"]["sigma_w2"] == pytest.approx(0.64, rel=1e-12)
+    assert summary["nominal"]["sigma_w2"] == pytest.approx(0.64, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ nominal and realized scales
+
+
+def strict_json(path):
+    def refuse(token):
+        raise ValueError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_summary_gives_the_schemes_nominal_scales_beside_the_realized_ones(device, tmp_path):
+    """tanh + Glorot: nominal sigma_w^2 = fan_in * 2 / (fan_in + fan_out) = 1 on the square layers, q* = 0 and
+    critical, exactly what `initprobe theory` prints; realized: fan_in * this run's mean E[W^2] of layer 2."""
+    cfg = RunConfig(act="tanh", init="glorot_uniform", depth=5, width=64, batch=16, seeds=2, plots=False,
+                    device=device.type, out=str(tmp_path / "run"))
+    result = runner.run(cfg, root=tmp_path)
+    got = strict_json(result.path / "summary.json")["theory"]
+    assert set(got) == {"nominal", "realized", "max_relative_deviation"}
+    _, nominal = predict.for_config(cfg)
+    assert got["nominal"] == json.loads(json.dumps(results.jsonable(nominal)))
+    assert got["nominal"]["sigma_w2"] == pytest.approx(1.0, rel=1e-12)
+    assert (got["nominal"]["q_star"], got["nominal"]["regime"]) == (0.0, "critical")
+    layers = pd.read_csv(result.path / "layers.csv")
+    layer_two = layers.loc[layers["layer"] == 2, "weight_sq_mean"].mean()
+    assert got["realized"]["sigma_w2"] == pytest.approx(64 * layer_two, rel=1e-12)
+    assert set(got["max_relative_deviation"]) == set(predict.COMPARED)
+
+
+@pytest.mark.parametrize("init", ["lsuv", "torch.nn.init:uniform_"])
+def test_an_init_without_a_formula_has_no_nominal_scales_and_says_why(device, tmp_path, init):
+    cfg = RunConfig(act="tanh", init=init, depth=3, width=32, batch=16, seeds=1, plots=False, device=device.type,
+                    out=str(tmp_path / "run"))
+    got = runner.run(cfg, root=tmp_path).summary["theory"]
+    assert got["nominal"] is None
+    assert init in got["nominal_note"] and "E[W^2]" in got["nominal_note"]
+    assert got["realized"]["sigma_w2"] > 0
+
+
+def test_run_prints_and_draws_both_labelled(device, workdir_capsys):
+    tmp_path, capsys = workdir_capsys
+    out_dir = tmp_path / "run"
+    code = main(["run", "--act", "tanh", "--init", "glorot_uniform", "--depth", "4", "--width", "32", "--batch",
+                 "8", "--seeds", "1", "--device", device.type, "--out", str(out_dir), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "nominal (init's formula)" in printed and "realized (run's weights)" in printed
+    summary = strict_json(out_dir / "summary.json")
+    lines = labels.theory_lines(summary["theory"])
+    assert [line.split(":")[0] for line in lines] == ["mean-field, nominal (the init's formula)",
+                                                      "mean-field, realized (this run's weights)"]
+    assert labels.scales_text(summary["theory"]["nominal"]) in lines[0]
+    assert labels.scales_text(summary["theory"]["realized"]) in lines[1]
+    run = results.read_run(out_dir)
+    title = run_figures.variance_figure(run).get_suptitle()
+    assert lines[0] in title and lines[1] in title
+    # a summary written before both were kept (one flat dict of scales) still draws, as the realized line
+    old = summary["theory"]["realized"]
+    assert labels.theory_lines(old) == [f"mean-field, realized (this run's weights): {labels.scales_text(old)}"]
+    # an init without a formula: the nominal column is empty and the note says why
+    theory_none = {**summary["theory"], "nominal": None, "nominal_note": "init 'lsuv' is data-dependent"}
+    table = tables.run_theory(theory_none, "lsuv")
+    assert "init 'lsuv' is data-dependent" in str(table.caption)
+    assert "none" in labels.theory_lines(theory_none)[0]
+
+
+@pytest.fixture
+def workdir_capsys(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, capsys
 
 
 # ------------------------------------------------------------------------ every q a fixed point (relu, He)
