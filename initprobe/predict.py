@@ -16,8 +16,16 @@ weights this run drew, whose sigma_w^2 differs from the formula's by O(1/sqrt(we
 difference decides q* and the regime (tanh + Glorot: 1.001 gives q* = 0.0005, 0.999 gives q* = 0 and "ordered"),
 so the summary gives both, labelled.
 
-CNNs use the same recursions with fan_in = k^2 C per position; they are exact with circular padding, while zero
-padding lowers the variance at the border (a measured deviation, not hidden).
+CNNs use the same recursions with fan_in = k^2 C per position. Circular padding gives every position a full patch;
+zero padding lowers the variance at the border (a measured deviation, not hidden). Even with circular padding the
+recursions assume Gaussian pre-activations, and with few input channels layer 1's are not: a unit's h is Gaussian
+only given its weights, with variance ||W_c||^2 over a patch of k^2 C_in inputs, which spreads over the channels
+by sqrt(2 / (k^2 C_in)) for Gaussian weights (0.27 for a 3x3 kernel on 3 channels). Over the channels h is then a
+Gaussian scale mixture, and E[phi(h)^2] falls below its value at the mean scale where phi^2 is concave in the
+scale (tanh: 1.5 % at q = 1 for that spread). Later layers inherit the deficit, damped as q^l approaches q*.
+Measured (tanh + LeCun normal, so q^1 = 1; 8x8 images, batch 32, 12 seeds, float64): with 3 input channels act_var
+is 1.8 % below theory at layer 1 and preact_var 2.1 % below at layer 2, within 1 % from layer 6 on; with 64 input
+channels within 0.9 % at every layer (tests/test_theory_bugs.py holds the wide case to its finite-width error).
 """
 
 import math
