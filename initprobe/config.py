@@ -20,11 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import activations, inits
+from .errors import ConfigError
 from .names import did_you_mean, unknown
-
-
-class ConfigError(ValueError):
-    """Bad user input: reported as one line with exit code 2."""
 
 
 ARCHS = ("mlp", "cnn")

@@ -33,16 +33,24 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import config, inits, shapes, theory
+from . import config, inits, memory, shapes, theory
 
 COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
 WEIGHT_MOMENT = "weight_sq_mean"  # the measured column theory reads: E[W^2], averaged over the seeds
 INPUT_Q = 1.0  # E[x0^2] of the input x0 ~ N(0, 1)
 
 
+def per_layer(cfg: config.RunConfig, f) -> np.ndarray:
+    """f(weight shape) of every layer, as an array: layer 1's shape and the others' (all alike) are asked once."""
+    first = f(shapes.weight_shape(cfg, *shapes.layer_size(cfg, 0)))
+    rest = f(shapes.weight_shape(cfg, *shapes.layer_size(cfg, 1))) if cfg.depth > 1 else first
+    values = np.empty(cfg.depth, dtype=object if first is None or rest is None else float)
+    values[0], values[1:] = first, rest
+    return values
+
+
 def fans(cfg: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.array([inits.fans(s) for s in shapes.weight_shapes(cfg)], dtype=float)
-    return pairs[:, 0], pairs[:, 1]
+    return per_layer(cfg, lambda s: inits.fans(s)[0]), per_layer(cfg, lambda s: inits.fans(s)[1])
 
 
 def bias_variance(cfg: config.RunConfig) -> np.ndarray:
@@ -56,8 +64,8 @@ def expected_second_moment(cfg: config.RunConfig) -> np.ndarray | None:
     """E[(W^l)^2] of each layer from the scheme's formula; None where there is none (nominal_note says why)."""
     spec = inits.get(cfg.init)
     params = config.init_params(cfg)
-    values = [spec.expected_second_moment(s, params) for s in shapes.weight_shapes(cfg)]
-    return None if None in values else np.array(values)
+    values = per_layer(cfg, lambda s: spec.expected_second_moment(s, params))
+    return None if values.dtype == object else values
 
 
 def nominal_note(cfg: config.RunConfig) -> str | None:
@@ -136,7 +144,9 @@ def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
 
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
-    """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales."""
+    """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales.
+    ConfigError, before any per-layer array is made, for a depth whose predictions would not fit in memory."""
+    memory.check_theory(cfg, memory.host_available())
     moment = expected_second_moment(cfg)
     if moment is None:
         raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")

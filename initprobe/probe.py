@@ -19,7 +19,7 @@ import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import fused, models, shapes
+from . import fused, inits, models, shapes, usercode
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
@@ -306,17 +306,21 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
     """The same statistics in O(sqrt(depth)) memory: layers run in checkpointed segments of about
     sqrt(depth), and weights are made again from their seeds when a segment is recomputed in the backward
-    pass, so neither activations nor weights of the whole network are ever held at once."""
+    pass, so neither activations nor weights of the whole network are ever held at once. A user's init must then
+    give a layer the same weights twice: WeightCheck makes sure it did."""
     depth = len(seeds)
     segment = segment or max(1, math.ceil(math.sqrt(depth)))
     rec = recorder(depth, x0.dtype, x0.device, saturation, phi, hist_layers)
     # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
+    check = WeightCheck(depth, x0.device) if inits.is_custom(cfg.init) else None
 
     def run_segment(x, start):
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
+            if check is not None:
+                (check.compare if state["recomputing"] else check.record)(l, z)
             w = z + anchor
             h = models.block(cfg, x, w, b)
             x = phi(h)
@@ -331,7 +335,39 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         x = checkpoint(run_segment, x, start, use_reentrant=False)
     state["recomputing"] = True
     backward(x, cotangent)
+    if check is not None:
+        check.verify(cfg.init)
     return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
+
+
+class WeightCheck:
+    """A fingerprint of each layer's weight as the forward pass made it, compared on the device with the weight the
+    recompute makes from the same seed; one host sync at the end. A user's init that is not a function of its seed
+    (state of its own, a clock) would otherwise give the backward pass another network than the forward."""
+
+    def __init__(self, depth, device):
+        self.prints = torch.empty(depth, dtype=torch.float64, device=device)
+        self.differ = torch.zeros((), dtype=torch.int64, device=device)
+        self.ramps = {}  # elements -> weights 1..2: a weighted sum also tells permuted entries apart
+
+    def fingerprint(self, z):
+        flat = z.detach().reshape(-1).to(torch.float64)
+        if flat.numel() not in self.ramps:
+            self.ramps[flat.numel()] = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=z.device)
+        return flat.dot(self.ramps[flat.numel()])
+
+    def record(self, l, z):
+        self.prints[l] = self.fingerprint(z)
+
+    def compare(self, l, z):  # bit patterns, so that a nan fingerprint equals itself
+        self.differ += self.fingerprint(z).view(torch.int64) != self.prints[l].view(torch.int64)
+
+    def verify(self, init: str) -> None:
+        if self.differ.item():
+            raise usercode.UserCodeError(
+                f"init '{init}' gave a layer other weights when the checkpointed probe made it again from the same "
+                "seed; an init must depend only on its generator (or the global generators, which initprobe seeds "
+                "per layer), else the statistics would mix two networks")
 
 
 def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
@@ -346,13 +382,10 @@ def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
 
 def weight_counts(cfg, dtype, device) -> torch.Tensor:
     """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
-    the host and waits for the copy (a host sync). Every layer but the first has the last one's count, so that is
-    two fills, not one a layer and a stack."""
-    counts = shapes.weight_sizes(cfg)
-    filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
-    for l, n in enumerate(counts):
-        if n != counts[-1]:
-            filled[l].fill_(n)  # `filled[l] = n` would copy a host tensor in, and wait for it
+    the host and waits for the copy (a host sync). Every layer but the first has the same count, so that is two
+    fills, not one a layer and a stack."""
+    filled = torch.full((cfg.depth,), shapes.weight_size(cfg, cfg.depth - 1), dtype=dtype, device=device)
+    filled[0].fill_(shapes.weight_size(cfg, 0))  # `filled[0] = n` would copy a host tensor in, and wait for it
     return filled
 
 
@@ -375,21 +408,32 @@ def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor
 
 def histograms(kept: dict, bins: int = HIST_BINS):
     """Per quantity: counts (n_layers, bins) over a common [lo, hi] of the finite values, and (lo, hi).
-    The range stays on the device (values scaled to [0, 1]); non-finite values fall outside and are not counted."""
+    The range stays on the device (values scaled to [0, 1]); non-finite values fall outside and are not counted.
+    One layer's tensor is worked on at a time: temporaries of every layer at once would take several times the
+    memory of the kept tensors themselves."""
     out = {}
     for quantity in HIST_QUANTITIES:
         keys = sorted(k for k in kept if k[0] == quantity)
         if not keys:
             continue
-        vals = torch.stack([kept[k].reshape(-1).float() for k in keys])  # (n_layers, elements)
-        finite = torch.isfinite(vals)
-        lo = torch.where(finite, vals, torch.inf).amin()
-        hi = torch.where(finite, vals, -torch.inf).amax()
+        lo = torch.stack([_finite_extreme(kept[k], torch.inf, torch.amin) for k in keys]).amin()
+        hi = torch.stack([_finite_extreme(kept[k], -torch.inf, torch.amax) for k in keys]).amax()
         span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-        scaled = torch.where(finite, (vals - lo) / span, torch.full_like(vals, 2.0))
-        counts = torch.stack([torch.histc(s, bins=bins, min=0.0, max=1.0) for s in scaled])
+        counts = torch.stack([torch.histc(_scaled(kept[k], lo, span), bins=bins, min=0.0, max=1.0) for k in keys])
         out[quantity] = (counts, torch.stack([lo, hi]), [k[1] for k in keys])
     return out
+
+
+def _finite_extreme(t: torch.Tensor, fill: float, reduce) -> torch.Tensor:
+    """reduce (amin or amax) over the finite values of t, `fill` if there are none."""
+    v = t.reshape(-1).float()
+    return reduce(torch.where(torch.isfinite(v), v, fill))
+
+
+def _scaled(t: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """(t - lo) / span, and 2 (outside [0, 1], so not counted) where t is not finite."""
+    v = t.reshape(-1).float()
+    return torch.where(torch.isfinite(v), (v - lo) / span, 2.0)
 
 
 def hist_layers(depth: int, n: int = 5) -> tuple[int, ...]:

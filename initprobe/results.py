@@ -13,7 +13,9 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -68,52 +70,106 @@ def default_name(cfg) -> str:
     return f"{cfg.arch}-{cfg.init.replace(':', '.')}-{cfg.act}-d{cfg.depth}-w{cfg.width}"
 
 
-def reserve(out: str | None, name: str, root: Path = RESULTS_ROOT) -> tuple[Path, Path]:
-    """(final, staging) directories. An explicit `out` must not exist; a generated name gets -2, -3, ...
-    The staging folder is created now, so an unwritable place fails before any work is done."""
+@dataclass
+class Reservation:
+    """An output directory on its way: written into `staging` (a hidden `.NAME.partial-PID` beside `final`), then
+    published as `final` in one rename. A generated `name` takes the next free name at publication if another
+    process published `final` meanwhile; `created` is the highest directory reserve() made for it, removed again
+    (if empty) when nothing is published."""
+
+    final: Path
+    staging: Path
+    name: str | None = None
+    created: Path | None = None
+
+
+def reserve(out: str | None, name: str, root: Path = RESULTS_ROOT) -> Reservation:
+    """The output directory `out`, which must not exist, or root/name, root/name-2, ... (the first free one).
+    The staging folder is created now, so an unwritable place fails before any work is done; staging folders that
+    killed processes left beside it are removed."""
     if out is not None:
         final = Path(out)
         if final.exists():
             raise ConfigError(f"output directory {final} already exists; choose another --out or remove it")
     else:
-        final, n = root / name, 1
-        while final.exists():
-            n += 1
-            final = root / f"{name}-{n}"
+        final = next_free(Path(root), name)
     staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    created = _highest_missing(final.parent)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+        staging.mkdir(parents=True)
     except OSError as e:
         raise ConfigError(f"cannot write to {final.parent}: {e.strerror or e}") from None
-    return final, staging
+    remove_stale_staging(final.parent)
+    return Reservation(final, staging, None if out is not None else name, created)
 
 
-def publish(staging: Path, final: Path) -> Path:
-    """Move a complete staging directory into place; never replaces an existing run."""
-    try:
-        if final.exists():
-            raise FileExistsError
-        os.rename(staging, final)
-    except OSError:
-        raise ConfigError(f"{final} appeared while the run was going; this run is kept in {staging}") from None
+def next_free(root: Path, name: str) -> Path:
+    """root/name, or root/name-2, root/name-3, ...: the first that does not exist."""
+    final, n = root / name, 1
+    while final.exists():
+        n += 1
+        final = root / f"{name}-{n}"
     return final
 
 
-def discard(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
+def _highest_missing(path: Path) -> Path | None:
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+PUBLISH_TRIES = 100  # generated names tried at publication, each the next free one when tried
+
+
+def publish(res: Reservation, before: Callable[[Path], None] | None = None) -> Path:
+    """Move a complete staging directory into place and return where it went (also `res.final` from then on); never
+    replaces a run (a rename onto a directory that is not empty fails). A generated name that another process took
+    meanwhile becomes the next free one (`before(final)` is called first, for files that name their own place); an
+    explicit one that appeared meanwhile is an error, and this run is discarded."""
+    final = res.final
+    for _ in range(PUBLISH_TRIES):
+        try:
+            os.rename(res.staging, final)
+            res.final = final
+            return final
+        except OSError:
+            if res.name is None or not res.staging.is_dir():
+                break
+        final = next_free(final.parent, res.name)
+        if before is not None:
+            before(final)
+    discard(res)
+    raise ConfigError(f"{final} appeared while the run was going (another process wrote it); this run was not kept")
+
+
+def discard(res: Reservation) -> None:
+    """Remove the staging folder, and the directories reserve() created for it if they are still empty."""
+    shutil.rmtree(res.staging, ignore_errors=True)
+    if res.created is None:
+        return
+    path = res.final.parent
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == res.created:
+            return
+        path = path.parent
 
 
 @contextlib.contextmanager
-def publishing(staging: Path, final: Path):
-    """Write into `staging` inside the block; publish it as `final` when the block ends, or discard it if the block
-    raises (bad input found late, Ctrl-C, a crash): nothing half-written is left behind."""
+def publishing(res: Reservation):
+    """Write into `res.staging` inside the block; publish it when the block ends (`res.final` is then where it went),
+    or discard it if the block raises (bad input found late, Ctrl-C, a crash): nothing half-written is left
+    behind."""
     try:
-        yield staging
+        yield res.staging
     except BaseException:
-        discard(staging)
+        discard(res)
         raise
-    publish(staging, final)
+    publish(res)
 
 
 def writable_file(path: str | Path) -> Path:
@@ -140,6 +196,15 @@ def staging_pid(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def remove_stale_staging(folder: Path) -> None:
+    """Remove the staging folders in `folder` whose process is gone (a killed run's, never published). A process of
+    another machine writing into a shared folder would look gone: staging folders are this machine's."""
+    for entry in Path(folder).glob(".*.partial-*"):
+        pid = staging_pid(entry)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -162,21 +227,31 @@ def write_run(staging: Path, config: dict, frame: pd.DataFrame, hist: pd.DataFra
     write_json(staging / "summary.json", summary)
 
 
+CSV_CHUNK = 16384  # rows formatted at a time: a row's cells as Python strings take about 100 bytes each
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """The bytes of frame.to_csv(path, index=False), written without pandas' per-cell machinery for a run's numeric
     frames (a small sweep run writes several files): floats as their shortest repr, as pandas writes float64, NaN
-    as an empty field. Anything else (another dtype, text that would need quoting) goes to pandas."""
+    as an empty field; CSV_CHUNK rows at a time, so that memory does not grow with the rows. Anything else (another
+    dtype, text that would need quoting) goes to pandas."""
     columns = [frame[name].to_numpy() for name in frame.columns]
     plain = all(c.dtype == np.float64 or c.dtype.kind in "iu" or (c.dtype == object and _plain_text(c))
                 for c in columns) and _plain_text(np.asarray(frame.columns, dtype=object))
     if not plain:
-        frame.to_csv(path, index=False)
+        frame.to_csv(path, index=False, chunksize=CSV_CHUNK)
         return
-    cells = [["" if v != v else repr(v) for v in c.tolist()] if c.dtype == np.float64 else [str(v) for v in c.tolist()]
-             for c in columns]
-    lines = [",".join(map(str, frame.columns))] + [",".join(row) for row in zip(*cells)]
     with open(path, "w", newline="") as f:
-        f.write(os.linesep.join(lines) + os.linesep)
+        f.write(",".join(map(str, frame.columns)) + os.linesep)
+        for start in range(0, len(frame), CSV_CHUNK):
+            cells = [_cells(c[start:start + CSV_CHUNK]) for c in columns]
+            f.write("".join(",".join(row) + os.linesep for row in zip(*cells)))
+
+
+def _cells(values: np.ndarray) -> list[str]:
+    if values.dtype == np.float64:
+        return ["" if v != v else repr(v) for v in values.tolist()]
+    return [str(v) for v in values.tolist()]
 
 
 def _plain_text(values: np.ndarray) -> bool:

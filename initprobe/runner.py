@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import activations, analysis, config, devices, environment, inits, models, predict, probe, results, shapes
+from . import activations, analysis, config, devices, environment, memory, models, predict, probe, results
 
 
 @dataclass
@@ -22,27 +22,6 @@ class RunResult:
     layers: pd.DataFrame
     summary: dict
     config: dict
-
-
-def estimated_bytes(cfg: config.RunConfig) -> int:
-    """Memory of the plain probe: every weight, plus the pre-activation and output autograd keeps per layer."""
-    weights = sum(shapes.weight_sizes(cfg))
-    per_input = cfg.width * shapes.positions(cfg)
-    element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
-    return (weights + 2 * cfg.depth * cfg.batch * per_input) * element
-
-
-def use_checkpoint(cfg: config.RunConfig, device: torch.device) -> tuple[bool, str]:
-    """(checkpoint?, why): as asked, or automatically when the plain probe would take over half the free memory."""
-    data_dependent = inits.get(cfg.init).data_dependent
-    if cfg.checkpoint is not None:
-        if cfg.checkpoint and data_dependent:
-            raise config.ConfigError(f"{cfg.init} rescales stored weights, so it cannot run with --checkpoint")
-        return cfg.checkpoint, "asked for"
-    need, free = estimated_bytes(cfg), devices.available_memory(device)
-    if need > free // 2 and not data_dependent:
-        return True, f"automatic: the plain probe needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
-    return False, "not needed"
 
 
 def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int], None] | None = None,
@@ -110,16 +89,17 @@ def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
 
 def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         command: list[str] | None = None, root: Path = results.RESULTS_ROOT) -> RunResult:
-    """Validate, probe, write the run directory, plot. Raises ConfigError for bad input before any work."""
+    """Validate, choose the probe that fits in memory, probe, write the run directory and its plots, publish it.
+    Raises ConfigError for bad input, a size that cannot fit included, before anything is written."""
     t0 = time.perf_counter()
     config.validate(cfg)
     device = devices.resolve(cfg.device)
-    final, staging = results.reserve(cfg.out, results.default_name(cfg), root)
+    checkpointed, why = memory.plan(cfg, devices.free_memory(device))
+    res = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
-        resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
+        resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment.environment(command, str(device), devices.name(device))}
-        checkpointed, why = use_checkpoint(cfg, device)
         devices.reset_peak_memory(device)
         frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
         summary = analysis.summarize(frame, {"probe_seconds": probe_seconds})
@@ -130,13 +110,19 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = devices.peak_memory(device)
         summary["checkpoint"] = {"used": checkpointed, "why": why}
-        results.write_run(staging, info, frame, hist, summary, jac)
-    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
-        results.discard(staging)
-        raise
-    results.publish(staging, final)
-    if cfg.plots:
-        from . import plots
+        results.write_run(res.staging, info, frame, hist, summary, jac)
+        if cfg.plots:  # drawn before publication: a run directory that exists holds everything asked of it
+            from . import plots
 
-        plots.plot_run(final, cfg.plot_format)
+            plots.plot_run(res.staging, cfg.plot_format)
+    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
+        results.discard(res)
+        raise
+    final = results.publish(res, before=lambda place: _moved(res.staging, info, place))
     return RunResult(final, frame, summary, info)
+
+
+def _moved(staging: Path, info: dict, final: Path) -> None:
+    """config.json names the run's place: a generated name taken meanwhile by another run moved it to `final`."""
+    info["config"]["out"] = str(final)
+    results.write_json(staging / "config.json", info)
