@@ -355,10 +355,10 @@ def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("values", [
-    [np.inf, np.nan, 0.0, 1e-30, 0.5, 2.0, 1e30],  # some not drawable
-    [np.nan, np.inf, 0.0],                          # none drawable
-    [0.7, 0.7, 0.7],                                # all equal
-], ids=["mixed", "none-drawable", "all-equal"])
+    pytest.param([np.inf, np.nan, 0.0, 1e-30, 0.5, 2.0, 1e30], id="mixed"),  # some not drawable
+    pytest.param([np.nan, np.inf, 0.0], id="none-drawable", marks=pytest.mark.slow),
+    pytest.param([0.7, 0.7, 0.7], id="all-equal", marks=pytest.mark.slow),
+])
 def test_jacobian_figure_with_non_finite_values(jacobian_run, tmp_path, values):
     """Singular values and predictions that are inf, nan or 0 (as summary.json writes them: strings) render."""
     bad = copy_run(jacobian_run, tmp_path / "bad")
@@ -399,10 +399,11 @@ def test_plot_theory_writes_theory_file(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"act": "linear", "init": "normal", "std": 1.0, "depth": 200},  # theory overflows to inf at layer ~114
-    {"act": "relu", "init": "normal", "std": 0.01, "depth": 300},   # ... and underflows to 0
-    {"act": "tanh", "init": "zeros"},                               # all exactly 0
-], ids=["overflow", "underflow", "zeros"])
+    # the theory overflows to inf at layer ~114; underflows to 0; is exactly 0 everywhere
+    pytest.param({"act": "linear", "init": "normal", "std": 1.0, "depth": 200}, id="overflow"),
+    pytest.param({"act": "relu", "init": "normal", "std": 0.01, "depth": 300}, id="underflow", marks=pytest.mark.slow),
+    pytest.param({"act": "tanh", "init": "zeros"}, id="zeros", marks=pytest.mark.slow),
+])
 def test_plot_theory_with_inf_nan_and_zero(tmp_path, kwargs):
     frame, scales, cfg = theory_inputs(**kwargs)
     values = frame.filter(like="theory_").to_numpy()
