@@ -143,6 +143,7 @@ class Recorder:
         self.weight_grads = Rows(depth, 2, rows_dtype, device)
         self.kept, self.work, self.one_node = {}, None, None
         self.leaves = None  # the plain probe's weights
+        self.nodes = []  # the hooked autograd nodes, layer by layer (release_graph)
 
     def weight(self, l, w):
         """Statistics of W^l, taken once the layer's matmul has read W into cache (taken before it, they would read W
@@ -187,7 +188,8 @@ class Recorder:
             node = x.grad_fn
             self.one_node = x is not h and len(node.next_functions) == 1 and node.next_functions[0][0] is h.grad_fn
         if self.one_node:
-            x.grad_fn.register_hook(functools.partial(self.node_hook, l, key))
+            self.nodes.append(x.grad_fn)
+            self.nodes[-1].register_hook(functools.partial(self.node_hook, l, key))
             return
         pending = {}
 
@@ -199,6 +201,16 @@ class Recorder:
 
         x.register_hook(gx_hook)
         h.register_hook(gh_hook)
+        self.nodes += [n for n in (h.grad_fn, x.grad_fn) if n is not None]
+
+    def release_graph(self) -> None:
+        """Free the autograd graph one layer at a time, from the top. A node Python has seen (a hook registered from
+        Python) is freed through its Python object, and freeing it frees the node below from inside that call:
+        a graph of some ten thousand layers let go at once from its top overflows the C stack (a segmentation
+        fault). Held here and released from the last layer down, each node goes when nothing above holds it.
+        The caller first drops its own references to the top (the last h and x)."""
+        while self.nodes:
+            self.nodes.pop()
 
     def node_hook(self, l, key, grad_inputs, grad_outputs):
         self.record_grads(l, grad_inputs[0], grad_outputs[0], key)
@@ -300,7 +312,10 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
     backward(x, cotangent)
     for l in range(len(params)):
         rec.take_weight_grad(l)
-    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
+    n = x.numel()
+    del x, h
+    rec.release_graph()
+    return rec.columns(x0.shape[0], n, weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
 
 
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
@@ -335,9 +350,12 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         x = checkpoint(run_segment, x, start, use_reentrant=False)
     state["recomputing"] = True
     backward(x, cotangent)
+    n = x.numel()
+    del x
+    rec.release_graph()
     if check is not None:
         check.verify(cfg.init)
-    return rec.columns(x0.shape[0], x.numel(), weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
+    return rec.columns(x0.shape[0], n, weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
 
 
 class WeightCheck:
