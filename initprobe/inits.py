@@ -5,7 +5,6 @@ exactly as torch.nn.init does for Linear (out, in) and Conv (out, in, k, k) weig
 """
 
 import functools
-import importlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -296,14 +295,13 @@ def _custom(spec: str) -> Init:
 
 def _load_custom(spec: str) -> Callable:
     """A user's init as a registry function: `custom_(w, generator)` calls it (usercode.call: whatever it raises is
-    its error), seeds the global generators around it (usercode.seeded_globals) and checks what it returns."""
-    module_name, _, attr = spec.partition(":")
-    module = usercode.call(f"cannot import init '{spec}'", importlib.import_module, module_name)
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise usercode.UserCodeError(f"init '{spec}': {module_name} has no function {attr!r}" if fn is None
-                                     else f"init '{spec}' is not callable")
-    takes_generator = _check_signature(spec, fn)
+    its error), seeds the global generators around it (usercode.seeded_globals) and checks what it returns.
+    KeyError, as for an unknown name, if it cannot be imported or called as fn(weight)."""
+    try:
+        fn = usercode.load(spec, "init")
+        takes_generator = _check_signature(spec, fn)
+    except usercode.UserCodeError as e:
+        raise KeyError(str(e)) from None
 
     def custom_(w, generator=None):
         shape, seed = tuple(w.shape), None if generator is None else generator.initial_seed()

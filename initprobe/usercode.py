@@ -11,10 +11,13 @@ again (a checkpointed probe's recompute) gets the weights it had.
 """
 
 import contextlib
+import importlib
 import signal
 import threading
+from typing import Callable
 
 from .errors import ConfigError
+from .names import did_you_mean
 
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 _received = 0  # interrupts seen by the handlers marked_signals() installs
@@ -22,6 +25,22 @@ _received = 0  # interrupts seen by the handlers marked_signals() installs
 
 class UserCodeError(ConfigError):
     """A user's code failed (raised anything, returned something unusable)."""
+
+
+def load(spec: str, what: str) -> Callable:
+    """The callable `spec` = package.module:name names (`what`: "init", for messages); UserCodeError, one line
+    naming it, if its module cannot be imported (whatever the import raises), lacks the name, or it is not
+    callable."""
+    module_name, _, attr = spec.partition(":")
+    module = call(f"cannot import {what} '{spec}'", importlib.import_module, module_name)
+    if not hasattr(module, attr):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise UserCodeError(f"cannot import {what} '{spec}': {module_name} has no '{attr}'"
+                            f"{did_you_mean(attr, public)}")
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise UserCodeError(f"{what} '{spec}' is not callable")
+    return fn
 
 
 def call(what: str, fn, *args, **kwargs):
