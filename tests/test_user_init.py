@@ -111,6 +111,12 @@ FAILING = {  # function: what its one line must say
     "interrupts": "KeyboardInterrupt",
     "escapes": "Escape: not an Exception",
     "raises": "RuntimeError: boom",
+    "wrong_shape": "returned a tensor of shape [3, 3], expected [8, 8]",
+    "a_list": "returned list",
+    "no_tensor": "must take the weight tensor",
+    "scalar": "returned a tensor of shape [], expected [8, 8]",
+    "broadcasts": "returned a tensor of shape [8], expected [8, 8]",
+    "resizes": "changed the weight's shape from [8, 8] to [2]",
 }
 
 
@@ -153,7 +159,7 @@ def sweep_file(path, module, backend):
         batch = 4
         seeds = 1
         [grid]
-        init = ["{module}:exits", "glorot_uniform", "{module}:interrupts", "{module}:raises",
+        init = ["{module}:exits", "glorot_uniform", "{module}:interrupts", "{module}:wrong_shape",
                 "{module}:exits_via_sys"]
     """))
     return path
@@ -163,7 +169,7 @@ def check_sweep(module):
     runs = pd.read_csv("results/hostile/runs.csv").set_index("init")
     assert len(runs) == 5
     assert runs.loc["glorot_uniform", "status"] == "ok"
-    for fn in ("exits", "interrupts", "raises", "exits_via_sys"):
+    for fn in ("exits", "interrupts", "wrong_shape", "exits_via_sys"):
         row = runs.loc[f"{module}:{fn}"]
         assert row["status"] == "failed" and FAILING[fn] in row["error"], row["error"]
     layers = pd.read_csv("results/hostile/layers.csv")
