@@ -9,12 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from initprobe import inits
+from initprobe import inits, runner
 from initprobe.cli import main
+from initprobe.config import RunConfig
 
 TINY = ["--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]
 
@@ -187,6 +189,53 @@ def test_a_process_sweep_records_each_failing_init_and_goes_on(user_module, caps
     code, _, err = call(capsys, ["sweep", str(sweep_file(tmp_path / "s.toml", user_module, "process")), "--quiet"])
     assert code == 0, err
     check_sweep(user_module)
+
+
+# ------------------------------------------------------------------------------------------ reproducible weights
+
+
+def cfg(init, **kw):
+    return RunConfig(init=init, depth=6, width=16, batch=8, seeds=2, plots=False, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("fn", ["global_torch", "global_numpy"])
+def test_an_init_ignoring_its_generator_is_reproducible(user_module, fn):
+    """The same seed gives the same numbers, another seed others, and the caller's global generators are as
+    they were (seeded per layer around the init, restored after)."""
+    torch.manual_seed(123)
+    np.random.seed(123)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    first = runner.measure(cfg(f"{user_module}:{fn}"), torch.device("cpu"))[0]
+    second = runner.measure(cfg(f"{user_module}:{fn}"), torch.device("cpu"))[0]
+    other = runner.measure(cfg(f"{user_module}:{fn}", seed=7), torch.device("cpu"))[0]
+    pd.testing.assert_frame_equal(first, second)
+    assert not np.allclose(first["weight_var"], other["weight_var"])
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+@pytest.mark.parametrize("fn", ["global_torch", "global_numpy"])
+def test_checkpointed_recompute_gets_the_weights_of_the_forward_pass(user_module, fn):
+    """The checkpointed probe makes each layer twice; an init drawing from the global generators gets the same
+    seed both times, so both probes measure one network: equal weights (weight_var exactly) and equal statistics up
+    to BLAS choosing another blocking for a recomputed segment (test_probe's tolerance: about 100 float32 ulps
+    through the layers; a mean near zero against its column's spread)."""
+    device = torch.device("cpu")
+    plain = runner.measure(cfg(f"{user_module}:{fn}"), device, checkpointed=False)[0]
+    ckpt = runner.measure(cfg(f"{user_module}:{fn}"), device, checkpointed=True)[0]
+    np.testing.assert_array_equal(ckpt["weight_var"], plain["weight_var"])
+    for name in ("preact_var", "act_var", "grad_preact_var", "grad_act_var", "weight_grad_var", "preact_mean"):
+        spread = float(np.std(plain[name])) or 1.0
+        np.testing.assert_allclose(ckpt[name], plain[name], rtol=1e-5, atol=1e-5 * spread, err_msg=name)
+
+
+def test_an_init_that_is_no_function_of_its_seed_cannot_be_checkpointed(user_module, capsys):
+    """An init with state of its own gives the recompute other weights: the run refuses to mix two networks."""
+    code, _, err = call(capsys, ["run", "--init", f"{user_module}:stateful", "--checkpoint", *TINY])
+    assert code == 2
+    assert err.count("\n") == 1 and "gave a layer other weights" in err and f"{user_module}:stateful" in err
+    code, _, err = call(capsys, ["run", "--init", f"{user_module}:stateful", "--no-checkpoint", "--quiet", *TINY])
+    assert code == 0, err
 
 
 def test_an_interrupt_handler_is_restored_after_the_init(user_module):
