@@ -5,7 +5,9 @@ not fork-safe; Windows has no fork) and only while no other Python thread runs (
 the child). Callers with further conditions (the sweep's workers: torch's OpenMP and CUDA) add them to this rule.
 """
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 from typing import Callable
@@ -24,7 +26,8 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
     """Call every task, sharing them between this process and `workers - 1` forked children (task k goes to
     process k % workers) where forking is safe, else all here. Pure-Python work such as drawing holds the GIL, so a
     second core needs a second process. A child that fails leaves its tasks to this process, which then raises any
-    error with a normal traceback."""
+    error with a normal traceback. If this process's own share raises (Ctrl-C, SIGTERM, an error), the children are
+    killed and reaped before the error goes on: none is left writing into a place the caller then removes."""
     workers = default_workers() if workers is None else workers
     workers = max(1, min(workers, len(tasks))) if fork_is_safe() else 1
     children = {}
@@ -39,9 +42,18 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
             finally:
                 os._exit(code)
         children[pid] = tasks[k::workers]
-    for task in tasks[0::workers]:
-        task()
-    for pid, share in children.items():
-        if os.waitpid(pid, 0)[1] != 0:
-            for task in share:
-                task()
+    try:
+        for task in tasks[0::workers]:
+            task()
+        for pid, share in list(children.items()):
+            failed = os.waitpid(pid, 0)[1] != 0
+            del children[pid]
+            if failed:
+                for task in share:
+                    task()
+    except BaseException:
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        raise

@@ -1,0 +1,92 @@
+"""Publication of a run directory: it appears only when everything the run was asked to write is written (its
+plots included); a generated name that another run took meanwhile becomes the next free one; staging folders that
+killed processes left behind are cleaned; a run that fails leaves no directory it created behind."""
+
+import os
+
+import pytest
+
+from initprobe import runner
+from initprobe.cli import main
+from initprobe.config import RunConfig
+from initprobe.plots import run_figures
+
+
+def small(**kw) -> RunConfig:
+    return RunConfig(**{**dict(depth=3, width=8, batch=4, seeds=1, plots=False, device="cpu"), **kw})
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "earlier").mkdir(parents=True)
+    (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------ plots before publishing
+
+
+def test_a_run_interrupted_while_drawing_its_plots_is_not_published(workdir, capsys, monkeypatch):
+    """Ctrl-C after the first figure is saved: no run directory (it would look finished with 1 of 5 plots), no
+    staging folder, no drawing process left writing into it; the message that nothing half-written was left
+    behind is true."""
+    parent, saved = os.getpid(), []
+
+    def save_then_interrupt(fig, path, fmt):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format=fmt)
+        if os.getpid() == parent:
+            saved.append(path.name)
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(run_figures, "save", save_then_interrupt)
+    before = snapshot(workdir)
+    code = main(["run", "--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1"])
+    assert code == 130 and "nothing half-written" in capsys.readouterr().err
+    assert saved == ["variance.png"]
+    assert snapshot(workdir) == before
+
+
+def test_a_published_run_has_its_plots(workdir):
+    result = runner.run(small(plots=True), root=workdir / "results")
+    assert sorted(p.name for p in (result.path / "plots").iterdir()) == [
+        "correlation.png", "histograms.png", "saturation.png", "variance.png", "weight_grad.png"]
+
+
+def test_drawing_processes_die_with_an_error_of_the_parent(tmp_path, monkeypatch):
+    """forking.run_shared: when the parent's own share raises, its forked children are killed and reaped before
+    the error goes on (a child still drawing would write into the staging folder the caller then removes)."""
+    from initprobe import forking
+
+    monkeypatch.setattr(forking, "fork_is_safe", lambda: True)
+    marker, forked, fork = tmp_path / "child-wrote", [], os.fork
+
+    def recording_fork():
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+
+    def parent_share():
+        raise KeyboardInterrupt
+
+    def child_share():
+        import time
+
+        time.sleep(5)
+        marker.write_text("late\n")
+
+    with pytest.raises(KeyboardInterrupt):
+        forking.run_shared([parent_share, child_share], workers=2)
+    assert len(forked) == 1
+    with pytest.raises(ChildProcessError):  # the child is gone and reaped
+        os.waitpid(forked[0], os.WNOHANG)
+    assert not marker.exists()
