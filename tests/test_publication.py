@@ -2,13 +2,14 @@
 plots included); a generated name that another run took meanwhile becomes the next free one; staging folders that
 killed processes left behind are cleaned; a run that fails leaves no directory it created behind."""
 
+import json
 import os
 
 import pytest
 
-from initprobe import runner
+from initprobe import results, runner
 from initprobe.cli import main
-from initprobe.config import RunConfig
+from initprobe.config import ConfigError, RunConfig
 from initprobe.plots import run_figures
 
 
@@ -57,6 +58,39 @@ def test_a_published_run_has_its_plots(workdir):
     result = runner.run(small(plots=True), root=workdir / "results")
     assert sorted(p.name for p in (result.path / "plots").iterdir()) == [
         "correlation.png", "histograms.png", "saturation.png", "variance.png", "weight_grad.png"]
+
+
+# ------------------------------------------------------------------------------------------ names at publication
+
+
+def test_a_generated_name_taken_meanwhile_becomes_the_next_free_one(workdir):
+    """Another run publishes the same generated name while this one probes: this one is published as -2, its
+    config.json says so, and the other is untouched."""
+    root = workdir / "results"
+    name = results.default_name(small())
+
+    def other_run_publishes(_):
+        (root / name).mkdir()
+        (root / name / "layers.csv").write_text("the other run's\n")
+
+    result = runner.run(small(), on_seed=other_run_publishes, root=root)
+    assert result.path == root / f"{name}-2"
+    assert json.loads((result.path / "config.json").read_text())["config"]["out"] == str(root / f"{name}-2")
+    assert (root / name / "layers.csv").read_text() == "the other run's\n"
+    assert sorted(p.name for p in root.iterdir()) == sorted(["earlier", name, f"{name}-2"])
+
+
+def test_an_explicit_out_taken_meanwhile_is_an_error_and_nothing_is_left(workdir):
+    root, out = workdir / "results", workdir / "results" / "mine"
+
+    def other_writes_out(_):
+        out.mkdir()
+        (out / "notes.txt").write_text("theirs\n")
+
+    with pytest.raises(ConfigError, match="appeared while the run was going"):
+        runner.run(small(out=str(out)), on_seed=other_writes_out, root=root)
+    assert sorted(p.name for p in root.iterdir()) == ["earlier", "mine"]  # no hidden staging folder kept
+    assert (out / "notes.txt").read_text() == "theirs\n" and len(list(out.iterdir())) == 1
 
 
 def test_drawing_processes_die_with_an_error_of_the_parent(tmp_path, monkeypatch):
