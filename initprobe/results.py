@@ -259,6 +259,36 @@ def _plain_text(values: np.ndarray) -> bool:
     return all(isinstance(v, str) and v and not any(ch in v for ch in ',"\r\n') for v in set(values.tolist()))
 
 
+def incomplete(path: str | Path) -> str | None:
+    """Why the run directory `path` is not a complete run, or None if it is: config.json and summary.json are JSON
+    objects; layers.csv and histograms.csv (and jacobian.csv, plots/ when its config.json asked for them) are there
+    and end with a line end (a file cut short almost never does); layers.csv has the same number of rows for each of
+    the run's seeds (a file cut at a line end does not). Reads what a sweep's layers.csv reads anyway."""
+    path = Path(path)
+    try:
+        info = read_json(path / "config.json")
+        cfg = info["config"]
+        if not isinstance(read_json(path / "summary.json"), dict):
+            return "summary.json is not a JSON object"
+        files = ["layers.csv", "histograms.csv"] + (["jacobian.csv"] if cfg.get("jacobian") else [])
+        for name in files:
+            with open(path / name, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    return f"{name} is cut short"
+        seeds = pd.read_csv(path / "layers.csv", usecols=["seed", "layer"])["seed"].value_counts()
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:
+        return f"{type(e).__name__}: {e}"
+    if len(seeds) != cfg.get("seeds") or seeds.nunique() != 1:
+        return f"layers.csv has rows of {len(seeds)} seed(s), unevenly, for a run of {cfg.get('seeds')}"
+    if cfg.get("plots"):
+        figure = path / "plots" / f"variance.{cfg.get('plot_format', 'png')}"
+        plots = list((path / "plots").glob("*")) if (path / "plots").is_dir() else []
+        if not figure.is_file() or any(p.stat().st_size == 0 for p in plots):
+            return "its plots are missing or empty"
+    return None
+
+
 def read_run(path: str | Path) -> dict:
     """A run directory as {'path', 'config', 'layers', 'histograms', 'summary'}; ConfigError if it is not one."""
     path = Path(path)

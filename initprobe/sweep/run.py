@@ -92,6 +92,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         for device in sorted({p.device for p in sweep.points}):
             devices.resolve(device)
     _prepare(target, sweep, ids, opts, command)
+    ledger_mod.remove_incomplete(target, ids)  # a run whose files were deleted or cut short since: run it again
     ledger = Ledger(target, sweep, ids)
     labels = dict(zip(ids, (run_label(p, sweep.varying) for p in sweep.points)))
     jobs = [(rid, dataclasses.replace(cfg, out=str(ledger.run_dir(rid))))
