@@ -289,17 +289,53 @@ def incomplete(path: str | Path) -> str | None:
     return None
 
 
+# the columns the figures read, which every run's files have; anything else (theory_*, preact_corr) is optional
+LAYER_COLUMNS = ("seed", "layer", "preact_var", "act_var", "grad_preact_var", "grad_act_var", "weight_var",
+                 "weight_grad_var", "saturated_frac", "zero_frac")
+HIST_COLUMNS = ("quantity", "layer", "bin_left", "bin_right", "count")
+JACOBIAN_COLUMNS = ("input", "singular_value")
+
+
 def read_run(path: str | Path) -> dict:
-    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary'}; ConfigError if it is not one."""
+    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary', 'jacobian'}; ConfigError, one line
+    naming the file and what is wrong with it, if it is not one a figure can be drawn from: JSON files that are not
+    JSON objects, CSVs that cannot be read, lack a column or a row, or hold text where numbers belong."""
     path = Path(path)
     if not (path / "layers.csv").is_file() or not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a run directory (no layers.csv/config.json)")
-    hist_path, jac_path = path / "histograms.csv", path / "jacobian.csv"
+    hist_path, jac_path, summary_path = path / "histograms.csv", path / "jacobian.csv", path / "summary.json"
     return {
-        "jacobian": pd.read_csv(jac_path) if jac_path.is_file() else None,
+        "jacobian": _table(jac_path, JACOBIAN_COLUMNS) if jac_path.is_file() else None,
         "path": path,
-        "config": read_json(path / "config.json"),
-        "layers": pd.read_csv(path / "layers.csv"),
-        "histograms": pd.read_csv(hist_path) if hist_path.is_file() else None,
-        "summary": read_json(path / "summary.json") if (path / "summary.json").is_file() else {},
+        "config": _json_object(path / "config.json"),
+        "layers": _table(path / "layers.csv", LAYER_COLUMNS),
+        "histograms": _table(hist_path, HIST_COLUMNS, ("quantity",)) if hist_path.is_file() else None,
+        "summary": _json_object(summary_path) if summary_path.is_file() else {},
     }
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not readable JSON: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        raise ConfigError(f"{path} is not a run's JSON object")
+    return data
+
+
+def _table(path: Path, columns: tuple[str, ...], text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The CSV at `path`, with at least one row and `columns`, numeric except those in `text`."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas' EmptyDataError, ParserError, UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path} is not a readable CSV: {' '.join(str(e).split())}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} lacks the column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise ConfigError(f"{path} has a header but no rows")
+    wrong = [c for c in columns if c not in text and not pd.api.types.is_numeric_dtype(frame[c])]
+    if wrong:
+        raise ConfigError(f"{path} holds text where numbers belong, in {', '.join(wrong)}")
+    return frame

@@ -1,0 +1,94 @@
+"""Hostile input the command must turn into one line on stderr and exit code 2, with nothing written or changed
+(or, where the input is valid after all, a finished run): broken run directories handed to `initprobe plot`, and
+the cases of tests/test_fuzz_options.py's table that need more than a value."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from initprobe.cli import main
+
+TINY = ["--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def refused(capsys, argv, *fragments):
+    """main(argv) is exit 2 with one line on stderr holding every fragment, nothing on stdout."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, (code, captured.err)
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    for fragment in fragments:
+        assert fragment in captured.err, (fragment, captured.err)
+    return captured.err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "good"
+    assert main(["run", *TINY, "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ plot of a broken run
+
+
+def drop_column(path: Path, column: str) -> None:
+    lines = path.read_text().splitlines()
+    i = lines[0].split(",").index(column)
+    path.write_text("\n".join(",".join(c for k, c in enumerate(line.split(",")) if k != i) for line in lines) + "\n")
+
+
+def keep_header(path: Path) -> None:
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+BROKEN = {  # name: (damage, fragments of the one line)
+    "config-invalid-json": (lambda d: (d / "config.json").write_text("{\n"), ["config.json", "not readable JSON"]),
+    "config-empty": (lambda d: (d / "config.json").write_text(""), ["config.json", "not readable JSON"]),
+    "config-a-list": (lambda d: (d / "config.json").write_text("[1, 2]\n"), ["config.json", "JSON object"]),
+    "config-config-a-number": (lambda d: (d / "config.json").write_text('{"config": 5}\n'),
+                               ["config.json", "JSON object"]),
+    "summary-empty": (lambda d: (d / "summary.json").write_text(""), ["summary.json", "not readable JSON"]),
+    "summary-binary": (lambda d: (d / "summary.json").write_bytes(b"\xff\xfe\x00"), ["summary.json"]),
+    "layers-missing-column": (lambda d: drop_column(d / "layers.csv", "act_var"), ["layers.csv", "act_var"]),
+    "layers-header-only": (lambda d: keep_header(d / "layers.csv"), ["layers.csv", "no rows"]),
+    "layers-empty": (lambda d: (d / "layers.csv").write_text(""), ["layers.csv", "not a readable CSV"]),
+    "layers-text-in-numbers": (lambda d: (d / "layers.csv").write_text(
+        "seed,layer,preact_var,act_var,grad_preact_var,grad_act_var,weight_var,weight_grad_var,saturated_frac,"
+        "zero_frac\n0,1,a,1,1,1,1,1,0,0\n"), ["layers.csv", "preact_var"]),
+    "layers-binary": (lambda d: (d / "layers.csv").write_bytes(b"\x00\xff\xfe" * 50), ["layers.csv"]),
+    "histograms-wrong-columns": (lambda d: (d / "histograms.csv").write_text("x,y\n1,2\n"),
+                                 ["histograms.csv", "quantity"]),
+    "histograms-header-only": (lambda d: keep_header(d / "histograms.csv"), ["histograms.csv", "no rows"]),
+    "jacobian-wrong-columns": (lambda d: (d / "jacobian.csv").write_text("a\n1\n"),
+                               ["jacobian.csv", "singular_value"]),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_plot_of_a_broken_run_directory_is_one_line_and_exit_2(tmp_path, capsys, finished_run, case):
+    damage, fragments = BROKEN[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    before = snapshot(tmp_path)
+    refused(capsys, ["plot", str(run)], str(run), *fragments)
+    refused(capsys, ["plot", str(finished_run), str(run), "--out", str(tmp_path / "overlay")], str(run))
+    assert snapshot(tmp_path) == before
+
+
+def test_plot_of_a_run_without_summary_still_draws(tmp_path, capsys, finished_run):
+    """summary.json is optional for a figure (verdicts are left out): not an error."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "summary.json").unlink()
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "variance.png").stat().st_size > 0
+    assert json.loads((run / "config.json").read_text())["config"]["depth"] == 3
