@@ -92,3 +92,84 @@ def test_plot_of_a_run_without_summary_still_draws(tmp_path, capsys, finished_ru
     assert main(["plot", str(run)]) == 0
     assert (run / "plots" / "variance.png").stat().st_size > 0
     assert json.loads((run / "config.json").read_text())["config"]["depth"] == 3
+
+
+# ------------------------------------------------------------------------------------------ other hostile input
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """cwd = tmp_path with an earlier run in results/, a regular file, and hostile input files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "earlier").mkdir(parents=True)
+    (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
+    (tmp_path / "a-file").write_text("a regular file\n")
+    (tmp_path / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "run-5.toml").write_text("run = 5\n")
+    (tmp_path / "nul-name.toml").write_text('[sweep]\nname = "a\\u0000b"\n[base]\ndepth = 2\n')
+    return tmp_path
+
+
+CASES = {  # name: (argv, fragments of the one line)
+    "seed-past-64-bits": (["run", *TINY, "--seed", "18446744073709551615"], ["seed", "18446744073709551615"]),
+    "seed-past-63-bits": (["run", *TINY, "--seed", "9223372036854775808"], ["seed"]),
+    "seeds-run-past-63-bits": (["run", *TINY, "--seed", "9223372036854775807", "--seeds", "2"], ["seed"]),
+    "binary-config": (["run", *TINY, "--config", "binary.toml"], ["binary.toml", "not text"]),
+    "binary-sweep": (["sweep", "binary.toml"], ["binary.toml", "not text"]),
+    "run-not-a-table": (["run", *TINY, "--config", "run-5.toml"], ["run", "table"]),
+    "config-dev-zero": (["run", *TINY, "--config", "/dev/zero"], ["/dev/zero"]),
+    "sweep-dev-zero": (["sweep", "/dev/zero"], ["/dev/zero"]),
+    "config-a-directory": (["run", *TINY, "--config", "results"], ["results", "directory"]),
+    "nul-in-sweep-name": (["sweep", "nul-name.toml"], ["sweep.name"]),
+    "theory-out-a-file": (["theory", "--depth", "3", "--out", "a-file"], ["a-file", "exists"]),
+    "phase-out-a-file": (["phase", "--out", "a-file"], ["a-file", "exists"]),
+    "plot-out-a-file": (["plot", "{run}", "{run}", "--out", "a-file"], ["a-file", "exists"]),
+    "plot-out-under-a-file": (["plot", "{run}", "{run}", "--out", "a-file/x"], ["a-file"]),
+    "theory-out-under-a-file": (["theory", "--depth", "3", "--out", "a-file/x"], ["a-file"]),
+    "phase-out-under-a-file": (["phase", "--out", "a-file/x"], ["a-file"]),
+    "run-out-a-file": (["run", *TINY, "--out", "a-file"], ["a-file", "exists"]),
+    "sweep-out-a-file": (["sweep", "nul-name.toml", "--set", "sweep.name=ok", "--out", "a-file"], ["a-file"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hostile_input_is_one_line_exit_2_and_changes_nothing(workdir, capsys, finished_run, case):
+    argv, fragments = CASES[case]
+    argv = [a.replace("{run}", str(finished_run)) for a in argv]
+    before = snapshot(workdir)
+    refused(capsys, argv, *fragments)
+    assert snapshot(workdir) == before
+
+
+def test_bench_json_under_a_file_fails_before_benchmarking(workdir, capsys, monkeypatch):
+    from initprobe import bench
+
+    def no_bench(*args, **kwargs):
+        raise AssertionError("benchmarked before checking --json")
+
+    monkeypatch.setattr(bench, "run_all", no_bench)
+    before = snapshot(workdir)
+    refused(capsys, ["bench", "--json", "a-file/bench.json"], "a-file")
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("init, arch", [("orthogonal", "mlp"), ("delta_orthogonal", "cnn"), ("lsuv", "mlp"),
+                                        ("orthogonal", "cnn")])
+def test_bfloat16_with_an_orthogonal_init_finishes(workdir, capsys, init, arch):
+    """QR has no bfloat16 kernel: the orthogonal matrix is made in float32 and rounded to bfloat16, so its rows
+    stay orthonormal to bfloat16's precision (2^-8 relative: |W W^T - gain^2 I| below 0.05 for 8 rows)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from initprobe import inits
+
+    extra = ["--arch", "cnn", "--image-size", "6"] if arch == "cnn" else []
+    code = main(["run", *TINY, "--init", init, "--dtype", "bfloat16", *extra, "--out", "bf16", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    layers = pd.read_csv("bf16/layers.csv")
+    assert np.isfinite(layers[["preact_var", "act_var", "grad_preact_var"]].to_numpy()).all()
+    w = inits.get("orthogonal").fn(torch.empty(8, 8, dtype=torch.bfloat16), generator=torch.Generator())
+    assert w.dtype == torch.bfloat16
+    gram = w.float() @ w.float().T
+    assert torch.allclose(gram, torch.eye(8), atol=0.05)
