@@ -34,6 +34,7 @@ ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not 
 JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
+THEORY_MAX_DEPTH = 100_000  # `initprobe theory` computes a quadrature per layer: its time grows with the depth
 
 NETWORK, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Initializer", "Measurement", "Output"
 RUN, THEORY, PHASE = "run", "theory", "phase"

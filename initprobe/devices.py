@@ -1,5 +1,6 @@
 """Devices: which one a run uses, what it is called, how much memory is free, and the peak a run used."""
 
+import functools
 import platform
 import sys
 
@@ -40,6 +41,29 @@ def total_memory(device: torch.device) -> memory.Free:
     if device.type == "cuda":
         return memory.Free(torch.cuda.mem_get_info(device)[1], memory.host_total(), shared=False)
     return memory.Free(memory.host_total(), memory.host_total())
+
+
+def trim_host_memory(device: torch.device) -> None:
+    """Give freed host memory back to the system (glibc's malloc_trim) when `device` keeps its tensors in host
+    memory. glibc keeps freed blocks of up to 32 MiB in its heap for reuse; where a probe frees and allocates many
+    such blocks in turn (the checkpointed probe's recomputed segments, one seed after another), what it keeps grows
+    to several times what is in use, and the estimate of memory.py, which counts what is in use, would not bound
+    the process. Nothing happens on CUDA or without glibc."""
+    if device.type == "cuda":
+        return
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -21,11 +21,12 @@ LIBRARIES = 192 * MiB  # first use, in a run, of kernels and lazily imported mod
 PER_LAYER = 10 * 1024  # autograd nodes, hooks, 0-d statistics and seeds of one layer (measured ~7 KiB)
 PER_ROW = 1024  # one (seed, layer) row of the results: device rows, host copies, the frame, theory (~400 B)
 PER_THEORY_LAYER = 1024  # `initprobe theory`: one layer's predictions, the quadrature cache, the frame (~480 B)
+THEORY_FIXED = 16 * MiB  # `initprobe theory`: the quadrature's tables and what numpy and pandas first use
 # tensors of one layer's h (in the statistics' dtype) alive at once besides what autograd keeps:
 TRANSIENT = 8  # the statistics' scratch, phi'(h) by forward-mode AD (mish: ~8), gradients in flight
 CONVERSIONS = 4  # h, x, dL/dh, dL/dx in float32 when the network's dtype is narrower (bfloat16)
 CONV_WORKSPACE = 4  # a convolution's own buffers
-HIST_LAYERS = 5  # probe.hist_layers: the histograms' depths, where dL/dh (and h, if converted) are kept (first seed)
+HIST_LAYERS = 5  # probe.hist_layers: the histograms' depths, where x and a copy of dL/dh are kept (first seed)
 JACOBIAN_INPUTS = 4  # probe.jacobian_singular_values' inputs
 JACOBIAN_COPIES = 8  # per input, matrices of out x max(in, out) elements: the basis, vmapped gradients, the result,
 # its statistics-dtype copy, the SVD's workspace
@@ -66,11 +67,12 @@ def _layer_kept(cfg: RunConfig, s: Sizes) -> int:
     return (activations.get(cfg.act).saves * s.batch_units + s.padded) * s.element
 
 
-def _working(cfg: RunConfig, s: Sizes) -> int:
+def _working(cfg: RunConfig, s: Sizes, checkpointed: bool) -> int:
     """Bytes alive besides the layers' kept tensors: x0, the cotangent, two layers' weight gradients, a layer's
-    transient tensors, the histograms' kept copies."""
+    transient tensors, the histograms' kept tensors: a copy of dL/dh, and x, which is autograd's own in the plain
+    probe unless converted to the statistics' dtype, and kept alive only for them in the checkpointed one."""
     transient = TRANSIENT + (CONVERSIONS if s.element < s.stat else 0) + (CONV_WORKSPACE if cfg.arch == "cnn" else 0)
-    kept = min(cfg.depth, HIST_LAYERS) * (2 if s.element != s.stat else 1)
+    kept = min(cfg.depth, HIST_LAYERS) * (2 if s.element != s.stat or checkpointed else 1)
     return (s.batch_inputs + s.batch_units + 2 * s.weight_max) * s.element + (transient + kept) * s.batch_units * s.stat
 
 
@@ -86,7 +88,7 @@ def probe_bytes(cfg: RunConfig, checkpointed: bool) -> int:
         held = (s.weights + s.biases) * s.element + cfg.depth * _layer_kept(cfg, s)
         if inits.get(cfg.init).data_dependent:  # lsuv: its own batch, and the forward that rescales the weights
             held += s.batch_inputs * s.element + 3 * s.batch_units * s.stat
-    return held + _working(cfg, s) + cfg.depth * PER_LAYER
+    return held + _working(cfg, s, checkpointed) + cfg.depth * PER_LAYER
 
 
 def jacobian_bytes(cfg: RunConfig) -> int:
@@ -104,7 +106,8 @@ def results_bytes(cfg: RunConfig) -> int:
 
 
 def theory_bytes(cfg: RunConfig) -> int:
-    return LIBRARIES + cfg.depth * PER_THEORY_LAYER
+    """Host bytes of `initprobe theory`'s predictions (numpy only: none of the run's libraries)."""
+    return THEORY_FIXED + cfg.depth * PER_THEORY_LAYER
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,19 @@ def refusal(cfg: RunConfig, free: Free, ways: list[bool], reason: str | None = N
             options.append(f"--{key.replace('_', '-')} {best}")
     hint = f"; at most {', '.join(options[:-1]) + ' or ' if len(options) > 1 else ''}{options[-1]} would fit " \
            "(with the other options as given)" if options else "; nothing this size fits"
-    return text + hint
+    return text + hint + _other_way(cfg, fits, ways)
+
+
+def _other_way(cfg: RunConfig, fits, ways: list[bool]) -> str:
+    """'; with --checkpoint it fits' or '; without --jacobian the checkpointed probe fits', where that is so."""
+    import dataclasses
+
+    if ways == [False] and cfg.checkpoint is False and can_checkpoint(cfg) is None and fits(cfg, True):
+        return "; with --checkpoint it fits"
+    plain = dataclasses.replace(cfg, jacobian=False, checkpoint=None)
+    if cfg.jacobian and can_checkpoint(plain) is None and fits(plain, True):
+        return "; without --jacobian the checkpointed probe fits"
+    return ""
 
 
 def _largest(cfg: RunConfig, key: str, ok) -> int | None:
@@ -226,18 +241,21 @@ def check_theory(cfg: RunConfig, free_host: int) -> None:
     """ConfigError, with the depth that would fit, when `initprobe theory` would not fit in memory."""
     if theory_bytes(cfg) <= free_host:
         return
-    depth = max(0, (free_host - LIBRARIES) // PER_THEORY_LAYER)
+    depth = max(0, (free_host - THEORY_FIXED) // PER_THEORY_LAYER)
     raise ConfigError(f"the predictions for {cfg.depth} layers would need about {_size(theory_bytes(cfg))} of "
                       f"memory, {_size(free_host)} is free; at most --depth {depth} would fit")
 
 
 def _size(n: int) -> str:
-    """'7.5 GiB', '312 MiB', '1.2e+06 TiB'."""
+    """'312 MiB', '7.5 GiB', '1.2 TiB', '3.4e+290 TiB' (any size, an integer past a float's range included)."""
     if n < GiB:
         return f"{n / MiB:.0f} MiB"
-    if n < 1024 * 2**40:
-        return f"{n / GiB:.1f} GiB" if n < 2**40 else f"{n / 2**40:.1f} TiB"
-    return f"{n / 2**40:.2g} TiB"
+    if n < 2**40:
+        return f"{n / GiB:.1f} GiB"
+    if n < 2**60:
+        return f"{n / 2**40:.1f} TiB"
+    exponent = math.log10(n) - 40 * math.log10(2)  # log10 takes an int of any size
+    return f"{10 ** (exponent % 1):.1f}e+{int(exponent)} TiB"
 
 
 def host_available() -> int:

@@ -145,7 +145,11 @@ def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
     """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales.
-    ConfigError, before any per-layer array is made, for a depth whose predictions would not fit in memory."""
+    ConfigError, before any per-layer array is made, for a depth beyond config.THEORY_MAX_DEPTH or whose
+    predictions would not fit in memory."""
+    if cfg.depth > config.THEORY_MAX_DEPTH:
+        raise config.ConfigError(f"initprobe theory predicts at most {config.THEORY_MAX_DEPTH} layers (one quadrature "
+                                 f"each), got --depth {cfg.depth}; `initprobe run` predicts beside any depth it runs")
     memory.check_theory(cfg, memory.host_available())
     moment = expected_second_moment(cfg)
     if moment is None:

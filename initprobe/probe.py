@@ -19,7 +19,7 @@ import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import fused, inits, models, shapes, usercode
+from . import devices, fused, inits, models, shapes, usercode
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
@@ -144,19 +144,20 @@ class Recorder:
         self.kept, self.work, self.one_node = {}, None, None
         self.leaves = None  # the plain probe's weights
         self.nodes = []  # the hooked autograd nodes, layer by layer (release_graph)
+        self.buffers = {}  # (slot, shape) -> a tensor in the statistics' dtype (in_stat_dtype)
 
     def weight(self, l, w):
         """Statistics of W^l, taken once the layer's matmul has read W into cache (taken before it, they would read W
         from memory a second time)."""
-        self.weights.add(l, self.sums(w.detach()))
+        self.weights.add(l, self.sums(w, "w"))
 
     def forward(self, l, h, x):
         """Statistics of layer index l (h^l, x^l = phi(h^l)), and the hook for its gradients."""
-        hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)  # .to: no copy when already the dtype
+        hd, xd = self.in_stat_dtype(h, "h"), self.in_stat_dtype(x, "x")
         self.forward_stats(l, hd, xd)
         keep = l + 1 in self.hist_layers
         if keep:
-            self.kept[("act", l + 1)] = xd
+            self.kept[("act", l + 1)] = xd if x.dtype == self.dtype else xd.clone()  # not the reused buffer
         self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
 
     def workspace(self, hd) -> "Workspace":
@@ -223,7 +224,7 @@ class Recorder:
         self.grad_stats(l, gh, gx)
 
     def grad_stats(self, l, gh, gx):
-        self.grads.add(l, self.sums(gh) + self.sums(gx))
+        self.grads.add(l, self.sums(gh, "h") + self.sums(gx, "x"))
 
     def take_weight_grad(self, l):
         """Statistics of the gradient accumulated in leaf weight l, then free it: memory stays one layer's worth.
@@ -235,13 +236,26 @@ class Recorder:
             w.grad = None
 
     def weight_grad(self, l, grad):
-        self.weight_grads.add(l, self.sums(grad))
+        self.weight_grads.add(l, self.sums(grad, "w"))
 
-    def sums(self, t: torch.Tensor) -> list:
+    def sums(self, t: torch.Tensor, slot: str) -> list:
         """Sum and sum of squares of all elements, in the statistics' dtype (W and gradients: their mean is small
         against their spread, so E[t^2] - E[t]^2 loses nothing)."""
-        v = t.reshape(-1).to(self.dtype)
+        v = self.in_stat_dtype(t, slot).reshape(-1)
         return [v.sum(), v.dot(v)]
+
+    def in_stat_dtype(self, t: torch.Tensor, slot: str) -> torch.Tensor:
+        """t (detached) in the statistics' dtype: t itself, or a narrower network's tensor (bfloat16) copied into a
+        buffer kept for `slot` and t's shape. A new float32 copy of every tensor of every layer would leave holes
+        between the network's own tensors that the allocator keeps: several times the memory in use (memory.py).
+        The forward's slots (h, x, w) are free again when the backward's gradients use them."""
+        t = t.detach()
+        if t.dtype == self.dtype:
+            return t
+        buf = self.buffers.get((slot, t.shape))
+        if buf is None:
+            buf = self.buffers[(slot, t.shape)] = torch.empty(t.shape, dtype=self.dtype, device=t.device)
+        return buf.copy_(t)
 
     def columns(self, batch, n, n_weights) -> torch.Tensor:
         for rows in (self.fwd, self.weights, self.grads, self.weight_grads):
@@ -332,6 +346,8 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     check = WeightCheck(depth, x0.device) if inits.is_custom(cfg.init) else None
 
     def run_segment(x, start):
+        if state["recomputing"]:  # the last segment's freed blocks, kept by the allocator (devices.trim_host_memory)
+            devices.trim_host_memory(x0.device)
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
             if check is not None:

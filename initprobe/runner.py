@@ -36,6 +36,8 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     stats, hists, extra = [], {}, []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
+        if i:  # the last seed's freed blocks, kept by the allocator (devices.trim_host_memory)
+            devices.trim_host_memory(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         per_layer = models.layer_seeds(cfg.depth, gen)
         x0 = models.make_input(cfg, cfg.batch, device, gen)

@@ -87,8 +87,9 @@ def print_path(path) -> None:
 
 
 @app.command("theory", help=text(
-    "Mean-field predictions per layer without running a network (instant; no torch): q^l, activation and gradient "
-    "variances, the fixed point q*, chi_1, depth scales and the regime (ordered / critical / chaotic).\n\n"
+    f"Mean-field predictions per layer without running a network (no torch; up to {config.THEORY_MAX_DEPTH:,} "
+    "layers): q^l, activation and gradient variances, the fixed point q*, chi_1, depth scales and the regime "
+    "(ordered / critical / chaotic).\n\n"
     "Example: initprobe theory --act tanh --init glorot_normal --depth 100"))
 @with_options(*run_options(config.THEORY))
 def theory_cmd(ctx: typer.Context, **values):
