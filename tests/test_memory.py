@@ -115,6 +115,33 @@ def test_theory_refuses_a_depth_that_would_not_fit_in_memory():
         memory.check_theory(dataclasses.replace(cfg, depth=depth + 1), free)
 
 
+# ------------------------------------------------------------------------------------------ --jacobian kept
+
+
+def between_half_and_all(cfg) -> memory.Free:
+    """Free memory in which the plain probe fits but takes more than half: the automatic choice would checkpoint."""
+    n = memory.need(cfg, False).total(True)
+    return memory.Free(n * 3 // 2, n * 3 // 2)
+
+
+def test_jacobian_is_computed_where_the_automatic_choice_would_checkpoint(workdir, monkeypatch):
+    cfg = RunConfig(depth=6, width=32, batch=16, seeds=1, plots=False, jacobian=True, device="cpu")
+    free = between_half_and_all(cfg)
+    assert memory.plan(dataclasses.replace(cfg, jacobian=False), free)[0] is True  # would checkpoint without it
+    monkeypatch.setattr(devices, "free_memory", lambda device: free)
+    result = runner.run(cfg, root=workdir / "results")
+    assert result.summary["checkpoint"]["used"] is False and "jacobian" in result.summary
+    assert (result.path / "jacobian.csv").is_file()
+
+
+def test_jacobian_that_fits_only_checkpointed_is_refused_not_dropped():
+    cfg = RunConfig(depth=200, width=1024, batch=4096, seeds=1, jacobian=True)
+    free = memory.Free(memory.need(cfg, False).total(True) - 1, memory.need(cfg, False).total(True) - 1)
+    with pytest.raises(ConfigError, match="cannot be checkpointed: --jacobian needs the whole network") as refused:
+        memory.plan(cfg, free)
+    assert "without --jacobian the checkpointed probe fits" in str(refused.value)
+
+
 # ------------------------------------------------------------------------------------------ an upper bound
 
 PEAK = """
