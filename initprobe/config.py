@@ -33,6 +33,9 @@ FORMATS = ("png", "svg", "pdf")
 ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not given
 JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
+DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max, "bfloat16": 3.3895313892515355e38}
+SPREAD = 3.0  # the largest number an init is given, in units of its weights' root mean square (a uniform's bound is
+# sqrt(3), a truncated normal's cut 2 / 0.88 of it)
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
 THEORY_MAX_DEPTH = 100_000  # `initprobe theory` computes a quadrature per layer: its time grows with the depth
 
@@ -197,6 +200,8 @@ def _check_value(key: str, value):
     if not any(_IS[t](value) for t in types):
         want = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    if isinstance(value, str) and "\x00" in value:  # no name, path or choice holds one (the OS refuses it in a path)
+        raise ConfigError(f"{key} holds a NUL byte: {value!r}")
     if float in types and _IS[float](value):
         value = float(value)
         if not math.isfinite(value):
@@ -348,6 +353,26 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} does not apply to init '{cfg.init}' (it takes {takes})")
     if (cfg.bias == "normal") != (cfg.bias_std is not None):
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
+    _check_range(cfg, spec)
+
+
+def _check_range(cfg: RunConfig, spec) -> None:
+    """torch takes the options it is given as numbers of the network's dtype: one beyond the dtype's range, or a
+    scheme whose weights' scale would be beyond it (at the smallest fan, 1, where E[W^2] is largest), cannot run.
+    Within the range, draws that overflow are data (inf), as any overflow is."""
+    top = DTYPE_MAX[cfg.dtype]
+    for key in ("slope", *INIT_OPTIONS, "bias_std"):
+        value = getattr(cfg, key)
+        if isinstance(value, float) and abs(value) > top:
+            raise ConfigError(f"{key} {value:g} is beyond the range of {cfg.dtype} (at most {top:.4g})")
+    try:
+        second_moment = spec.expected_second_moment((1, 1, 1, 1), init_params(cfg))
+    except OverflowError:
+        second_moment = math.inf
+    if second_moment is not None and not SPREAD * math.sqrt(second_moment) <= top:
+        given = ", ".join(f"{k} {v:g}" for k, v in init_params(cfg).items() if isinstance(v, float))
+        raise ConfigError(f"init '{cfg.init}' ({given}) draws weights beyond the range of {cfg.dtype} "
+                          f"(at most {top:.4g})")
 
 
 def _check_jacobian(cfg: RunConfig) -> None:

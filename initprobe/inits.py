@@ -58,6 +58,8 @@ def sample_(w, std: float, distribution: str, generator=None):
         return w.uniform_(-bound, bound, generator=generator)
     if distribution in ("normal", "untruncated_normal"):
         return w.normal_(0.0, std, generator=generator)
+    if std == 0:  # every distribution's limit (torch's truncated normal would divide by it)
+        return w.zero_()
     if distribution == "truncated_normal":
         s = std / TRUNC_STD
         return torch.nn.init.trunc_normal_(w, 0.0, s, -2.0 * s, 2.0 * s, generator=generator)
@@ -162,6 +164,9 @@ def uniform_(w, bound=0.05, generator=None):
 def truncated_normal_(w, std=0.05, generator=None):
     """N(0, std^2) cut at +-2 std, no rescaling (Keras TruncatedNormal): the realized std is 0.88 std."""
     import torch
+
+    if std == 0:  # the limit (torch's truncated normal would divide by it)
+        return w.zero_()
 
     return torch.nn.init.trunc_normal_(w, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
 
