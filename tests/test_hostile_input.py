@@ -107,6 +107,10 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "binary.toml").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "run-5.toml").write_text("run = 5\n")
     (tmp_path / "nul-name.toml").write_text('[sweep]\nname = "a\\u0000b"\n[base]\ndepth = 2\n')
+    (tmp_path / "flat-and-run.toml").write_text('act = "relu"\n[run]\ndepth = 2\n')
+    (tmp_path / "other-table.toml").write_text('depth = 2\n[other]\nact = "relu"\n')
+    (tmp_path / "run-and-other.toml").write_text('[run]\ndepth = 2\n[other]\nact = "relu"\n')
+    (tmp_path / "nested-table.toml").write_text('[run]\ndepth = 2\n[run.more]\nact = "relu"\n')
     return tmp_path
 
 
@@ -120,6 +124,10 @@ CASES = {  # name: (argv, fragments of the one line)
     "config-dev-zero": (["run", *TINY, "--config", "/dev/zero"], ["/dev/zero"]),
     "sweep-dev-zero": (["sweep", "/dev/zero"], ["/dev/zero"]),
     "config-a-directory": (["run", *TINY, "--config", "results"], ["results", "directory"]),
+    "config-flat-keys-and-run-table": (["run", *TINY, "--config", "flat-and-run.toml"], ["'act' is outside [run]"]),
+    "config-unknown-table": (["run", *TINY, "--config", "other-table.toml"], ["unknown table [other]"]),
+    "config-run-and-unknown-table": (["run", *TINY, "--config", "run-and-other.toml"], ["'other' is outside [run]"]),
+    "config-table-in-run": (["run", *TINY, "--config", "nested-table.toml"], ["unknown table [more]"]),
     "nul-in-sweep-name": (["sweep", "nul-name.toml"], ["sweep.name"]),
     "theory-out-a-file": (["theory", "--depth", "3", "--out", "a-file"], ["a-file", "exists"]),
     "phase-out-a-file": (["phase", "--out", "a-file"], ["a-file", "exists"]),
@@ -173,3 +181,12 @@ def test_bfloat16_with_an_orthogonal_init_finishes(workdir, capsys, init, arch):
     assert w.dtype == torch.bfloat16
     gram = w.float() @ w.float().T
     assert torch.allclose(gram, torch.eye(8), atol=0.05)
+
+
+@pytest.mark.parametrize("text", ['act = "relu"\ndepth = 2\n', '[run]\nact = "relu"\ndepth = 2\n'])
+def test_a_config_file_flat_or_under_run_is_used_whole(workdir, capsys, text):
+    """Either layout works, every key of it taken (the command line overrides depth here, not act)."""
+    (workdir / "c.toml").write_text(text)
+    assert main(["run", *TINY, "--config", "c.toml", "--out", "r", "--quiet"]) == 0, capsys.readouterr().err
+    cfg = json.loads((workdir / "r" / "config.json").read_text())["config"]
+    assert cfg["act"] == "relu" and cfg["depth"] == 3
