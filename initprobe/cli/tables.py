@@ -128,11 +128,12 @@ def activation_table() -> Table:
 
 
 def option_table() -> Table:
-    table = Table(title="Run options (config keys; on the command line --key-with-dashes)")
+    table = Table(title="Options (config keys; on the command line --key-with-dashes)")
     for col in ("key", "commands", "takes", "default", "meaning"):
         table.add_column(col, overflow="fold")
-    for key, opt in config.OPTIONS.items():
-        table.add_row(key, ", ".join(opt.commands), escape(config.type_text(key)), escape(config.default_text(key)),
-                      escape(opt.help))
+    for key in config.DECLARED:
+        default, meaning = config.described(key)
+        table.add_row(key, ", ".join(config.commands(key)), escape(config.type_text(key)), escape(default),
+                      escape(meaning))
     return table
 
