@@ -1,6 +1,7 @@
 """Command-line options made from the declarations of the options themselves: the options of each command in
-config (config.command_fields) and the sweep options of sweep.spec.SWEEP_OPTIONS. Nothing about an option (its flag, help, panel, choices, default)
-is written here a second time; this module only says how a declaration becomes a typer option.
+config (config.command_fields) and the sweep options of sweep.spec.SWEEP_OPTIONS. Nothing about an option (its flag,
+help, panel, choices, default) is written here a second time; this module only says how a declaration becomes a
+typer option.
 
 A command is a function `fn(ctx, **values)`; `with_options` gives it the signature typer reads.
 """

@@ -26,6 +26,25 @@ def summary(summary: dict, path) -> Table:
     return table
 
 
+def training(summary: dict, path) -> Table:
+    """A training run's outcome per seed, with the mean, chance and what mean-field theory predicted."""
+    table = Table(title=escape(f"initprobe train — {path}"))
+    for col in ("seed", "last step", "diverged at", "train loss", "train accuracy", "test loss", "test accuracy"):
+        table.add_column(col, overflow="fold")
+    for s in summary["seeds"]:
+        diverged = "-" if s["diverged_at"] is None else f"[red]{s['diverged_at']}[/]"
+        table.add_row(str(s["seed"]), str(s["last_step"]), diverged, *[number(s[k]) for k in (
+            "train_loss", "train_accuracy", "test_loss", "test_accuracy")])
+    trainable = summary["trainability"]
+    table.caption = escape(
+        f"mean final test accuracy {number(summary['final_test_accuracy'])} (chance "
+        f"{number(summary['chance_accuracy'])}) · mean field: 6 xi_c = {number(trainable['six_xi_c'])} "
+        f"(sigma_w^2 = {number(trainable['sigma_w2'])}, sigma_b^2 = {number(trainable['sigma_b2'])}) vs depth "
+        f"{trainable['depth']}: predicted {trainable['predicted']} · trained in "
+        f"{summary['timings']['train_seconds']:.1f} s") + "\n[dim]train loss and accuracy: the last step's minibatch[/]"
+    return table
+
+
 SCALE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "q*": "q_star", "chi_1": "chi_1", "xi_q": "xi_q",
                  "xi_c": "xi_c", "gradient scale": "xi_grad"}
 
