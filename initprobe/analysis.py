@@ -95,7 +95,7 @@ def ranking(runs: pd.DataFrame) -> pd.DataFrame:
     ok = (runs["status"] == "ok").to_numpy() if "status" in runs else np.ones(len(runs), bool)
     score = np.where(np.isfinite(score) & ok, score, math.inf)
     columns = [c for c in ("label", "forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict",
-                           "status", "error", "run_id") if c in runs]
+                           "final_test_accuracy", "status", "error", "run_id") if c in runs]
     ranked = runs[columns].assign(score=score).sort_values("score", kind="stable").reset_index(drop=True)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     return ranked

@@ -96,17 +96,20 @@ def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_p
 
 
 def ranking(ranked, name: str) -> Table:
+    """The ranking of a sweep's runs; a train sweep's also show each run's final test accuracy."""
+    trained = "final_test_accuracy" in ranked
     table = Table(title=escape(f"Sweep {name} — ranked by |log10 forward ratio| + |log10 backward ratio| "
-                               "(0 is ideal)"))
-    for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
+                               f"(0 is ideal){' at step 0' if trained else ''}"))
+    for col in ("rank", "run", "forward ratio", "backward ratio", "score", *(["final test accuracy"] * trained)):
         table.add_column(col, overflow="fold")
     for _, r in ranked.iterrows():
         label = escape(str(r.get("label", r.get("run_id"))))
         if r.get("status") == "failed":
-            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]))
+            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]),
+                          *(["-"] * trained))
             continue
         table.add_row(str(r["rank"]), label, number(r["forward_ratio"]), number(r["backward_ratio"]),
-                      number(r["score"]))
+                      number(r["score"]), *([number(r["final_test_accuracy"])] * trained))
     return table
 
 

@@ -131,9 +131,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 
 
 def work(cfg: RunConfig) -> int:
-    """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
-    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute)."""
-    return cfg.seeds * shapes.multiply_adds(cfg)
+    """Multiply-adds of a run's forward passes, every seed (and step, training): what orders a parallel sweep's runs,
+    longest first (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's
+    recompute)."""
+    return cfg.seeds * getattr(cfg, "steps", 1) * shapes.multiply_adds(cfg)
 
 
 def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
