@@ -508,7 +508,8 @@ def _check_training(cfg: TrainConfig) -> None:
         if given:
             raise ConfigError(f"{given[0]} goes with data = teacher, not {cfg.data}")
     elif cfg.arch == "cnn":
-        raise ConfigError("the teacher's inputs are vectors, for an MLP; a CNN learns data = digits (1x8x8 images)")
+        raise ConfigError("data = teacher is for an MLP (its inputs are vectors); arch = cnn learns data = digits "
+                          "(1x8x8 images)")
     if cfg.optimizer != "sgd" and cfg.momentum is not None:
         raise ConfigError(f"momentum is sgd's; {cfg.optimizer} has its own moments")
     if cfg.data == "digits" and importlib.util.find_spec("sklearn") is None:
