@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml setup.py initprobe/_fused.c
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ run: install
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest
+
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check initprobe tests

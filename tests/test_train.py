@@ -283,3 +283,82 @@ def test_digits_without_the_extra_is_one_line_exit_2(tmp_path, monkeypatch, caps
     assert code == 2 and err.splitlines() == ["error: " + datasets.DIGITS_MISSING], err
     with pytest.raises(ConfigError, match="train"):
         config.validate(TrainConfig())
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A run of two seeds, and one whose only seed diverges, as read back from their directories."""
+    from initprobe import results
+
+    tmp = tmp_path_factory.mktemp("train")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread does for each test
+    try:
+        cpu = torch.device("cpu")
+        train.train(tiny(cpu, steps=8, record_every=2, out=str(tmp / "ok")))
+        train.train(tiny(cpu, act="relu", init="he_normal", lr=1e4, steps=8, record_every=4, seeds=1,
+                         out=str(tmp / "diverged")))
+    finally:
+        torch.set_num_threads(previous)
+    return results.read_run(tmp / "ok"), results.read_run(tmp / "diverged")
+
+
+def test_training_figure_draws_each_metrics_mean_over_seeds_and_chance(two_runs):
+    """Accuracies: the seeds' mean at each recorded step, and chance as a line; the loss on a log axis: the seeds'
+    geometric mean."""
+    from initprobe.plots import train_figures
+
+    run, _ = two_runs
+    loss_ax, acc_ax = train_figures.training_figure(run).axes
+    means = run["metrics"].groupby("step")[train.METRICS].mean()
+    lines = {line.get_label(): line for line in acc_ax.get_lines()}
+    np.testing.assert_allclose(lines["held out"].get_ydata(), means["test_accuracy"])
+    np.testing.assert_allclose(lines["train (its minibatch)"].get_ydata(), means["train_accuracy"])
+    chance = next(line for name, line in lines.items() if name.startswith("chance"))
+    assert chance.get_ydata()[0] == pytest.approx(run["summary"]["chance_accuracy"])
+    losses = {line.get_label(): line for line in loss_ax.get_lines()}
+    geometric = run["metrics"].groupby("step")["test_loss"].apply(lambda v: np.exp(np.log(v).mean()))
+    np.testing.assert_allclose(losses["held out"].get_ydata(), geometric)  # on a log axis, as run's variances
+    assert loss_ax.get_yscale() == "log" and acc_ax.get_xlabel() == "step"
+
+
+def test_training_figure_marks_where_a_seed_diverged(two_runs):
+    from initprobe.plots import train_figures
+
+    _, diverged = two_runs
+    at = diverged["summary"]["seeds"][0]["diverged_at"]
+    for ax in train_figures.training_figure(diverged).axes:
+        assert any(line.get_xdata()[0] == at and line.get_linestyle() == ":" for line in ax.get_lines())
+        assert any(f"step {at}" in t.get_text() for t in ax.texts)
+
+
+def test_layers_over_training_draws_each_shown_layers_mean_and_percentiles(two_runs):
+    """Per shown layer (all three of this network), act_mean's mean over seeds as the solid line, the seed means of
+    act_p02 and act_p98 dashed in its colour; saturated_frac beside."""
+    from initprobe.plots import train_figures
+
+    run, _ = two_runs
+    acts, sat = train_figures.layers_over_training_figure(run).axes[:2]
+    layers = run["layers"]
+    for layer in (1, 2, 3):
+        means = layers[layers["layer"] == layer].groupby("step")[["act_mean", "act_p02", "act_p98"]].mean()
+        solid = next(line for line in acts.get_lines() if line.get_label() == f"layer {layer}")
+        np.testing.assert_allclose(solid.get_ydata(), means["act_mean"])
+        dashed = [line.get_ydata() for line in acts.get_lines()
+                  if line.get_linestyle() == "--" and np.array_equal(line.get_color(), solid.get_color())]
+        np.testing.assert_allclose(dashed, [means["act_p02"], means["act_p98"]])
+    assert {line.get_label() for line in sat.get_lines()} >= {"layer 1", "layer 3"}
+
+
+@pytest.mark.slow
+def test_plot_run_draws_a_training_runs_figures(two_runs):
+    from initprobe import plots
+
+    paths = plots.plot_run(two_runs[0]["path"])
+    assert [p.stem for p in paths] == ["training", "layers_over_training", "variance", "histograms", "saturation"]
+    for path in paths:
+        assert path.read_bytes().startswith(b"\x89PNG")
+    assert [p.stem for p in plots.plot_run(two_runs[1]["path"])][:2] == ["training", "layers_over_training"]
