@@ -153,6 +153,29 @@ def recorded_steps(cfg: config.TrainConfig) -> list[int]:
     return sorted(set(range(0, cfg.steps + 1, cfg.record_every)) | {cfg.steps})
 
 
+class Records:
+    """One seed's recorded steps, kept on the device."""
+
+    def __init__(self):
+        self.steps, self.stats, self.percentiles, self.metrics, self.hist = [], [], [], [], {}
+
+    def add(self, t: int, step: dict, batch: int, held_out: torch.Tensor, histograms: bool) -> None:
+        """Step t's record: the recorded step's statistics and minibatch metrics, the held-out (loss, accuracy) and,
+        with `histograms`, the histograms of a few layers (probe.histograms)."""
+        if histograms:
+            shown = probe.hist_layers(len(step["stats"]))
+            self.hist = probe.histograms({k: v for k, v in step["kept"].items() if k[1] in shown})
+        train = torch.stack([step["loss"].float(), step["correct"].float() / batch])
+        self.metrics.append(torch.cat([train, held_out]))
+        self.stats.append(step["stats"])
+        self.percentiles.append(step["percentiles"])
+        self.steps.append(t)
+
+    def stacked(self) -> dict:
+        return {"steps": self.steps, "stats": torch.stack(self.stats), "percentiles": torch.stack(self.percentiles),
+                "metrics": torch.stack(self.metrics), "hist": self.hist}
+
+
 def train_seed(cfg: config.TrainConfig, data: datasets.Data, seed: int, device, lr: float,
                on_record: Callable[[int], None] | None = None, histograms: bool = False) -> dict:
     """Train seed `seed`'s network for cfg.steps steps (or until its loss is not finite). Returns, on the device:
@@ -164,9 +187,8 @@ def train_seed(cfg: config.TrainConfig, data: datasets.Data, seed: int, device, 
     batches = Batches(len(data.x_train), cfg.batch, gen)
     phi = activations.torch_fn(cfg.act, cfg.slope)
     saturation = activations.get(cfg.act).saturation(cfg.slope)
-    recorded = set(recorded_steps(cfg))
+    recorded, records = set(recorded_steps(cfg)), Records()
     losses = torch.full((cfg.steps + 1,), math.nan, device=device)
-    out = {"steps": [], "stats": [], "percentiles": [], "metrics": [], "hist": {}}
     unchecked = 0  # the first step whose loss has not been checked
     for t in range(cfg.steps + 1):
         idx = batches.next()
@@ -177,15 +199,8 @@ def train_seed(cfg: config.TrainConfig, data: datasets.Data, seed: int, device, 
             opt.step()
             continue
         step = recorded_step(cfg, net, phi, saturation, x, y)
-        if histograms and t == 0:
-            shown = probe.hist_layers(cfg.depth)
-            out["hist"] = probe.histograms({k: v for k, v in step["kept"].items() if k[1] in shown})
         losses[t] = step["loss"]
-        train = torch.stack([step["loss"].float(), step["correct"].float() / len(y)])
-        out["metrics"].append(torch.cat([train, evaluate(cfg, net, phi, data.x_test, data.y_test)]))
-        for key in ("stats", "percentiles"):
-            out[key].append(step[key])
-        out["steps"].append(t)
+        records.add(t, step, len(y), evaluate(cfg, net, phi, data.x_test, data.y_test), histograms and t == 0)
         del step
         if on_record:
             on_record(t)
@@ -194,8 +209,7 @@ def train_seed(cfg: config.TrainConfig, data: datasets.Data, seed: int, device, 
         unchecked = t + 1
         if t < cfg.steps:
             opt.step()
-    out.update({k: torch.stack(out[k]) for k in ("stats", "percentiles", "metrics")}, losses=losses)
-    return out
+    return {**records.stacked(), "losses": losses}
 
 
 # ---- the run directory -------------------------------------------------------------------------------------------
@@ -252,7 +266,7 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
                                  f"{cfg.data}")
     lr = config.learning_rate(cfg)
     final, staging = results.reserve(cfg.out, default_name(cfg), root)
-    try:
+    with results.publishing(staging, final):  # nothing half-written is left behind (Ctrl-C, a crash)
         resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "training": {"lr": lr, "momentum": config.momentum(cfg), "data": data.describe()},
@@ -261,10 +275,6 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         results.write_run(staging, info, layers, hist, summary)
         results.write_csv(metrics, staging / "metrics.csv")
-    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
-        results.discard(staging)
-        raise
-    results.publish(staging, final)
     if cfg.plots:
         from . import plots
 
