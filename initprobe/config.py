@@ -248,7 +248,7 @@ def learning_rate(cfg: TrainConfig) -> float:
     (width 128, digits) shrinks like 1/depth (the neural tangent kernel grows like depth at criticality) and, beyond
     about 30 layers, faster, like 1/depth^2 (depth nears the width: finite-width effects). SGD's step is written
     for its effective size lr / (1 - momentum), which is what the stability bound limits; adam's is a hundredth of
-    SGD's effective step (docs/experiments.md, "Learning rate")."""
+    SGD's effective step (docs/training.md, "The learning rate")."""
     if cfg.lr != "auto":
         return float(cfg.lr)
     by_depth = min(1.0, 10.0 / cfg.depth, 300.0 / cfg.depth**2)

@@ -362,3 +362,22 @@ def test_plot_run_draws_a_training_runs_figures(two_runs):
     for path in paths:
         assert path.read_bytes().startswith(b"\x89PNG")
     assert [p.stem for p in plots.plot_run(two_runs[1]["path"])][:2] == ["training", "layers_over_training"]
+
+
+def test_a_config_file_sets_trains_options_and_the_command_line_wins(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.toml").write_text('[run]\nsteps = 3\nrecord_every = 2\ndepth = 2\nwidth = 4\nlr = 0.05\n')
+    assert main(["train", "--config", "t.toml", "--steps", "4", "--seeds", "1", "--no-plots", "--quiet",
+                 "--out", "r"]) == 0
+    info = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (info["config"]["steps"], info["config"]["record_every"], info["training"]["lr"]) == (4, 2, 0.05)
+    assert pd.read_csv(tmp_path / "r" / "metrics.csv")["step"].tolist() == [0, 2, 4]
+    (tmp_path / "bad.toml").write_text("jacobian = true\n")
+    assert main(["train", "--config", "bad.toml"]) == 2
+    assert "unknown key 'jacobian'" in capsys.readouterr().err
+
+
+def test_list_options_shows_the_train_options(capsys):
+    assert main(["list", "options"]) == 0
+    printed = capsys.readouterr().out
+    assert all(key in printed for key in ("record_every", "teacher_depth", "optimizer"))
