@@ -8,9 +8,9 @@
 - teacher: Gaussian inputs x ~ N(0, I) labelled by a random deep tanh network (weights N(0, 2/fan_in), no biases,
   a readout N(0, 1/width), the label its largest logit). Near a tie between two logits a label is noise to any
   student, so twice as many inputs are drawn and the half with the largest gap between the top two logits is kept:
-  margin filtering, which makes the task learnable (a student reaches 0.9 where logistic regression stays near
-  0.84, at the default sizes). The teacher and its data come from TEACHER_SEED: every seed of a run learns the
-  same task.
+  margin filtering, which makes the task learnable and still not linear: at the default sizes a ReLU student of
+  depth 4 reaches 0.89 held-out accuracy in 2,000 steps, logistic regression 0.86. The teacher and its data come
+  from TEACHER_SEED: every seed of a run learns the same task.
 
 Data is numpy until `load` moves it to the device once, in the network's dtype.
 """

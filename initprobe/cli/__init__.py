@@ -86,22 +86,34 @@ def run(ctx: typer.Context, **values):
 def train_cmd(ctx: typer.Context, **values):
     cfg = load(ctx, values, config.TRAIN)
     with importing():
-        import torch
-
         from .. import train
 
         if cfg.plots:
             from .. import plots  # noqa: F401  (train.train draws with it)
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
     if values["quiet"]:
-        print_path(train.train(cfg, command=_command()).path)
+        with one_thread():
+            print_path(train.train(cfg, command=_command()).path)
         return
-    with progress_bar(*_progress_columns()) as progress:
+    with progress_bar(*_progress_columns()) as progress, one_thread():
         task = progress.add_task(f"training {cfg.seeds} network(s)", total=cfg.seeds * cfg.steps)
         result = train.train(cfg, on_progress=lambda done: progress.update(task, completed=done, refresh=True),
                              command=_command())
     out.print(tables.training(result.summary, result.path))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's intra-op threads set to one inside the block (and restored after), unless OMP_NUM_THREADS names a
+    number of its own."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _progress_columns():
