@@ -670,3 +670,11 @@ def test_a_train_sweep_gives_the_same_numbers_on_the_process_backend(tmp_path, t
     assert result.failed == 0
     pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), numeric_layers(train_sweep.path),
                                   check_exact=True)
+
+
+def test_trainability_heatmap_axes_are_sigma_w2_and_depth_where_both_vary_else_the_swept_keys():
+    runs = pd.DataFrame({"depth": [10, 10, 20, 20], "sigma_w2": [1.0, 2.0, 1.0, 2.0], "scale": [1.0, 2.0, 1.0, 2.0],
+                         "init": ["a", "b", "a", "b"], "seed": [0, 1, 0, 1]})
+    assert sweep_figures.heatmap_axes(runs, ["scale", "depth"]) == ("sigma_w2", "depth")
+    one_depth = runs[runs["depth"] == 10]  # an init's sigma_w^2 is no axis of its own: the init is
+    assert sweep_figures.heatmap_axes(one_depth, ["init", "seed"]) == (None, "init")

@@ -318,13 +318,13 @@ CURVE_STYLES = {"six_xi_c": ("--", r"$6\,\xi_c$: trainable below (Schoenholz et 
 
 
 def heatmap_axes(runs: pd.DataFrame, varying: list[str]) -> tuple[str | None, str | None]:
-    """(x key, y key) of the trainability heatmap: sigma_w2 across and depth up where they vary, else the varying keys
-    in the sweep's order (None where there is no second)."""
+    """(x key, y key) of the trainability heatmap: sigma_w2 across and depth up where both vary (Schoenholz et al.'s
+    axes), else the keys the sweep varies, in its order (None where there is no second)."""
     def varies(key):
         return key in runs and runs[key].nunique(dropna=True) > 1
 
     y = HEATMAP_Y if varies(HEATMAP_Y) else None
-    x = HEATMAP_X if varies(HEATMAP_X) else None
+    x = HEATMAP_X if y and varies(HEATMAP_X) else None
     others = [k for k in varying if k not in (x, y) and k not in POOLED_KEYS and varies(k)]
     if y is None and others:
         y = others.pop(0)
@@ -392,11 +392,10 @@ def trainability_figure(runs: pd.DataFrame, varying: list[str], title: str, curv
                     color="white" if not np.isnan(table[i, j]) and table[i, j] < 0.6 else "black")
     if y_log:
         ax.set_yscale("log")
-        ax.set_yticks(yc, [formatting.value(v) for v in ys])
         ax.yaxis.set_minor_locator(NullLocator())
-    else:
-        ax.set_yticks(yc, [formatting.value(v) for v in ys])
-    ax.set_xticks(xc, [formatting.value(v) for v in xs], rotation=0 if len(xs) <= 10 else 45)
+    ax.set_yticks(yc if y else [], [formatting.value(v) for v in ys] if y else [])
+    ax.set_xticks(xc if x else [], [formatting.value(v) for v in xs] if x else [],
+                  rotation=0 if len(xs) <= 10 else 45)
     ax.set_xlim(x_edges[0], x_edges[-1])
     ax.set_ylim(y_edges[0], y_edges[-1])
     if curves is not None and x == HEATMAP_X and y == HEATMAP_Y:
