@@ -156,7 +156,7 @@ DATASETS = ("digits", "teacher")
 OPTIMIZERS = ("sgd", "adam")
 NOT_TRAINED = ("jacobian", "checkpoint")  # run's alone: the spectrum at init; training holds the whole network anyway
 FROM_DATA = ("input_dim", "in_channels", "image_size")  # the data's shape sets them
-TRAIN_ARCH_DEFAULTS = {"mlp": (128, 64), "cnn": (32, 64)}  # (width, batch): a default train in well under a minute
+TRAIN_ARCH_DEFAULTS = {"mlp": (128, 64), "cnn": (16, 64)}  # (width, batch): a default train in well under a minute
 DIGITS_SHAPE = (1, 8, 8)  # scikit-learn's digits: 8x8 grey images (an MLP reads them as 64 numbers)
 TEACHER_DEFAULTS = {"teacher_dim": 16, "teacher_depth": 3, "teacher_width": 64, "classes": 10,
                     "teacher_examples": 16384}
@@ -180,7 +180,7 @@ class TrainConfig(RunConfig):
     is also a train option, except FROM_DATA, which the data sets."""
 
     depth: int = _for_training("depth", 20)
-    width: int | None = _for_training("width", None, default_text="128 MLP, 32 CNN")
+    width: int | None = _for_training("width", None, default_text="128 MLP, 16 CNN")
     in_channels: int | None = _for_training("in_channels", None)
     image_size: int | None = _for_training("image_size", None)
     batch: int | None = _for_training("batch", None, help="Examples per training minibatch (each recorded step's "
