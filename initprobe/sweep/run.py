@@ -132,8 +132,12 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 
 def work(cfg: RunConfig) -> int:
     """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
-    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute)."""
-    return cfg.seeds * shapes.multiply_adds(cfg)
+    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute).
+    A closed form: every layer after the first costs the same, so the driver builds nothing per layer and a
+    billion-layer point (refused later by its run) cannot exhaust the driver's memory."""
+    first = shapes.multiply_adds(dataclasses.replace(cfg, depth=1))
+    each_next = shapes.multiply_adds(dataclasses.replace(cfg, depth=2)) - first
+    return cfg.seeds * (first + (cfg.depth - 1) * each_next)
 
 
 def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
