@@ -2,9 +2,17 @@
 mid-run, a cluster that cannot be reached, two sweeps on one directory, options that do not apply to a run, a sweep
 whose every run failed."""
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import tracemalloc
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from initprobe import shapes, sweep
 from initprobe.sweep import backends
@@ -54,3 +62,211 @@ def test_a_billion_layer_point_does_not_kill_the_driver(tmp_path, monkeypatch):
     assert given == [10**9, 3]  # the longest first
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert sorted(runs["depth"]) == [3, 10**9] and set(runs["status"]) == {"failed"} and result.failed == 2
+
+
+# --- a driver killed mid-run ----------------------------------------------------------------------------------------
+
+# A user's init that holds its run until the test opens the gate, leaving a file named after the process that runs
+# it: the test knows which workers are busy, and kills the driver while they are.
+GATE = """
+import os
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+
+
+def gated_(w, generator=None):
+    (HERE / f"busy-{os.getpid()}").touch()
+    while not (HERE / "open").exists():
+        time.sleep(0.02)
+    return torch.nn.init.normal_(w, std=w.shape[1] ** -0.5, generator=generator)
+"""
+HANG_GUARD = 60  # seconds: a bound on waiting for something that should happen at once, not a measured time
+
+
+# `initprobe ARGS` with the process backend's workers spawned, not forked (as where forking is not safe)
+SPAWNING = ("import sys; from initprobe.sweep import backends; backends.start_method = lambda *a: 'spawn'; "
+            "from initprobe.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def initprobe(*args, cwd: Path, spawn: bool = False) -> subprocess.Popen:
+    """`initprobe ARGS` in a process of its own, with cwd on its path (for the user's init modules)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])}
+    entry = ["-c", SPAWNING] if spawn else ["-m", "initprobe.cli"]
+    return subprocess.Popen([sys.executable, *entry, *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what} after {HANG_GUARD} s")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a dead child its new parent has not reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
+def started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot): with the pid, names one process even if the pid is
+    reused later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+def end(processes: dict[int, int | None]) -> None:
+    """SIGKILL what is left of `processes` ({pid: started(pid)}), only where the pid is still that process."""
+    for pid, start in processes.items():
+        if start is not None and alive(pid) and started(pid) == start:
+            os.kill(pid, signal.SIGKILL)
+
+
+def gated_sweep(tmp_path: Path) -> Path:
+    (tmp_path / "gate_init.py").write_text(GATE)
+    (tmp_path / "s.toml").write_text(textwrap.dedent("""
+        [base]
+        depth = 3
+        width = 16
+        batch = 8
+        seeds = 1
+        [grid]
+        act = ["tanh", "relu", "sigmoid"]
+        init = ["glorot_uniform", "gate_init:gated_"]
+        """))
+    return tmp_path / "s.toml"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+def test_a_killed_driver_takes_its_workers_with_it_and_the_resume_runs_each_run_once(tmp_path, spawn):
+    """SIGKILL the driver of a process-backend sweep while both workers are inside a run: the workers go too (they
+    would otherwise sit in their runs, or idle, for ever), and a resume finishes every run exactly once."""
+    gated_sweep(tmp_path)
+    out = tmp_path / "out"
+    driver = initprobe("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet",
+                       cwd=tmp_path, spawn=spawn)
+    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
+    workers = {}
+    try:
+        wait_for(lambda: len(busy()) == 2 or driver.poll() is not None, "both workers inside a gated run")
+        assert driver.poll() is None, driver.communicate()
+        workers = {pid: started(pid) for pid in busy()}
+        assert driver.pid not in workers
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        wait_for(lambda: not any(alive(pid) for pid in workers), "the workers of the killed driver to die")
+    finally:  # a failed check leaves no process behind
+        driver.kill()
+        end({**{pid: started(pid) for pid in busy()}, **workers})
+    (tmp_path / "open").touch()
+    resume = initprobe("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet",
+                       cwd=tmp_path)
+    stdout, stderr = resume.communicate(timeout=600)
+    assert resume.returncode == 0, stderr
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])  # no staging folder left
+    layers = pd.read_csv(out / "layers.csv")
+    assert layers.groupby("run_id").size().to_dict() == {rid: 3 for rid in runs["run_id"]}
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below `root`, from /proc (children, their children, ...)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_ray_driver_takes_the_runs_of_its_local_ray_with_it(tmp_path):
+    """What holds for a local Ray when its driver is SIGKILLed (docs/output-format.md): Ray's own fate sharing ends
+    its GCS, raylet and the workers running the tasks at once, so no run goes on; its per-node agents notice too
+    and leave after Ray's own timeout (a minute), which this test does not wait for (it ends them itself)."""
+    pytest.importorskip("ray")
+    gated_sweep(tmp_path)
+    driver = initprobe("sweep", "s.toml", "--out", str(tmp_path / "out"), "--backend", "ray", "--quiet", cwd=tmp_path)
+    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
+    ray_processes = {}
+    try:
+        wait_for(lambda: len(busy()) >= 1 or driver.poll() is not None, "a Ray worker inside a gated run")
+        assert driver.poll() is None, driver.communicate()
+        ray_processes = {pid: started(pid) for pid in descendants(driver.pid)}
+        workers = busy()
+        assert workers <= set(ray_processes)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        wait_for(lambda: not any(alive(pid) for pid in workers), "the Ray workers of the killed driver to die")
+    finally:
+        driver.kill()
+        end(ray_processes)
+
+
+# A parent that starts one child, which applies `how` (a way to die with its parent), writes its pid and sleeps;
+# the parent then sleeps too, until the test kills it.
+ORPHAN = """
+import multiprocessing, os, sys, time
+from initprobe import forking
+
+def child(parent, how, pidfile):
+    {"kernel": forking.die_with_parent, "watch": lambda p: __import__("threading").Thread(
+        target=forking.watch_parent, args=(p,), daemon=True).start()}[how](parent)
+    open(pidfile, "w").write(str(os.getpid()))
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    how, start, pidfile = sys.argv[1:]
+    if start == "fork":
+        if os.fork() == 0:
+            child(os.getppid(), how, pidfile)
+    else:
+        multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(), how, pidfile)).start()
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the kernel's way is Linux's")
+@pytest.mark.parametrize("how,start", [("kernel", "fork"), ("watch", "fork"), ("watch", "spawn")])
+def test_a_child_dies_with_its_parent_either_way(tmp_path, how, start):
+    """Both ways a child ends with its parent: the kernel's parent-death signal (Linux), and the portable watcher
+    (the parent's multiprocessing sentinel for a spawned child, its parent id changing for a plain fork)."""
+    (tmp_path / "orphan.py").write_text(ORPHAN)
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "orphan.py"), how, start, str(pidfile)])
+    child = None
+    try:
+        wait_for(lambda: pidfile.is_file() and pidfile.read_text(), "the child to start")
+        child = int(pidfile.read_text())
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not alive(child), "the child of the killed parent to die")
+    finally:
+        parent.kill()
+        if child is not None:
+            end({child: started(child)})

@@ -4,7 +4,8 @@ error, wall_seconds}; every backend probes with the same number of torch threads
 - local: one after another in this process.
 - process: a persistent pool of processes (forked where that is safe, with torch already imported; else spawned,
   each importing torch) that write run directories straight into the sweep directory. A worker that dies takes the
-  runs in flight with it; those are retried one at a time, so that only the culprit fails.
+  runs in flight with it; those are retried one at a time, so that only the culprit fails. A driver that dies takes
+  its workers with it (forking.die_with_parent), SIGKILL included.
 - ray: each point a Ray task on a local Ray or a cluster; the task probes into a temporary folder on its node and
   returns the run's files, which the driver writes and publishes atomically (no shared file system needed).
 """
@@ -53,11 +54,12 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
         yield rid, outcome
 
 
-def _init_process_worker(threads: int) -> None:
+def _init_process_worker(threads: int, driver: int) -> None:
     import signal
 
     import torch
 
+    forking.die_with_parent(driver)  # a driver killed outright (SIGKILL, the OOM killer) takes its workers with it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's SIGTERM-as-Ctrl-C
     torch.set_num_threads(threads)
 
@@ -126,7 +128,7 @@ def _process_pool(jobs, workers: int, opts, command):
 
     method = start_method(opts["threads"], {cfg.device for _, cfg in jobs})
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_process_worker, initargs=(opts["threads"],))
+                               initializer=_init_process_worker, initargs=(opts["threads"], os.getpid()))
     todo, running, broken = list(jobs), {}, []
     try:
         while running or (todo and not broken):
