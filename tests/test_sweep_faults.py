@@ -3,10 +3,13 @@ mid-run, a cluster that cannot be reached, two sweeps on one directory, options 
 whose every run failed."""
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 
 from initprobe import shapes, sweep
 from initprobe.sweep import backends
-from initprobe.config import RunConfig
+from initprobe.config import ConfigError, RunConfig
 
 
 # --- the cost model -----------------------------------------------------------------------------------------------
@@ -224,6 +227,64 @@ def test_a_killed_ray_driver_takes_the_runs_of_its_local_ray_with_it(tmp_path):
     finally:
         driver.kill()
         end(ray_processes)
+
+
+# --- a Ray cluster that cannot be reached ---------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (just released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ray_address_that_cannot_be_reached_is_refused(monkeypatch):
+    """Refused before Ray is asked (Ray retries an address for many minutes): a name that does not resolve, a port
+    nobody listens on, something that is not host:port; one that does not answer in time (name resolution
+    included) is refused when the time is up."""
+    for address in ("bogus:1234", f"127.0.0.1:{closed_port()}", f"ray://127.0.0.1:{closed_port()}"):
+        with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at {re.escape(address)}"):
+            backends.check_address(address)
+    for address in ("bogus", "ray://head", "head:port", "head:0", "head:70000", "http://head:8265"):
+        with pytest.raises(ConfigError, match="expected host:port, ray://host:port, auto or local"):
+            backends.check_address(address)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"[::ffff:127.0.0.1]:{port}", "auto",
+                        "local", None):
+            backends.check_address(address)
+        release = threading.Event()
+
+        def hanging_name_server(*args, **kwargs):
+            release.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+        monkeypatch.setattr(backends, "RAY_CONNECT_SECONDS", 0.1)
+        monkeypatch.setattr(socket, "getaddrinfo", hanging_name_server)
+        try:
+            with pytest.raises(ConfigError, match=f"127.0.0.1:{port} did not answer within 0.1 s"):
+                backends.check_address(f"127.0.0.1:{port}")
+        finally:
+            release.set()
+
+
+@pytest.mark.slow
+def test_sweep_on_a_ray_address_that_cannot_be_reached_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("ray")
+    (tmp_path / "s.toml").write_text("[base]\ndepth = 2\nwidth = 4\nbatch = 2\nseeds = 1\n")
+    for address in ("bogus:1234", f"127.0.0.1:{closed_port()}"):
+        sweep_cmd = initprobe("sweep", "s.toml", "--out", "out", "--backend", "ray", "--address", address,
+                              cwd=tmp_path)
+        try:
+            stdout, stderr = sweep_cmd.communicate(timeout=HANG_GUARD)
+        finally:
+            sweep_cmd.kill()
+        assert sweep_cmd.returncode == 2
+        assert stderr.startswith(f"error: cannot reach the Ray cluster at {address}") and stderr.count("\n") == 1
+        assert not (tmp_path / "out").exists()
 
 
 # A parent that starts one child, which applies `how` (a way to die with its parent), writes its pid and sleeps;

@@ -26,8 +26,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
+# emoji off: text such as "host:1234: refused" or a path would otherwise lose ":1234:" to an emoji
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _version(value: bool):
@@ -207,7 +208,7 @@ def bench(ctx: typer.Context, **values):
 
     target = results.writable_file(values["json_file"])
     result = bench_mod.run_all(devices.resolve(values["device"]), quick=values["quick"])
-    (out if out.is_terminal else Console(width=150)).print(tables.bench(result))  # a log gets the notes unfolded
+    (out if out.is_terminal else Console(width=150, emoji=False)).print(tables.bench(result))  # a log gets the notes unfolded
     print_path(bench_mod.write(result, target))
 
 

@@ -91,7 +91,24 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 
         for device in sorted({p.device for p in sweep.points}):
             devices.resolve(device)
-    _prepare(target, sweep, ids, opts, command)
+    _check_target(target, ids)
+    pending = any(not (target / "runs" / rid).is_dir() for rid in ids)
+    with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext():
+        _prepare(target, sweep, ids, opts, command)
+        ledger, ran, resumed = _run_points(target, sweep, ids, opts, on_progress, command, t0)
+    path = None
+    if opts["figures"]:
+        from . import report as report_mod
+
+        path = report_mod.write_report(target)
+    return SweepResult(path=target, runs=ledger.frame(), ran=ran, resumed=resumed, failed=ledger.failed,
+                       seconds=time.perf_counter() - t0, report=path, options=opts)
+
+
+def _run_points(target: Path, sweep: Sweep, ids: list[str], opts: dict, on_progress, command, t0: float
+                ) -> tuple[Ledger, int, int]:
+    """Run the points whose directories are missing on the backend, recording each in the ledger as it finishes;
+    returns (the ledger, runs finished here, runs found complete)."""
     ledger = Ledger(target, sweep, ids)
     labels = dict(zip(ids, (run_label(p, sweep.varying) for p in sweep.points)))
     jobs = [(rid, dataclasses.replace(cfg, out=str(ledger.run_dir(rid))))
@@ -121,13 +138,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         ledger.refresh()
         ledger.write_runs()
         ledger.write_layers()
-    path = None
-    if opts["figures"]:
-        from . import report as report_mod
-
-        path = report_mod.write_report(target)
-    return SweepResult(path=target, runs=ledger.frame(), ran=ran, resumed=resumed, failed=ledger.failed,
-                       seconds=time.perf_counter() - t0, report=path, options=opts)
+    return ledger, ran, resumed
 
 
 def work(cfg: RunConfig) -> int:
@@ -140,22 +151,35 @@ def work(cfg: RunConfig) -> int:
     return cfg.seeds * (first + (cfg.depth - 1) * each_next)
 
 
-def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
-    """Create or check the sweep directory, clear what an interrupted invocation left, write sweep.json."""
+def _check_target(target: Path, ids: list[str]) -> None:
+    """Refuse, before anything is written, a target that is not this sweep's directory: another sweep's (its
+    sweep.json lists other runs), something that is not a sweep directory, or an unreadable sweep.json."""
     meta_path = target / "sweep.json"
-    created = None
     if meta_path.is_file():
-        try:
-            old = results.read_json(meta_path)
-            old_ids, created = old["run_ids"], old.get("created")
-        except (OSError, ValueError, KeyError):
-            raise ConfigError(f"{meta_path} is unreadable; not a sweep directory?") from None
+        old_ids = _read_meta(meta_path)["run_ids"]
         if sorted(old_ids) != sorted(ids):
             new, gone = len(set(ids) - set(old_ids)), len(set(old_ids) - set(ids))
             raise ConfigError(f"{target} holds a different sweep ({new} run(s) not in it, {gone} of its runs not in "
                               "this one); choose another --out or [sweep] name, or remove it")
     elif target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(f"{target} exists and is not a sweep directory; choose another --out")
+
+
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = results.read_json(meta_path)
+        if not isinstance(meta.get("run_ids"), list):
+            raise ValueError("no run ids")
+        return meta
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"{meta_path} is unreadable; not a sweep directory?") from None
+
+
+def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
+    """Create the sweep directory (checked by _check_target), clear what an interrupted invocation left, write
+    sweep.json."""
+    meta_path = target / "sweep.json"
+    created = _read_meta(meta_path).get("created") if meta_path.is_file() else None
     runs_dir = target / "runs"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
