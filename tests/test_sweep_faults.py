@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from initprobe import shapes, sweep
-from initprobe.sweep import backends
+from initprobe.sweep import backends, lock
 from initprobe.config import ConfigError, RunConfig
 
 
@@ -227,6 +227,81 @@ def test_a_killed_ray_driver_takes_the_runs_of_its_local_ray_with_it(tmp_path):
     finally:
         driver.kill()
         end(ray_processes)
+
+
+# --- two sweeps on one directory ------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in folder.rglob("*")}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_the_lock_refuses_a_second_holder_and_its_file_alone_is_no_obstacle(tmp_path):
+    """flock conflicts between two opens of the file even in one process: a sweep started while the lock is held
+    is refused before it writes; a directory holding only the lock file (its sweep killed before writing anything
+    else) is started like an empty one."""
+    (tmp_path / "s.toml").write_text("[base]\ndepth = 2\nwidth = 4\nbatch = 2\nseeds = 1\n")
+    s = sweep.load_sweep(tmp_path / "s.toml")
+    out = tmp_path / "out"
+    with lock.held(out):
+        with pytest.raises(ConfigError, match=f"{out} is in use by another sweep \\(process {os.getpid()}\\)"):
+            sweep.run_sweep(s, out_dir=out, figures=False)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    assert sweep.run_sweep(s, out_dir=out, figures=False).ran == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_sweep_directory_locked_by_another_process_is_refused_untouched(tmp_path):
+    """Another process holds the sweep directory's lock (as a running sweep does): `initprobe sweep` on it is one
+    line and exit code 2, and changes nothing."""
+    (tmp_path / "s.toml").write_text("[base]\ndepth = 2\nwidth = 4\nbatch = 2\nseeds = 1\n"
+                                     '[grid]\nact = ["tanh", "relu"]\n')
+    first = initprobe("sweep", "s.toml", "--out", "out", "--quiet", "--no-figures", cwd=tmp_path)
+    assert first.wait(timeout=600) == 0, first.communicate()
+    (tmp_path / "out" / "runs.csv").unlink()  # something for the second invocation to write, if it ran
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush(); "
+                               "print('held', flush=True); time.sleep(600)",
+                               str(tmp_path / "out" / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(tmp_path / "out")
+        second = initprobe("sweep", "s.toml", "--out", "out", "--quiet", "--no-figures", cwd=tmp_path)
+        stdout, stderr = second.communicate(timeout=HANG_GUARD)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2 and stdout == ""
+    assert stderr == f"error: out is in use by another sweep (process {holder.pid}); wait for it to finish or " \
+                     "choose another --out\n"
+    assert snapshot(tmp_path / "out") == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_second_sweep_on_a_running_sweeps_directory_is_refused_and_the_first_finishes(tmp_path):
+    """Two real sweeps on one --out: while the first runs (held inside a run), the second is refused with one line
+    before it writes anything; the first then finishes with every run once and nothing hidden left."""
+    gated_sweep(tmp_path)
+    first = initprobe("sweep", "s.toml", "--out", "out", "--quiet", "--no-figures", cwd=tmp_path)
+    try:
+        wait_for(lambda: any(tmp_path.glob("busy-*")) or first.poll() is not None, "the first sweep inside a run")
+        assert first.poll() is None, first.communicate()
+        before = snapshot(tmp_path / "out")
+        second = initprobe("sweep", "s.toml", "--out", "out", "--quiet", "--no-figures", cwd=tmp_path)
+        stdout, stderr = second.communicate(timeout=HANG_GUARD)
+        assert second.returncode == 2 and stderr.count("\n") == 1, stderr
+        assert stderr.startswith(f"error: out is in use by another sweep (process {first.pid})")
+        assert snapshot(tmp_path / "out") == before
+        (tmp_path / "open").touch()
+        assert first.wait(timeout=600) == 0, first.communicate()
+    finally:
+        first.kill()
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == sorted(runs["run_id"])
 
 
 # --- a Ray cluster that cannot be reached ---------------------------------------------------------------------------

@@ -23,10 +23,12 @@ its axis), a list `[a, b]` makes it an axis of every run; `--set sweep.KEY=value
 Everything is validated before anything runs, and every problem is reported with its place in the file.
 
 The sweep directory (`results/<name>/` or --out; docs/output-format.md) holds sweep.json, runs/<id>/ (one run
-directory per point), runs.csv, layers.csv, figures/ and report.html. Running the same sweep again resumes it.
+directory per point), runs.csv, layers.csv, figures/ and report.html. Running the same sweep again resumes it; a
+second invocation while one runs is refused (lock).
 
 The modules, one reason to change each: spec (the file and its validation), ledger (runs.csv, layers.csv, resume),
-backends (local, process, ray), run (orchestration), report (report.html); the figures are plots.sweep_figures.
+backends (local, process, ray), lock (one invocation at a time per sweep directory), run (orchestration), report
+(report.html); the figures are plots.sweep_figures.
 """
 
 import importlib

@@ -5,7 +5,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import pandas as pd
 
 from .. import environment, results, shapes
 from ..config import ConfigError, RunConfig
-from . import backends, ledger as ledger_mod
+from . import backends, ledger as ledger_mod, lock
 from .ledger import Ledger
 from .spec import Sweep, check_option, run_label
 
@@ -93,7 +92,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
             devices.resolve(device)
     _check_target(target, ids)
     pending = any(not (target / "runs" / rid).is_dir() for rid in ids)
-    with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext():
+    with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext(), \
+            lock.held(target):
+        _check_target(target, ids)  # again: another invocation may have written it before this one took the lock
         _prepare(target, sweep, ids, opts, command)
         ledger, ran, resumed = _run_points(target, sweep, ids, opts, on_progress, command, t0)
     path = None
@@ -161,7 +162,7 @@ def _check_target(target: Path, ids: list[str]) -> None:
             new, gone = len(set(ids) - set(old_ids)), len(set(old_ids) - set(ids))
             raise ConfigError(f"{target} holds a different sweep ({new} run(s) not in it, {gone} of its runs not in "
                               "this one); choose another --out or [sweep] name, or remove it")
-    elif target.exists() and (not target.is_dir() or any(target.iterdir())):
+    elif target.exists() and (not target.is_dir() or any(p.name != lock.LOCK_NAME for p in target.iterdir())):
         raise ConfigError(f"{target} exists and is not a sweep directory; choose another --out")
 
 
@@ -195,15 +196,10 @@ def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) ->
 
 
 def _remove_stale(target: Path, runs_dir: Path) -> None:
-    """Remove staging folders and temp files of interrupted invocations. One whose process is still alive (and is
-    not this one) belongs to a sweep running right now: that is an error, not something to delete."""
+    """Remove the staging folders and temp files of interrupted invocations: with the directory's lock held, no
+    other sweep is writing into it, so each is stale (its process was killed, or its worker died with it)."""
     for entry in runs_dir.iterdir():
-        pid = results.staging_pid(entry)
-        if pid is None:
-            continue
-        if pid != os.getpid() and results.pid_alive(pid):
-            raise ConfigError(f"{entry} is being written by process {pid}: is this sweep running already? "
-                              "(if not, remove that folder)")
-        shutil.rmtree(entry, ignore_errors=True)
+        if results.staging_pid(entry) is not None:
+            shutil.rmtree(entry, ignore_errors=True)
     for entry in target.glob(".*.tmp-*"):
         entry.unlink(missing_ok=True)
