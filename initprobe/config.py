@@ -59,6 +59,7 @@ class Option:
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
     arch: str | None = None  # the architecture the option means something for; None: every one
+    act_flag: str | None = None  # the activation registry's flag without which it means nothing; None: every one
 
 
 def option(default, help: str, panel: str, **kwargs):
@@ -89,7 +90,7 @@ class RunConfig:
                           choices=_names(*PADDINGS), arch="cnn")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
                       choices=activations.choices, kind="activation")
-    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL)
+    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, act_flag="takes_slope")
     # the initializer: None means "the scheme's own default" (see `initprobe list`)
     init: str = option("glorot_uniform", "Weight initializer: a registry name (`initprobe list` shows the formulas) "
                        "or package.module:function, a torch.nn.init-style in-place function of your own.", **_INIT,
@@ -150,9 +151,33 @@ def flag(key: str) -> str:
     return OPTIONS[key].flag or "--" + key.replace("_", "-")
 
 
-def applies(key: str, arch) -> bool:
-    """Whether option `key` means anything for a network of `arch` (an MLP has no padding)."""
-    return key not in OPTIONS or OPTIONS[key].arch in (None, arch)
+def applies(key: str, arch, act=None) -> bool:
+    """Whether option `key` means anything for a network of `arch` with activation `act` (an MLP has no padding,
+    tanh no slope); an `act` of None (or not a registry name) is not held against the option."""
+    if key not in OPTIONS:
+        return True
+    opt = OPTIONS[key]
+    if opt.arch not in (None, arch):
+        return False
+    if opt.act_flag is None or not isinstance(act, str):
+        return True
+    try:
+        return bool(getattr(activations.get(act), opt.act_flag))
+    except KeyError:
+        return True
+
+
+def inapplicable(cfg: RunConfig) -> list[str]:
+    """The options that mean nothing for `cfg`'s network (its arch and activation decide)."""
+    return [key for key in OPTIONS if not applies(key, cfg.arch, cfg.act)]
+
+
+def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigError:
+    opt = OPTIONS[key]
+    if opt.arch not in (None, cfg.arch):
+        return ConfigError(f"{name or key} does not apply to arch '{cfg.arch}' (only to '{opt.arch}')")
+    those = [n for n, a in activations.ACTIVATIONS.items() if getattr(a, opt.act_flag)]
+    return ConfigError(f"{name or key} does not apply to activation '{cfg.act}' (only to {', '.join(those)})")
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -311,9 +336,16 @@ def file_options(data: dict, where: str) -> dict:
 
 def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None) -> RunConfig:
     """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides` (their keys named in
-    messages as override_name(key): the command line's flags); validated."""
+    messages as override_name(key): the command line's flags); validated. An option given that does not apply to
+    the network (kernel_size for an MLP, slope for tanh) is refused, even at its default value."""
     given = file_options(read_toml(path), f"{path}: ") if path is not None else {}
-    cfg = RunConfig(**{**given, **checked(overrides or {}, name=override_name)})
+    overridden = checked(overrides or {}, name=override_name)
+    cfg = RunConfig(**{**given, **overridden})
+    for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
+        if key in overridden:
+            raise _not_applying(key, cfg, override_name(key) if override_name else None)
+        if key in given:
+            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
     validate(cfg)
     return cfg
 
@@ -329,9 +361,13 @@ def parse_value(text: str):
 # ---- the whole config ------------------------------------------------------------------------------------------
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ConfigError with one clear line for anything that cannot run."""
+    """Raise ConfigError with one clear line for anything that cannot run, or that sets an option the network
+    ignores (away from its default)."""
     for key in FIELDS:
         check_value(key, getattr(cfg, key))
+    for key in inapplicable(cfg):
+        if getattr(cfg, key) != FIELDS[key].default:
+            raise _not_applying(key, cfg)
     if cfg.seed + cfg.seeds > SEED_LIMIT:
         raise ConfigError(f"seed + seeds must stay below 2^63, got seed {cfg.seed} with {cfg.seeds} seeds")
     if cfg.arch == "cnn":
@@ -391,12 +427,24 @@ def type_text(key: str) -> str:
     return " or ".join(t.__name__ for t in value_types(key))
 
 
+def _applies_markdown() -> str:
+    """Which options mean something only for some networks, from their declarations."""
+    by_arch = [f"the {arch.upper()}'s " + ", ".join(f"`{k}`" for k, o in OPTIONS.items() if o.arch == arch)
+               for arch in ARCHS if any(o.arch == arch for o in OPTIONS.values())]
+    by_act = [f"`{k}` for " + ", ".join(n for n, a in activations.ACTIVATIONS.items() if getattr(a, o.act_flag))
+              for k, o in OPTIONS.items() if o.act_flag]
+    return ("Some options mean something only for some networks: " + "; ".join(by_arch + by_act) + ". `run`, "
+            "`theory` and `phase` refuse one given for another network; a sweep sets it to its default in the runs "
+            "whose network ignores it, so those runs collapse into one.")
+
+
 def options_markdown() -> str:
     """docs/options.md: every run option, from the declarations above (a test keeps the file equal to this)."""
     lines = ["# Run options", "",
              "Generated from `initprobe/config.py` (the one place each option is declared): the same keys go in "
              "config files (flat or under `[run]`, dashes or underscores) and in a sweep's `[base]`, `[grid]` and "
              "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table.",
+             "", _applies_markdown(),
              "", "| key | flag | commands | takes | default | meaning |", "|---|---|---|---|---|---|"]
     for key, opt in OPTIONS.items():
         flags = flag(key) if value_types(key) != (bool,) else f"{flag(key)} / --no-{flag(key)[2:]}"

@@ -82,7 +82,7 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
 
     def label(row, keys, named):
         parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, row.get("arch"))]
+                 if _present(row[k]) and config.applies(k, row.get("arch"), row.get("act"))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")

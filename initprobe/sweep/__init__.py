@@ -17,7 +17,9 @@ spec.SWEEP_OPTIONS):
     act = "selu"             # (a list inside a point is crossed within that point only)
     init = "lecun_normal"
 
-Without [grid] and [[point]] a sweep is one run of [base]. Runs that resolve to the same configuration are run once.
+Without [grid] and [[point]] a sweep is one run of [base]. Runs that make the same network and measurement are run
+once (the first written is kept): an option the run's network ignores is set to its default (kernel_size of an MLP,
+slope of tanh), and init options count as they resolve (gain "auto" with sigmoid is Glorot's own gain, 1).
 `--set key=value` (TOML value) overrides the file everywhere: a single value fixes the key in every run (replacing
 its axis), a list `[a, b]` makes it an axis of every run; `--set sweep.KEY=value` sets a sweep option.
 Everything is validated before anything runs, and every problem is reported with its place in the file.
