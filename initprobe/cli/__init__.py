@@ -208,7 +208,8 @@ def bench(ctx: typer.Context, **values):
 
     target = results.writable_file(values["json_file"])
     result = bench_mod.run_all(devices.resolve(values["device"]), quick=values["quick"])
-    (out if out.is_terminal else Console(width=150, emoji=False)).print(tables.bench(result))  # a log gets the notes unfolded
+    wide = Console(width=150, emoji=False)  # a log gets the notes unfolded
+    (out if out.is_terminal else wide).print(tables.bench(result))
     print_path(bench_mod.write(result, target))
 
 
