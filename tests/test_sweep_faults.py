@@ -406,3 +406,49 @@ def test_a_child_dies_with_its_parent_either_way(tmp_path, how, start):
         parent.kill()
         if child is not None:
             end({child: started(child)})
+
+
+# --- a sweep whose every run failed ---------------------------------------------------------------------------------
+
+FAILING = """
+def bad_(w, generator=None):
+    raise RuntimeError("this init always fails")
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_sweep_whose_every_run_failed_exits_1_and_says_so(tmp_path, monkeypatch, capsys, quiet):
+    """Every run recorded failed: exit code 1 and one line saying so on stderr; no path of a layers.csv that does
+    not exist (there is no ok run to join). runs.csv, which holds the errors, is written and named."""
+    from initprobe.cli import main
+
+    (tmp_path / "failing_init.py").write_text(FAILING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text('[base]\ndepth = 2\nwidth = 4\nbatch = 2\nseeds = 1\ninit = "failing_init:bad_"\n'
+                                     '[grid]\nact = ["tanh", "relu"]\n')
+    code = main(["sweep", "s.toml", "--out", "out", "--no-figures", *(["--quiet"] if quiet else [])])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err == "error: every run of the sweep failed (2 of 2); their errors are in out/runs.csv\n"
+    printed = captured.out.splitlines()
+    assert not (tmp_path / "out" / "layers.csv").exists() and not any("layers.csv" in line for line in printed)
+    assert printed[-1] == ("out" if quiet else "out/runs.csv")
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(runs["status"]) == ["failed", "failed"]
+    assert set(runs["error"]) == {"RuntimeError: this init always fails"}
+
+
+def test_a_sweep_with_one_run_ok_exits_0_and_names_its_files(tmp_path, monkeypatch, capsys):
+    from initprobe.cli import main
+
+    (tmp_path / "failing_init.py").write_text(FAILING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text('[base]\ndepth = 2\nwidth = 4\nbatch = 2\nseeds = 1\n'
+                                     '[grid]\ninit = ["failing_init:bad_", "glorot_uniform"]\n')
+    code = main(["sweep", "s.toml", "--out", "out", "--no-figures"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.err == ""
+    assert captured.out.splitlines()[-2:] == ["out/runs.csv", "out/layers.csv"]
+    assert "1 failed (see runs.csv)" in captured.out

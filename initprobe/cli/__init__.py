@@ -168,8 +168,9 @@ def sweep_cmd(ctx: typer.Context, **values):
             from .. import runner  # noqa: F401  (torch: local runs probe here, process workers are forks of here)
     kwargs = dict(options, command=_command())
     if values["quiet"]:
-        print_path(sweep.run_sweep(spec, values["out_dir"], **kwargs).path)
-        return
+        result = sweep.run_sweep(spec, values["out_dir"], **kwargs)
+        print_path(result.path)
+        return _every_run_failed(result)
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -188,8 +189,19 @@ def sweep_cmd(ctx: typer.Context, **values):
     failed = f", {result.failed} failed (see runs.csv)" if result.failed else ""
     out.print(f"{result.ran} run(s) in {result.seconds:.1f} s, {result.resumed} resumed{failed}", markup=False)
     for f in (result.path / "runs.csv", result.path / "layers.csv", result.report):
-        if f is not None:
+        if f is not None and f.exists():  # no layers.csv when no run is ok
             print_path(f)
+    return _every_run_failed(result)
+
+
+def _every_run_failed(result) -> int:
+    """The exit code of a finished sweep: 1, said in one line, when no run of it is ok (nothing to compare)."""
+    runs = result.runs
+    if len(runs) and not (runs["status"] == "ok").any():
+        _error(f"every run of the sweep failed ({len(runs)} of {len(runs)}); their errors are in "
+               f"{result.path / 'runs.csv'}")
+        return 1
+    return 0
 
 
 @app.command(help=text(
