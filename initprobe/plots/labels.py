@@ -88,15 +88,21 @@ def _as_float(value) -> float:
 
 
 def verdict_text(summary: dict, direction: str) -> str:
-    """'end to end ×0.48: stable' from the summary, or '' for a run without one."""
+    """'end to end ×0.48: stable' from the summary, or '' for a run without one. A ratio that is not a number
+    says what made it: an overflow (from the first non-finite layer), or variances of exactly 0 (0/0)."""
     verdict = summary.get(f"{direction}_verdict")
     if verdict is None:
         return ""
-    ratio = _as_float(summary.get(f"{direction}_ratio"))
-    if not np.isfinite(ratio):
-        return f"end to end: {verdict} (inf/nan)"
-    return f"end to end ×{ratio:.3g}: {verdict}"
-
+    ratio, key = _as_float(summary.get(f"{direction}_ratio")), f"first_nonfinite_{direction}"
+    if np.isfinite(ratio):
+        return f"end to end ×{ratio:.3g}: {verdict}"
+    if summary.get(key) is not None:
+        return f"end to end: {verdict} (inf/nan from layer {summary[key]})"
+    if np.isinf(ratio):  # x / 0, every statistic finite
+        return f"end to end ×{ratio:.3g}: {verdict}"
+    if key in summary:  # every statistic finite, yet no ratio
+        return f"end to end: {verdict} (0/0: variances of exactly 0)"
+    return f"end to end: {verdict} (inf/nan)"
 
 
 def scales_text(scales: dict) -> str:
