@@ -304,6 +304,31 @@ def test_a_second_sweep_on_a_running_sweeps_directory_is_refused_and_the_first_f
     assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == sorted(runs["run_id"])
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_ray_sweep_stopped_by_sigterm_stops_like_ctrl_c_and_shuts_its_ray_down(tmp_path):
+    """Ray's core worker takes SIGTERM over (it would end the driver at once, runs.csv unwritten); the CLI's handler
+    is put back, so SIGTERM stops the sweep as Ctrl-C does: exit 130, runs.csv written, and the local Ray it
+    started shut down, its agents included."""
+    pytest.importorskip("ray")
+    gated_sweep(tmp_path)
+    driver = initprobe("sweep", "s.toml", "--out", "out", "--backend", "ray", "--quiet", cwd=tmp_path)
+    ray_processes = {}
+    try:
+        wait_for(lambda: any(tmp_path.glob("busy-*")) or driver.poll() is not None, "a Ray worker inside a run")
+        assert driver.poll() is None, driver.communicate()
+        ray_processes = {pid: started(pid) for pid in descendants(driver.pid)}
+        driver.send_signal(signal.SIGTERM)
+        stdout, stderr = driver.communicate(timeout=HANG_GUARD)
+        assert driver.returncode == 130, stderr
+        assert "interrupted; nothing half-written was left behind" in stderr
+        assert (tmp_path / "out" / "runs.csv").is_file()
+        wait_for(lambda: not any(alive(pid) for pid in ray_processes), "the local Ray to be shut down")
+    finally:
+        driver.kill()
+        end(ray_processes)
+
+
 # --- a Ray cluster that cannot be reached ---------------------------------------------------------------------------
 
 

@@ -260,7 +260,7 @@ def ray_session(address: str | None):
 
         kwargs = {"address": address} if address else {"include_dashboard": False}
         try:
-            with _bounded_join(address):
+            with _bounded_join(address), _keeping_sigterm_handler():
                 ray.init(**kwargs, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot start or join Ray (address {address or 'local'}): {e}") from None
@@ -269,6 +269,21 @@ def ray_session(address: str | None):
     finally:
         if own:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """Ray's core worker takes SIGTERM over (it ends the process at once); a Python handler installed before (the
+    CLI's, which stops a sweep as Ctrl-C does: runs.csv written, Ray shut down) is put back."""
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
