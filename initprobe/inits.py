@@ -5,12 +5,12 @@ exactly as torch.nn.init does for Linear (out, in) and Conv (out, in, k, k) weig
 """
 
 import functools
-import importlib
 import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
 
+from .imports import import_callable
 from .names import unknown
 
 TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (Keras' correction)
@@ -286,13 +286,10 @@ def get(name: str) -> Init:
 
 
 def _load_custom(spec: str) -> Callable:
-    module_name, _, attr = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:  # the user's module may fail in any way (SyntaxError, its own errors): one line
-        raise KeyError(f"cannot import init '{spec}': {type(e).__name__}: {e}") from None
-    if not callable(fn):
-        raise KeyError(f"init '{spec}' is not callable")
+        fn = import_callable(spec, "init")
+    except ValueError as e:
+        raise KeyError(e.args[0]) from None
     takes_generator = "generator" in inspect.signature(fn).parameters
 
     def custom_(w, generator=None):
