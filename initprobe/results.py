@@ -65,6 +65,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def default_name(cfg) -> str:
+    """results/<name>: the built-in network's arch, init, act, depth and width, or a --model's name and init."""
+    if cfg.model is not None:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.init}".replace(":", "."))
     return f"{cfg.arch}-{cfg.init.replace(':', '.')}-{cfg.act}-d{cfg.depth}-w{cfg.width}"
 
 

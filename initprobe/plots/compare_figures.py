@@ -8,8 +8,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import results
-from .draw import (BACKWARD, FORWARD, NAMES, draw_series, empty_note, log_limits, mark_trouble, new_figure, save,
-                   seed_matrix, set_layer_axis, set_log_axis)
+from .draw import (BACKWARD, FIGSIZE, FORWARD, MODEL_FIGSIZE, column_name, draw_series, empty_note, is_model_run,
+                   log_limits, mark_trouble, module_names, new_figure, save, seed_matrix, set_layer_axis,
+                   set_log_axis)
 from .labels import distinguishing_labels
 
 def run_colours(n: int) -> list:
@@ -18,18 +19,27 @@ def run_colours(n: int) -> list:
     return list(colormaps["viridis"](np.linspace(0.0, 0.9, n)))
 
 
+def shared_names(runs) -> list[str] | None:
+    """The module names of the x axis when every run is a --model run of the same modules, else None (numbers)."""
+    names = [module_names(r["layers"]) for r in runs]
+    return names[0] if names[0] is not None and all(n == names[0] for n in names) else None
+
+
 def compare_panel(ax, runs, labels, colours, columns, title, direction) -> None:
-    """Each run in its colour: the first column solid with its seed band, the second dotted without."""
+    """Each run in its colour: the first column solid with its seed band, the second dotted without (a column a
+    run does not have, as a --model run has no h, is left out)."""
     measured = [np.array([])]
     for run, name, colour in zip(runs, labels, colours):
         layers = run["layers"]
         for column, style in zip(columns, ("-", ":")):
+            if column not in layers:
+                continue
             x, values = seed_matrix(layers, column)
             first = style == "-"
             measured.append(draw_series(ax, x, values, colour, name if first else None, band=first, style=style))
         mark_trouble(ax, layers, columns, direction, run["summary"], colour=colour)
     depth = max(int(r["layers"]["layer"].max()) for r in runs)
-    set_layer_axis(ax, depth)
+    set_layer_axis(ax, depth, shared_names(runs))
     ax.set_ylabel("variance (log scale)")
     ax.set_title(title, loc="left", fontsize=11)
     measured = np.concatenate(measured)
@@ -38,12 +48,15 @@ def compare_panel(ax, runs, labels, colours, columns, title, direction) -> None:
     else:
         ax.set_yticks([])
         empty_note(ax, "no finite values in any run")
-    styles = [Line2D([], [], color="0.3", ls=s, lw=1.8, label=NAMES[c]) for c, s in zip(columns, ("-", ":"))]
+    shown = [(c, s, next(r["layers"] for r in runs if c in r["layers"])) for c, s in zip(columns, ("-", ":"))
+             if any(c in r["layers"] for r in runs)]
+    styles = [Line2D([], [], color="0.3", ls=s, lw=1.8, label=column_name(c, layers)) for c, s, layers in shown]
     ax.legend(handles=styles, fontsize=8, loc="best", framealpha=0.85)
 
 
 def compare_figure(runs, labels, common, panels, width_ratios=None) -> Figure:
-    fig, axes = new_figure(len(panels), width_ratios)
+    names = shared_names(runs) is not None
+    fig, axes = new_figure(len(panels), width_ratios, MODEL_FIGSIZE if names else FIGSIZE)
     colours = run_colours(len(runs))
     for ax, (columns, title, direction) in zip(axes, panels):
         compare_panel(ax, runs, labels, colours, columns, title, direction)
@@ -59,8 +72,12 @@ def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
     labels, common = distinguishing_labels([r["config"] for r in runs], [Path(d).name for d in run_dirs])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    variance = compare_figure(runs, labels, common, [(FORWARD, "Forward: activations", "forward"),
-                                                     (BACKWARD, "Backward: gradients", "backward")])
+    if all(is_model_run(r["layers"]) for r in runs):  # module outputs y: one column a direction
+        panels = [(("act_var",), "Forward: module outputs", "forward"),
+                  (("grad_act_var",), "Backward: gradients w.r.t. them", "backward")]
+    else:
+        panels = [(FORWARD, "Forward: activations", "forward"), (BACKWARD, "Backward: gradients", "backward")]
+    variance = compare_figure(runs, labels, common, panels)
     weights = compare_figure(runs, labels, common, [(("weight_grad_var",), "Weight gradients", "backward"),
                                                     (("weight_var",), "Weights (as initialized)", "forward")],
                              width_ratios=(3, 2))

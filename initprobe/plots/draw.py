@@ -10,6 +10,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 FIGSIZE = (11, 4.2)
+MODEL_FIGSIZE = (11, 5.6)  # a --model's figures: room for module names under the axes
+MAX_NAMES = 32  # module names on an x axis at most (thinned to every k-th beyond)
 SMALL_FIGSIZE = (7.5, 4.2)  # one-panel figures
 JACOBIAN_FIGSIZE = (8, 5.4)  # one panel, legend below
 JACOBIAN_COLOUR = "#4c72b0"
@@ -30,17 +32,44 @@ NAMES = {
     "saturated_frac": r"saturated: $|\phi'(h)|$ < 5% of its max",
     "zero_frac": r"exactly zero: $x = 0$",
     "preact_corr": r"$c^l$: correlation of $h^l$ between two inputs",
+    "chan_sq_mean": "average squared channel mean",
+    "chan_var": "average channel variance",
+    "token_corr": "token correlation: mean cosine between tokens",
+}
+MODEL_NAMES = {  # a --model's rows are module outputs y, not a layer's h and x
+    "act_var": r"$\mathrm{Var}(y)$ module output",
+    "grad_act_var": r"$\mathrm{Var}(\partial L/\partial y)$",
+    "weight_var": r"$\mathrm{Var}(W)$ the module's weight",
+    "weight_grad_var": r"$\mathrm{Var}(\partial L/\partial W)$",
 }
 COLOURS = {
     "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
     "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
-    "preact_corr": "#bcbd22",
+    "preact_corr": "#bcbd22", "chan_sq_mean": "#e6550d", "chan_var": "#3182bd", "token_corr": "#756bb1",
 }
 FORWARD = ("act_var", "preact_var")
 BACKWARD = ("grad_preact_var", "grad_act_var")
 LOG_RANGE = (-300.0, 300.0)  # decades a log axis may show (float64 denormals reach 1e-324)
 
 # ------------------------------------------------------------------------------------------ per-layer data
+
+
+def is_model_run(layers: pd.DataFrame) -> bool:
+    """Rows of a --model run: one per recorded module call, named."""
+    return "module" in layers
+
+
+def column_name(column: str, layers: pd.DataFrame) -> str:
+    return MODEL_NAMES.get(column, NAMES[column]) if is_model_run(layers) else NAMES[column]
+
+
+def module_names(layers: pd.DataFrame) -> list[str] | None:
+    """The name of each layer's module (a later call of a shared module: 'name #2'), from the first seed's rows, for a
+    --model run; None for the built-in network."""
+    if not is_model_run(layers):
+        return None
+    first = layers[layers["seed"] == layers["seed"].min()].sort_values("layer")
+    return [m if c == 1 else f"{m} #{c}" for m, c in zip(first["module"], first["call"])]
 
 
 def seed_matrix(layers: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +176,7 @@ def draw_quantities(ax, layers, columns, log=True, n_seeds=1) -> tuple[np.ndarra
     measured, theory = [np.array([])], [np.array([])]
     for column in columns:
         x, values = seed_matrix(layers, column)
-        measured.append(draw_series(ax, x, values, COLOURS[column], NAMES[column], log, n_seeds > 1,
+        measured.append(draw_series(ax, x, values, COLOURS[column], column_name(column, layers), log, n_seeds > 1,
                                     marker=marker))
         theory.append(draw_theory(ax, layers, column, COLOURS[column], log))
     has_theory = any("theory_" + c in layers for c in columns)
@@ -173,15 +202,22 @@ def set_log_axis(ax, lo: float, hi: float) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
 
 
-def set_layer_axis(ax, depth: int) -> None:
+def set_layer_axis(ax, depth: int, names: list[str] | None = None) -> None:
+    """Layers 1..depth on x, labelled by number, or by module name (a --model's `names`, every k-th where there
+    are more than MAX_NAMES)."""
     pad = max(0.5, 0.01 * depth)
     ax.set_xlim(1 - pad, depth + pad)
+    ax.grid(True, which="major", alpha=0.3)
+    if names:
+        step = -(-len(names) // MAX_NAMES)
+        ax.set_xticks(range(1, len(names) + 1, step), names[::step], rotation=90, fontsize=7)
+        ax.set_xlabel("module, in forward order" + (f" (every {step}th named)" if step > 1 else ""))
+        return
     if depth <= MARKER_DEPTH:
         ax.set_xticks(range(1, depth + 1))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer l")
-    ax.grid(True, which="major", alpha=0.3)
 
 
 def empty_note(ax, text: str) -> None:
@@ -258,8 +294,8 @@ def save(fig: Figure, path: Path, fmt: str) -> Path:
 
 
 
-def set_correlation_axis(ax, values: np.ndarray, depth: int) -> None:
-    set_layer_axis(ax, depth)
+def set_correlation_axis(ax, values: np.ndarray, depth: int, names: list[str] | None = None) -> None:
+    set_layer_axis(ax, depth, names)
     low = values.min() - 0.05 if values.size else 0.0
     ax.set_ylim(max(min(low, -0.05), -1.05), 1.05)
     ax.set_ylabel("correlation")

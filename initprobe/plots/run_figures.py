@@ -10,16 +10,18 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import forking, results
-from .draw import (BACKWARD, COLOURS, EPS, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH, NAMES,
-                   NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series, empty_note,
-                   finish_log_panel, mark_trouble, new_figure, save, seed_matrix, set_correlation_axis,
-                   set_layer_axis, why_empty)
+from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH,
+                   MODEL_FIGSIZE, NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series,
+                   empty_note, finish_log_panel, is_model_run, mark_trouble, module_names, new_figure, save,
+                   seed_matrix, set_correlation_axis, set_layer_axis, why_empty)
 from .labels import _as_float, _num, _split_config, label, scales_text, verdict_text
 
 def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
+    """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory."""
     layers, n_seeds = run["layers"], run["layers"]["seed"].nunique()
+    columns = [c for c in columns if c in layers]
     measured, theory, has_theory = draw_quantities(ax, layers, columns, log=True, n_seeds=n_seeds)
-    set_layer_axis(ax, int(layers["layer"].max()))
+    set_layer_axis(ax, int(layers["layer"].max()), module_names(layers))
     ax.set_ylabel("variance (log scale)")
     ax.set_title(title, loc="left", fontsize=11)
     finish_log_panel(ax, measured, theory, has_theory, why_empty(layers, columns))
@@ -30,10 +32,17 @@ def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
 # ------------------------------------------------------------------------------------------ run figures
 
 
+def run_figure(run: dict, ncols: int = 2, width_ratios=None) -> tuple[Figure, list]:
+    """A figure of `ncols` panels, taller for a --model's module names under the axes."""
+    return new_figure(ncols, width_ratios, MODEL_FIGSIZE if is_model_run(run["layers"]) else FIGSIZE)
+
+
 def variance_figure(run: dict) -> Figure:
-    fig, (fwd, bwd) = new_figure()
-    variance_panel(fwd, run, FORWARD, "Forward: activations", "forward")
-    variance_panel(bwd, run, BACKWARD, "Backward: gradients", "backward")
+    fig, (fwd, bwd) = run_figure(run)
+    model = is_model_run(run["layers"])
+    variance_panel(fwd, run, FORWARD, "Forward: module outputs" if model else "Forward: activations", "forward")
+    variance_panel(bwd, run, BACKWARD, "Backward: gradients w.r.t. them" if model else "Backward: gradients",
+                   "backward")
     for ax, direction in ((fwd, "forward"), (bwd, "backward")):
         ax.set_title(verdict_text(run["summary"], direction), loc="right", fontsize=8, color="0.35")
     scales = run["summary"].get("theory")
@@ -45,7 +54,7 @@ def variance_figure(run: dict) -> Figure:
 
 
 def weight_grad_figure(run: dict) -> Figure:
-    fig, (grads, weights) = new_figure(width_ratios=(3, 2))
+    fig, (grads, weights) = run_figure(run, width_ratios=(3, 2))
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
     fig.suptitle(label(run["config"]))
@@ -144,6 +153,30 @@ def histograms_figure(run: dict) -> Figure:
 
 
 
+def spp_figure(run: dict) -> Figure:
+    """A --model's signal propagation plot (Brock, De & Smith 2021): each recorded output's average squared channel
+    mean and average channel variance (their sum is E[y^2]); beside it, for (N, T, C) outputs, the mean cosine
+    between a sequence's tokens (rank collapse drives it to 1: Dong et al. 2021, Noci et al. 2022)."""
+    layers = run["layers"]
+    tokens = "token_corr" in layers and np.isfinite(layers["token_corr"].to_numpy(dtype=float)).any()
+    fig, axes = run_figure(run, 2 if tokens else 1, (3, 2) if tokens else None)
+    variance_panel(axes[0], run, ("chan_sq_mean", "chan_var"), "Signal propagation: channel statistics", "forward")
+    axes[0].set_ylabel("log scale")
+    if tokens:
+        token_panel(axes[1], layers)
+    fig.suptitle(label(run["config"]))
+    return fig
+
+
+def token_panel(ax, layers) -> None:
+    x, values = seed_matrix(layers, "token_corr")
+    marker = "o" if layers["layer"].max() <= MARKER_DEPTH else None
+    drawn = draw_series(ax, x, values, COLOURS["token_corr"], NAMES["token_corr"], log=False, marker=marker)
+    set_correlation_axis(ax, drawn, int(layers["layer"].max()), module_names(layers))
+    ax.set_title("Rank collapse: similarity of tokens", loc="left", fontsize=11)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+
+
 def correlation_figure(run: dict) -> Figure:
     fig, (ax,) = new_figure(1, figsize=SMALL_FIGSIZE)
     layers = run["layers"]
@@ -240,22 +273,34 @@ def jacobian_figure(run: dict) -> Figure:
 
 
 def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path]:
-    """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/, plus correlation
-    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths.
-    `workers` processes draw them (forking.run_shared; default: one per CPU, at most 2)."""
+    """Write the run's figures (figures_of) into run_dir/plots/; returns the paths. `workers` processes draw them
+    (forking.run_shared; default: one per CPU, at most 2)."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
-    # the processes take every other figure: in this order their shares take about equally long
-    figures = {"variance": variance_figure, "histograms": histograms_figure, "saturation": saturation_figure,
-               "weight_grad": weight_grad_figure}
-    if "preact_corr" in run["layers"]:
-        figures["correlation"] = correlation_figure
-    if run["jacobian"] is not None:
-        figures["jacobian"] = jacobian_figure
+    figures = figures_of(run)
     paths = [out / f"{name}.{fmt}" for name in figures]
     forking.run_shared([functools.partial(_draw, make, run, path, fmt) for make, path in zip(figures.values(), paths)],
                        workers)
     return paths
+
+
+def figures_of(run: dict) -> dict:
+    """{name: figure function} of a run: a --model's variance, spp and (where its modules have weights)
+    weight_grad; the built-in network's variance, histograms, saturation, weight_grad, correlation, jacobian."""
+    layers = run["layers"]
+    if is_model_run(layers):
+        figures = {"variance": variance_figure, "spp": spp_figure}
+        if np.isfinite(layers["weight_var"].to_numpy(dtype=float)).any():
+            figures["weight_grad"] = weight_grad_figure
+        return figures
+    # the processes take every other figure: in this order their shares take about equally long
+    figures = {"variance": variance_figure, "histograms": histograms_figure, "saturation": saturation_figure,
+               "weight_grad": weight_grad_figure}
+    if "preact_corr" in layers:
+        figures["correlation"] = correlation_figure
+    if run["jacobian"] is not None:
+        figures["jacobian"] = jacobian_figure
+    return figures
 
 
 def _draw(make, run: dict, path: Path, fmt: str) -> None:
