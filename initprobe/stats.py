@@ -33,8 +33,8 @@ def channel_mean_var(t: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tenso
     rows = by_channel(t, channel_dim)  # (n, C)
     n = rows.shape[0]
     mean = rows.sum(0) / n  # (C,)
-    deviation = rows - mean
-    return mean, deviation.square().sum(0) / n
+    deviation = rows - mean  # a temporary: squared in place, one tensor made rather than two
+    return mean, deviation.square_().sum(0) / n
 
 
 def channel_moments(t: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
