@@ -161,7 +161,7 @@ def spp_figure(run: dict) -> Figure:
     tokens = "token_corr" in layers and np.isfinite(layers["token_corr"].to_numpy(dtype=float)).any()
     fig, axes = run_figure(run, 2 if tokens else 1, (3, 2) if tokens else None)
     variance_panel(axes[0], run, ("chan_sq_mean", "chan_var"), "Signal propagation: channel statistics", "forward")
-    axes[0].set_ylabel("log scale")
+    axes[0].set_ylabel("channel statistic (log scale)")
     if tokens:
         token_panel(axes[1], layers)
     fig.suptitle(label(run["config"]))
