@@ -227,3 +227,13 @@ def test_missing_transformers_is_one_line(workdir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
     assert main(["run", "--model", "hf:gpt2", "--no-plots"]) == 2
     assert "pip install 'initprobe[models]'" in capsys.readouterr().err
+
+
+def test_bench_row_of_a_transformers_model():
+    """The bench's --model row on a tiny GPT-2, one pair (its timing is the bench's business, not a test's)."""
+    from initprobe import bench
+
+    tiny = dict(model="hf:gpt2", model_args={"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 100},
+                seq_len=8, batch=2)
+    result = bench.model_overhead("tiny", tiny, 1.2, torch.device("cpu"), reps=1)
+    assert result["value"] > 0 and result["pass"] in (True, False) and "15 modules recorded" in result["note"]
