@@ -1,10 +1,31 @@
-"""Theory next to measurement: from a RunConfig (and, for a run, its measured weight variances) to the
-mean-field predictions of `theory.py`, as `theory_*` columns and summary numbers. numpy only, no torch.
+"""Theory next to measurement: from a RunConfig (and, for a run, its measured weights) to the mean-field
+predictions of `theory.py`, as `theory_*` columns and summary numbers. numpy only, no torch.
 
-Conventions (Poole et al. 2016; Schoenholz et al. 2017): sigma_w^2 = fan_in * Var(W^l) of each layer as
-initialized, sigma_b^2 = Var(b); the input x0 ~ N(0, 1) has E[x0^2] = 1 and, between two inputs, correlation 0
-in expectation. For the CNN the same recursions hold with fan_in = k^2 * C per position; they are exact with
-circular padding, while zero padding lowers the variance at the border (a measured deviation, not hidden).
+Conventions (Poole et al. 2016; Schoenholz et al. 2017; docs/theory.md): sigma_w^2 = fan_in * E[(W^l)^2] of each
+layer as initialized. It is the second moment, not the variance: h = W x sums fan_in products W_i x_i, and for
+inputs x_i independent with mean 0 its square has mean fan_in E[W^2] E[x^2] whatever the mean of W, so layer 1
+of an init with non-zero mean (constant, U(0, 1)) is predicted from Var(W) + E[W]^2. (Beyond layer 1 such weights
+give the units a common part, the cross terms E[W]^2 x_i x_j, which mean-field theory leaves out: it describes
+zero-mean weights.) A run takes E[W^2] from its measured weights (layers.csv's weight_sq_mean), `initprobe theory`
+from the scheme's formula. sigma_b^2 = Var(b) (the biases have mean 0). The input x0 ~ N(0, 1) has E[x0^2] = 1
+and, between two inputs, correlation 0 in expectation.
+
+Two sets of scales (q*, chi_1, depth scales, regime) describe a run: the nominal ones of the scheme's formula (what
+`initprobe theory` prints; none for a data-dependent init or a user's function) and the realized ones of the
+weights this run drew, whose sigma_w^2 differs from the formula's by O(1/sqrt(weights)). Near criticality that
+difference decides q* and the regime (tanh + Glorot: 1.001 gives q* = 0.0005, 0.999 gives q* = 0 and "ordered"),
+so the summary gives both, labelled.
+
+CNNs use the same recursions with fan_in = k^2 C per position. Circular padding gives every position a full patch;
+zero padding lowers the variance at the border (a measured deviation, not hidden). Even with circular padding the
+recursions assume Gaussian pre-activations, and with few input channels layer 1's are not: a unit's h is Gaussian
+only given its weights, with variance ||W_c||^2 over a patch of k^2 C_in inputs, which spreads over the channels
+by sqrt(2 / (k^2 C_in)) for Gaussian weights (0.27 for a 3x3 kernel on 3 channels). Over the channels h is then a
+Gaussian scale mixture, and E[phi(h)^2] falls below its value at the mean scale where phi^2 is concave in the
+scale (tanh: 1.5 % at q = 1 for that spread). Later layers inherit the deficit, damped as q^l approaches q*.
+Measured (tanh + LeCun normal, so q^1 = 1; 8x8 images, batch 32, 12 seeds, float64): with 3 input channels act_var
+is 1.8 % below theory at layer 1 and preact_var 2.1 % below at layer 2, within 1 % from layer 6 on; with 64 input
+channels within 0.9 % at every layer (tests/test_theory_bugs.py holds the wide case to its finite-width error).
 """
 
 import math
@@ -15,6 +36,8 @@ import pandas as pd
 from . import config, inits, shapes, theory
 
 COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
+WEIGHT_MOMENT = "weight_sq_mean"  # the measured column theory reads: E[W^2], averaged over the seeds
+INPUT_Q = 1.0  # E[x0^2] of the input x0 ~ N(0, 1)
 
 
 def fans(cfg: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -29,41 +52,63 @@ def bias_variance(cfg: config.RunConfig) -> np.ndarray:
     return np.full_like(fan_in, 0.0 if cfg.bias == "zeros" else cfg.bias_std**2)
 
 
-def expected_weight_variance(cfg: config.RunConfig) -> np.ndarray | None:
-    """Var(W^l) from the scheme's formula; None for data-dependent schemes (lsuv, a user's function)."""
+def expected_second_moment(cfg: config.RunConfig) -> np.ndarray | None:
+    """E[(W^l)^2] of each layer from the scheme's formula; None where there is none (nominal_note says why)."""
     spec = inits.get(cfg.init)
     params = config.init_params(cfg)
     values = [spec.expected_second_moment(s, params) for s in shapes.weight_shapes(cfg)]
     return None if None in values else np.array(values)
 
 
-def columns(cfg: config.RunConfig, weight_var: np.ndarray) -> dict[str, np.ndarray]:
-    """theory_* columns, one value per layer, for these weight variances."""
+def nominal_note(cfg: config.RunConfig) -> str | None:
+    """Why the scheme has no nominal prediction (no formula for E[W^2] before the weights exist), or None."""
+    if expected_second_moment(cfg) is not None:
+        return None
+    return _no_formula(cfg) + "; only the realized network is predicted, from the weights it drew"
+
+
+def _no_formula(cfg: config.RunConfig) -> str:
+    if inits.get(cfg.init).data_dependent:
+        return (f"init '{cfg.init}' is data-dependent (it rescales the weights on a batch): there is no formula "
+                "for E[W^2] before a network exists")
+    return f"init '{cfg.init}' is a function of your own: there is no formula for E[W^2] before it has run"
+
+
+def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict[str, np.ndarray]:
+    """theory_* columns, one value per layer, for these second moments E[(W^l)^2]."""
     fan_in, fan_out = fans(cfg)
     n_terms = cfg.batch * shapes.positions(cfg)
-    out = theory.predict(cfg.act, weight_var, fan_in, fan_out, bias_var=bias_variance(cfg), input_q=1.0,
+    out = theory.predict(cfg.act, weight_sq_mean, fan_in, fan_out, bias_var=bias_variance(cfg), input_q=INPUT_Q,
                          slope=cfg.slope, input_corr=0.0, n_terms=n_terms)
     out["theory_preact_corr"] = out.pop("theory_corr")
     return out
 
 
+def measured_second_moment(frame: pd.DataFrame) -> pd.Series:
+    """E[(W^l)^2] per layer (index: layer, ascending), averaged over the frame's seeds."""
+    return frame.groupby("layer")[WEIGHT_MOMENT].mean().sort_index()
+
+
 def add_theory(frame: pd.DataFrame, cfg: config.RunConfig) -> pd.DataFrame:
-    """The run's layers with theory_* columns, predicted from each layer's measured weight variance averaged over
-    the seeds (so lsuv, orthogonal or a user's init are predicted from the weights they actually produced). One
-    prediction serves every seed: seeds' weight variances differ by O(1/width), far below what the statistics
-    resolve, and the quadrature is the costly part of a small run."""
-    weight_var = frame.groupby("layer")["weight_var"].mean().sort_index()
-    theory_cols = pd.DataFrame(columns(cfg, weight_var.to_numpy()), index=weight_var.index)
+    """The run's layers with theory_* columns, predicted from each layer's measured E[W^2] averaged over the seeds
+    (so lsuv, orthogonal or a user's init are predicted from the weights they actually produced). One prediction
+    serves every seed: seeds' second moments differ by O(1/width), far below what the statistics resolve, and the
+    quadrature is the costly part of a small run."""
+    moment = measured_second_moment(frame)
+    theory_cols = pd.DataFrame(columns(cfg, moment.to_numpy()), index=moment.index)
     return frame.join(theory_cols, on="layer")
 
 
-def scales(cfg: config.RunConfig, weight_var: np.ndarray) -> dict:
-    """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one)."""
+def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict:
+    """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one), for these
+    second moments E[(W^l)^2]. q* is the fixed point the recursion reaches from the network's own q^1 (layer 1's
+    sigma_w^2 E[x0^2] + sigma_b^2), which decides it where every q is a fixed point (relu, sigma_w^2 = 2)."""
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
-    sigma_w2 = float(fan_in[l] * weight_var[l])
+    sigma_w2 = float(fan_in[l] * weight_sq_mean[l])
     sigma_b2 = float(bias_variance(cfg)[l])
-    out = theory.depth_scales(cfg.act, sigma_w2, sigma_b2, cfg.slope)
+    q1 = float(fan_in[0] * weight_sq_mean[0] * INPUT_Q + bias_variance(cfg)[0])
+    out = theory.depth_scales(cfg.act, sigma_w2, sigma_b2, cfg.slope, start=q1)
     return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, **out}
 
 
@@ -78,19 +123,25 @@ def deviation(frame: pd.DataFrame) -> dict:
 
 
 def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
-    mean_wvar = frame.groupby("layer")["weight_var"].mean().to_numpy()
-    return {**scales(cfg, mean_wvar), "max_relative_deviation": deviation(frame)}
+    """summary.json's "theory": {"nominal": the scheme's scales (None, with "nominal_note", where it has no
+    formula), "realized": the scales of the weights this run drew (their E[W^2] averaged over the seeds),
+    "max_relative_deviation": of the measurement from the realized network's theory_* columns}."""
+    nominal = expected_second_moment(cfg)
+    out = {"nominal": None if nominal is None else scales(cfg, nominal)}
+    if nominal is None:
+        out["nominal_note"] = nominal_note(cfg)
+    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy())
+    out["max_relative_deviation"] = deviation(frame)
+    return out
 
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
     """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales."""
-    weight_var = expected_weight_variance(cfg)
-    if weight_var is None:
-        raise config.ConfigError(f"init '{cfg.init}' is data-dependent: there is no prediction before a "
-                                 "network exists; `initprobe run` predicts from the weights it produced")
-    frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), "weight_var": weight_var,
-                          **columns(cfg, weight_var)})
-    return frame, scales(cfg, weight_var)
+    moment = expected_second_moment(cfg)
+    if moment is None:
+        raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")
+    frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), WEIGHT_MOMENT: moment, **columns(cfg, moment)})
+    return frame, scales(cfg, moment)
 
 
 def phase_grid(act: str, sigma_w2: np.ndarray, sigma_b2: np.ndarray, slope: float = 0.01) -> pd.DataFrame:
@@ -103,14 +154,15 @@ def phase_grid(act: str, sigma_w2: np.ndarray, sigma_b2: np.ndarray, slope: floa
 
 def jacobian(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
     """Predictions for the first seed's end-to-end Jacobian: the mean squared singular value from this
-    network's own layers (prod over l of fan_out Var(W^l) E[phi'(h^l)^2]), and the free-probability mean and
+    network's own layers (prod over l of fan_out E[(W^l)^2] E[phi'(h^l)^2]), and the free-probability mean and
     variance at the fixed point (Pennington et al. 2017), for orthogonal or Gaussian weights."""
     first = frame[frame["seed"] == frame["seed"].min()].sort_values("layer")
     _, fan_out = fans(cfg)
+    moment = first[WEIGHT_MOMENT].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         dphi2 = first["theory_grad_preact_var"].to_numpy() / first["theory_grad_act_var"].to_numpy()
-        layerwise = float(np.prod(fan_out * first["weight_var"].to_numpy() * dphi2))
-    sc = scales(cfg, first["weight_var"].to_numpy())
+        layerwise = float(np.prod(fan_out * moment * dphi2))
+    sc = scales(cfg, moment)
     weights = "orthogonal" if inits.get(cfg.init).orthogonal else "gaussian"
     free = theory.jacobian_prediction(cfg.act, sc["sigma_w2"], sc["q_star"], cfg.depth, weights, cfg.slope)
     return {"theory_mean_sq_sv": layerwise, "free_probability": {"weights": weights, "at_q": sc["q_star"], **free}}

@@ -1,4 +1,5 @@
-"""One forward + backward through the network, recording the per-layer statistics of DESIGN section 1.
+"""One forward + backward through the network, recording the per-layer statistics of layers.csv (COLUMNS; their
+meaning: docs/architecture.md).
 
 Everything is computed on the device: forward statistics as the forward goes, gradient statistics in hooks during
 the backward (so no gradient is kept): dL/dh and dL/dx in one hook on phi's backward node per layer, dL/dW read
@@ -21,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from . import fused, models, shapes
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
-           "weight_var", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
+           "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
 HIST_BINS = 60
 HIST_QUANTITIES = ("act", "grad_preact")  # Glorot & Bengio 2010, figures 6 and 7
 
@@ -35,8 +36,9 @@ EXACT_COUNT = 2**24  # float32 holds every integer up to this exactly: a 0/1 mas
 
 
 def count(mask: torch.Tensor, exact: bool) -> torch.Tensor:
-    """Ones in a 0/1 float mask. Tensor.sum() is ~3x faster than count_nonzero on a float tensor, and exact while
-    the mask has at most EXACT_COUNT elements (`exact`): every partial sum is an integer no larger than that."""
+    """Ones in a 0/1 float mask. Tensor.sum() is a plain reduction, cheaper than count_nonzero's test of each element,
+    and exact while the mask has at most EXACT_COUNT elements (`exact`): every partial sum is an integer no larger
+    than that."""
     return mask.sum() if exact else torch.count_nonzero(mask)
 
 
@@ -80,7 +82,7 @@ class Rows:
     """A (depth, cols) device buffer filled one row at a time. A row's values (0-d tensors) wait until `chunk` rows
     have come, then one stack writes them all: a stack per row costs about as much as the statistics of a small
     layer. Only a chunk's few hundred scalars are alive at once: thousands of them would pin the freed activations
-    between them on the heap (a checkpointed 10,000-layer run grew by gigabytes that way)."""
+    between them on the heap, and a checkpointed probe's memory would then grow with depth."""
 
     def __init__(self, depth, cols, dtype, device, chunk=32):
         self.buf = torch.full((depth, cols), math.nan, dtype=dtype, device=device)
@@ -143,8 +145,8 @@ class Recorder:
         self.leaves = None  # the plain probe's weights
 
     def weight(self, l, w):
-        """Statistics of W^l, taken once the layer's matmul has read W into cache (taken before it, they read W
-        from memory: 50-55 us a layer for 512x512 float32 here, against about 27)."""
+        """Statistics of W^l, taken once the layer's matmul has read W into cache (taken before it, they would read W
+        from memory a second time)."""
         self.weights.add(l, self.sums(w.detach()))
 
     def forward(self, l, h, x):
@@ -334,7 +336,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
 
 def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
     """Backpropagate L = sum(cotangent * x), so that dL/dx is the cotangent. x.backward(cotangent) would do it, but
-    its shape check imports sympy (0.45 s, a tenth of a default run); (x * cotangent).sum() costs a product
+    its shape check imports sympy, a slow import on the first call; (x * cotangent).sum() costs a product
     forward and backward. Instead a view of x is summed and a hook hands the cotangent itself on as its
     gradient: one extra pass, no new tensor."""
     top = x.view(x.shape)
@@ -345,7 +347,7 @@ def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
 def weight_counts(cfg, dtype, device) -> torch.Tensor:
     """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
     the host and waits for the copy (a host sync). Every layer but the first has the last one's count, so that is
-    two fills, not one a layer and a stack (0.1 ms of a 50-layer probe)."""
+    two fills, not one a layer and a stack."""
     counts = shapes.weight_sizes(cfg)
     filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
     for l, n in enumerate(counts):
@@ -355,7 +357,9 @@ def weight_counts(cfg, dtype, device) -> torch.Tensor:
 
 
 def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor:
-    """Columns from the raw per-layer sums (each a (depth,) tensor), for all layers at once."""
+    """Columns from the raw per-layer sums (each a (depth,) tensor), for all layers at once. weight_var is Var(W),
+    weight_sq_mean E[W^2] (= Var(W) + E[W]^2): mean-field theory's sigma_w^2 / fan_in is the second moment, which
+    differs from the variance for an init with non-zero mean (constant, U(0, 1))."""
 
     def var(name, count):  # biased: E[t^2] - E[t]^2, clamped at 0 against rounding
         return (r[name + "_sq"] / count - (r[name + "_sum"] / count) ** 2).clamp_min(0)
@@ -364,7 +368,8 @@ def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor
     corr = (r["pre_pairs"] - batch) / pairs if pairs else torch.full_like(r["pre_sum"], math.nan)
     corr = torch.where(torch.isfinite(r["pre_sq"]), corr, math.nan)  # an infinite row norm has no direction
     columns = [r["pre_sum"] / n, var("pre", n), r["act_sum"] / n, r["act_sq"] / n, var("gh", n), var("gx", n),
-               var("w", n_weights), var("gw", n_weights), r["sat"] / n, 1 - r["nonzero"] / n, corr]
+               var("w", n_weights), r["w_sq"] / n_weights, var("gw", n_weights), r["sat"] / n, 1 - r["nonzero"] / n,
+               corr]
     return torch.stack(columns, dim=1)
 
 

@@ -89,8 +89,8 @@ _GL01 = {n: (0.5 * (x + 1.0), 0.5 * w * _INV_SQRT_2PI) for n, (x, w) in _GL.item
 
 
 def _rule1(sigma: float, points, max_x_panels: int = 500, order: int = 10):
-    """`_rule` for one row with mean 0, the panel edges assembled in plain Python: the same nodes, 3-4x less
-    overhead for the many small calls of a fixed-point search."""
+    """`_rule` for one row with mean 0, the panel edges assembled in plain Python: the same nodes, without numpy's
+    per-call overhead on small arrays, which dominates the many small calls of a fixed-point search."""
     reach = _Z * sigma
     xs = [p for p in points]
     xs += [g for g in _GRADED_LIST if g < reach and g < 2.0 * sigma]
@@ -252,8 +252,8 @@ def _kernel(phi, q: float, c: float, m2: float, negative_slope: float | None = N
     """E[phi(u1) phi(u2)], Var u = q, correlation c; at c = 1 exactly E[phi^2] (= m2), so c = 1 stays 1.
     For phi(x) = x (x > 0), a x (x < 0) (identity, relu, leaky_relu; a = `negative_slope`) the arc-cosine closed
     form (Cho & Saul 2009), as relu = r(x), phi = r(x) - a r(-x): q ((1 + a^2) J(c) - 2 a J(-c)),
-    J(c) = (sqrt(1 - c^2) + (pi - acos c) c) / (2 pi). It agrees with expect2 to ~1e-13 and is ~100x faster:
-    the correlation map calls it at every layer of every run."""
+    J(c) = (sqrt(1 - c^2) + (pi - acos c) c) / (2 pi). It agrees with expect2 to ~1e-13 and needs no nested
+    quadrature: the correlation map calls it at every layer of every run."""
     if math.isnan(q) or math.isnan(c):
         return math.nan
     if c == 1.0:
@@ -272,38 +272,54 @@ def _arc_cosine(c: float) -> float:
 
 # ---- fixed points, depth scales, phase diagram ------------------------------------------------------------------
 
-def fixed_point(act, sigma_w2, sigma_b2=0.0, slope=0.01) -> float:
-    """q* of the length map V(q) = sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2, the limit of iterating from q = 1.
+def fixed_point(act, sigma_w2, sigma_b2=0.0, slope=0.01, start=1.0) -> float:
+    """q* of the length map V(q) = sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2: the limit of iterating V from q = start.
+    A network's recursion starts at its first layer's q^1 = sigma_w2^1 E[x0^2] + sigma_b2^1 (predict passes it);
+    the default 1 is the q^1 of a unit-variance input through a layer with sigma_w2 = 1.
 
-    V is increasing, so from q = 1 the iteration moves monotonically to the nearest fixed point in the direction
-    of V(1) - 1: found by stepping log q outwards (doubling steps) until V(q)/q - 1 changes sign, then Illinois
-    regula falsi on log q. Degenerate cases: every q a fixed point (|V(1) - 1| < 1e-12: relu sigma_w2 = 2,
-    identity sigma_w2 = 1, sigma_b2 = 0) returns the starting q = 1; collapse to 0 (tanh sigma_w2 <= 1,
-    sigma_b2 = 0; no sign change down to q = 1e-30 when V(0) = 0, else 1e-300) returns 0.0; divergence (no sign
-    change up to 1e300: relu sigma_w2 > 2, identity sigma_w2 > 1) returns inf; nan input returns nan."""
-    return _fixed_point(_act(act), float(sigma_w2), float(sigma_b2), float(slope))
+    V is increasing, so from `start` the iteration moves monotonically to the nearest fixed point in the direction
+    of V(start) - start: found by stepping log q outwards (doubling steps) until V(q)/q - 1 changes sign, then
+    Illinois regula falsi on log q. Special cases: `start` itself a fixed point (|V(q)/q - 1| < 1e-12 there; in
+    particular where every q is one: relu sigma_w2 = 2, identity sigma_w2 = 1, sigma_b2 = 0) returns `start`, where
+    the recursion stays;
+    collapse to 0 (tanh sigma_w2 <= 1, sigma_b2 = 0; no sign change down to q = 1e-30 when V(0) = 0, else 1e-300)
+    returns 0.0; divergence (no sign change up to 1e300: relu sigma_w2 > 2, identity sigma_w2 > 1) returns inf;
+    nan input or a negative start returns nan. start = 0 stays at 0 if V(0) = 0 and else starts from V(0);
+    start = inf starts from V(inf) (inf where phi grows)."""
+    return _fixed_point(_act(act), float(sigma_w2), float(sigma_b2), float(slope), float(start))
 
 
 @functools.lru_cache(maxsize=65536)  # the phase diagram asks for the same (sigma_w2, sigma_b2) twice
-def _fixed_point(act: Activation, sw2: float, sb2: float, slope: float) -> float:
-    if math.isnan(sw2) or math.isnan(sb2):
+def _fixed_point(act: Activation, sw2: float, sb2: float, slope: float, start: float = 1.0) -> float:
+    if math.isnan(sw2) or math.isnan(sb2) or math.isnan(start) or start < 0:
         return math.nan
     phi, _ = _phi_fns(act, slope)
     if math.isinf(sw2) or math.isinf(sb2):
         return math.inf
     v0 = sw2 * _at_zero(lambda x: phi(x) ** 2) + sb2
     q_min = 1e-30 if v0 == 0.0 else _Q_MIN
+    if start == 0.0:  # V(0) = 0: the recursion stays at 0; else its next step is V(0) > 0
+        if v0 == 0.0:
+            return 0.0
+        start = v0
+    if math.isinf(start):  # the next step is V(inf): finite for a bounded phi
+        with np.errstate(all="ignore"):
+            start = sw2 * expect(lambda x: phi(x) ** 2, math.inf) + sb2
+        if not 0.0 < start < math.inf:
+            return start
+    start = min(max(start, q_min), _Q_MAX)
+    y0 = math.log(start)
 
     def resid(y):  # V(q)/q - 1 at q = e^y: scale-free, so its sign is reliable from 1e-300 to 1e300
         qq = math.exp(y)
         with np.errstate(all="ignore"):
             return (sw2 * expect(lambda x: phi(x) ** 2, qq) + sb2) / qq - 1.0
 
-    r0 = resid(0.0)
+    r0 = resid(y0)
     if abs(r0) < 1e-12:
-        return 1.0
+        return start
     direction = 1.0 if r0 > 0 else -1.0
-    y_prev, r_prev, step = 0.0, r0, math.log(4.0)
+    y_prev, r_prev, step = y0, r0, math.log(4.0)
     while True:
         y = y_prev + direction * step
         if y > math.log(_Q_MAX):
@@ -376,6 +392,18 @@ def _depth(rate: float) -> float:
     return -1.0 / math.log(rate)
 
 
+def _grad_depth(chi: float) -> float:
+    """1 / |ln chi_1|: the number of layers over which gradients grow or shrink by e. inf where nothing grows or
+    shrinks (|ln chi_1| < 1e-12: chi_1 = 1 up to rounding, as relu with sigma_w2 = 2 gives 1 + 2e-16), 0 at
+    chi_1 = 0 or inf, nan for nan."""
+    if math.isnan(chi):
+        return math.nan
+    if chi <= 0.0 or math.isinf(chi):
+        return 0.0
+    rate = abs(math.log(chi))
+    return math.inf if rate < 1e-12 else 1.0 / rate
+
+
 def _corr_fixed_point(act, sw2: float, sb2: float, q: float, slope) -> float:
     """c* < 1 of the C-map at q* in the chaotic phase. C is convex on [0, 1] (a power series in c with
     non-negative coefficients), C(0) >= 0 and C(1) = 1 with slope chi_1 > 1, so c* in [0, 1) is unique."""
@@ -395,16 +423,18 @@ def _corr_fixed_point(act, sw2: float, sb2: float, q: float, slope) -> float:
     return 1.0
 
 
-def depth_scales(act, sigma_w2, sigma_b2=0.0, slope=0.01) -> dict:
+def depth_scales(act, sigma_w2, sigma_b2=0.0, slope=0.01, start=1.0) -> dict:
     """q*, chi_1 and the depth scales of Schoenholz et al. 2017 for square layers with these variances.
 
     xi_q = -1/ln(chi_1 + sigma_w2 E[phi'' phi]) (how fast q^l reaches q*), xi_c = -1/ln(chi_c) with
     chi_c = sigma_w2 E[phi'(u1) phi'(u2)] at the correlation fixed point c* (c* = 1 and chi_c = chi_1 unless
-    chi_1 > 1), xi_grad = 1/|ln chi_1| (gradients scale like chi_1^-l). Depth scales are inf where the log is 0
-    (or the rate exceeds 1: nothing decays). regime: 'critical' when |chi_1 - 1| < 1e-3 (CRITICAL_TOL), else
-    'ordered' (chi_1 < 1) or 'chaotic'; 'undefined' only for nan chi_1."""
+    chi_1 > 1), xi_grad = 1/|ln chi_1| (gradients scale like chi_1^-l). Depth scales are inf where the log is 0 up
+    to rounding (|ln| < 1e-12) or the rate exceeds 1 (nothing decays). q* is the fixed point reached from `start`
+    (see fixed_point: a network passes its q^1; it matters where every q is a fixed point, relu at sigma_w2 = 2).
+    regime: 'critical' when |chi_1 - 1| < 1e-3 (CRITICAL_TOL), else 'ordered' (chi_1 < 1) or 'chaotic';
+    'undefined' only for nan chi_1."""
     sw2, sb2 = float(sigma_w2), float(sigma_b2)
-    q = fixed_point(act, sw2, sb2, slope)
+    q = fixed_point(act, sw2, sb2, slope, start)
     chi = chi_1(act, sw2, q, slope)
     q_ok = math.isfinite(q)
     xi_q = _depth(_q_slope(act, sw2, q, slope)) if q_ok else math.nan
@@ -416,8 +446,7 @@ def depth_scales(act, sigma_w2, sigma_b2=0.0, slope=0.01) -> dict:
         chi_c = chi if c_star == 1.0 else sw2 * expect2(dphi, dphi, q, q, c_star)
     else:
         c_star, chi_c = 1.0, chi
-    with np.errstate(all="ignore"):
-        xi_grad = float(1.0 / np.abs(np.log(np.float64(chi))))  # inf at chi_1 = 1, 0 at chi_1 = 0 or inf
+    xi_grad = _grad_depth(chi)
     if math.isnan(chi):
         regime = "undefined"
     elif abs(chi - 1.0) < CRITICAL_TOL:

@@ -85,7 +85,8 @@ def test_gain_is_torch_calculate_gain(name, slope):
 
 
 def test_torch_gain_table():
-    """DESIGN section 4: linear/sigmoid 1, tanh 5/3, relu sqrt 2, leaky_relu sqrt(2/(1+slope^2)), selu 3/4."""
+    """PyTorch's calculate_gain table: linear/sigmoid 1, tanh 5/3, relu sqrt 2, leaky_relu sqrt(2/(1+slope^2)),
+    selu 3/4."""
     get = activations.get
     assert get("linear").gain() == 1.0
     assert get("sigmoid").gain() == 1.0
@@ -115,7 +116,8 @@ def test_gain_without_torch_monte_carlo(name, device, f64):
     assert abs(ACTIVATIONS[name].gain() - gain_mc) <= tol, (ACTIVATIONS[name].gain(), gain_mc, tol)
 
 
-@pytest.mark.parametrize("q", [0.25, 1.0, 4.0])
+@pytest.mark.parametrize("q", [pytest.param(0.25, marks=pytest.mark.slow), 1.0,
+                               pytest.param(4.0, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", NAMES)
 def test_second_moment_monte_carlo(name, q, device, f64):
     """second_moment (theory's q-map) against Monte Carlo with torch's phi, within N_SE standard errors."""
@@ -188,15 +190,19 @@ def test_saturation_closed_forms(name, slope, kind, value):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_saturation_agrees_with_dphi(name):
-    """Whatever form saturation() takes, it classifies points as abs(phi'(h)) < 5% of max abs(phi') does."""
+    """Whatever form saturation() takes, it classifies points as abs(phi'(h)) < 5% of max abs(phi') does, the
+    maximum found here on a grid of its own (fine near 0, where each activation's phi' peaks or has its kink)."""
     act = ACTIVATIONS[name]
     x = np.linspace(-20.0, 20.0, 4001) + 1.0 / 700.0
-    flat = np.abs(act.dphi(x, 0.01)) < activations.SATURATION_LEVEL * act.max_abs_dphi(0.01)
+    fine = np.concatenate([x, np.linspace(-3.0, 3.0, 600_001)])
+    peak = np.abs(act.dphi(fine, 0.01)).max()
+    assert act.max_abs_dphi(0.01) == pytest.approx(peak, rel=1e-4)
+    flat = np.abs(act.dphi(x, 0.01)) < activations.SATURATION_LEVEL * peak
     kind, value = act.saturation(0.01)
     if kind == "interval":
         np.testing.assert_array_equal(flat, ~((x >= value[0]) & (x <= value[1])))
     else:
-        assert value == pytest.approx(activations.SATURATION_LEVEL * act.max_abs_dphi(0.01), rel=1e-12)
+        assert value == pytest.approx(activations.SATURATION_LEVEL * peak, rel=1e-4)
 
 
 # ---- names --------------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The `initprobe` command, in process through `main(argv) -> exit code` (DESIGN section 5): bad input is one line
-`error: ...` on stderr with exit code 2 and nothing in results/ is touched; the positive paths write what they say."""
+"""The `initprobe` command, in process through `main(argv) -> exit code`: bad input is one line `error: ...` on
+stderr with exit code 2 and nothing in results/ is touched; the positive paths write what they say; the help
+shows its text as written; the choices of an option are choices (listed, completed, refused when wrong)."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+import initprobe
+from initprobe import activations, config, inits
 from initprobe.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ["--depth", "2", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]  # if validation let it through
 
@@ -70,6 +76,11 @@ ERRORS = {  # id: (argv, substrings the one line must contain)
     "plot-nonexistent": (["plot", "/nonexistent"], ["/nonexistent"]),
     "depth-not-an-int": (["run", *TINY, "--depth", "abc"], ["depth"]),
     "unknown-option": (["run", "--dpth", "3", *TINY], ["--dpth", "--depth"]),
+    # a format matplotlib cannot write is refused with the other options, before phase.csv is written
+    "phase-unknown-format": (["phase", "--format", "bmp"], ["bmp", "png"]),
+    # --out names a directory to create, for every command that takes it
+    "theory-existing-out": (["theory", "--depth", "3", "--out", "results/earlier-run"],
+                            ["results/earlier-run", "exists"]),
 }
 
 
@@ -236,8 +247,8 @@ def test_gain_auto_takes_pytorch_relu_gain(workdir, capsys, device):
     assert json.loads((run_dir / "config.json").read_text())["init_params"]["gain"] == pytest.approx(math.sqrt(2))
 
 
+@pytest.mark.slow
 def test_run_with_plots_writes_plot_files(workdir, capsys, device):
-    pytest.importorskip("initprobe.plots", reason="initprobe/plots.py is not there yet")
     code, out, err = call(capsys, ["run", "--depth", "4", "--width", "16", "--batch", "8", "--seeds", "2",
                                    "--device", device.type])
     assert code == 0, err
@@ -254,30 +265,39 @@ def test_run_with_plots_writes_plot_files(workdir, capsys, device):
 LOADED = """
 import sys
 from initprobe import cli
-sys.argv = ["initprobe"] + sys.argv[1:]
-try:
-    cli.main()
-except SystemExit:
-    pass
-print("loaded:", *[m for m in ("torch", "pandas", "matplotlib", "numpy", "sympy") if m in sys.modules],
+code = cli.main(sys.argv[1:])
+print("exit", code, "loaded:", *sorted(m for m in ("torch", "pandas", "matplotlib", "sympy") if m in sys.modules),
       file=sys.stderr)
 """
 
 
-SMALL_RUN = ["run", "--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots", "--quiet",
-             "--device", "cpu"]
+def loaded_by(args, cwd) -> tuple[str, set]:
+    """Run `initprobe ARGS` in a fresh process: (its stdout, the heavy modules it imported)."""
+    done = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    assert last.startswith("exit 0 loaded:"), done.stderr
+    return done.stdout, set(last.split()[3:])
 
 
-@pytest.mark.parametrize("args, loaded", [(["--help"], ""), (["run", "--help"], ""), (["sweep", "--help"], ""),
-                                          (["list"], " numpy"),  # list computes the gains of non-torch activations
-                                          (SMALL_RUN, " torch pandas numpy")])
-def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args, loaded):
-    """What keeps them instant: they run in a fresh process and print which heavy modules got imported. A run
-    without plots needs no matplotlib, and no sympy (x.backward(cotangent)'s shape check imports it: 0.45 s)."""
-    done = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
-    assert done.stdout.strip(), done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "loaded:" + loaded, done.stderr
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["sweep", "--help"], ["theory", "--help"],
+                                  ["list"]], ids=" ".join)
+def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args):
+    """What keeps them instant: none of the heavy modules is imported to print help or the registries (numpy is
+    allowed: list computes the gains of the activations PyTorch has none for)."""
+    out, loaded = loaded_by(args, tmp_path)
+    assert out.strip()
+    assert not loaded & {"torch", "pandas", "matplotlib"}, loaded
+
+
+@pytest.mark.slow
+def test_a_run_without_plots_imports_no_matplotlib_or_sympy(tmp_path):
+    """A run without plots draws nothing, so it needs no matplotlib; and no sympy, which torch imports for the shape
+    check of x.backward(cotangent) (probe.backward hands the cotangent on without that check)."""
+    out, loaded = loaded_by(["run", "--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots",
+                             "--quiet", "--device", "cpu"], tmp_path)
+    assert (tmp_path / out.strip() / "layers.csv").is_file()
+    assert "torch" in loaded and not loaded & {"matplotlib", "sympy"}, loaded
 
 
 def test_console_script_help_exits_0(tmp_path):
@@ -306,5 +326,132 @@ def test_bench_prints_every_row_with_its_verdict_and_writes_the_json(workdir, ca
     lines = {name: next(line for line in printed.splitlines() if name in line) for name in ("fast", "too", "once")}
     assert "pass" in lines["fast"] and "FAIL" in lines["too"] and "info" in lines["once"]
     assert "a long note that an 80-column table would fold" in lines["fast"]  # 150 columns: 17 for notes at 80
-    written = json.loads((workdir / "b" / "bench.json").read_text())
-    assert [r["pass"] for r in written["rows"]] == [True, False, None]
+    assert printed.splitlines()[-1] == str(Path("b") / "bench.json")
+    assert (workdir / "b" / "bench.json").is_file()  # its parent created
+
+
+def test_bench_json_naming_a_directory_fails_before_benchmarking(workdir, capsys, monkeypatch):
+    """The JSON file is checked before minutes of measuring, not when they are over."""
+    from initprobe import bench
+
+    def run_all(*args, **kwargs):
+        raise AssertionError("the benchmark ran although its JSON file cannot be written")
+
+    monkeypatch.setattr(bench, "run_all", run_all)
+    before = snapshot(workdir)
+    code, out, err = call(capsys, ["bench", "--device", "cpu", "--json", "results"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: results") and "directory" in err, err
+    assert snapshot(workdir) == before
+
+
+def test_version(capsys):
+    code, out, err = call(capsys, ["--version"])
+    assert code == 0, err
+    assert out == f"initprobe {initprobe.__version__}\n"
+
+
+# ------------------------------------------------------------------------------------------------ --out
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny run directories, for `initprobe plot RUN RUN`."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, act in (("a", "tanh"), ("b", "relu")):
+        initprobe.run(initprobe.RunConfig(act=act, depth=3, width=8, batch=4, seeds=1, plots=False, device="cpu",
+                                          out=str(root / name)))
+    return root / "a", root / "b"
+
+
+def test_plot_overlay_into_an_existing_directory_is_refused(workdir, capsys, two_runs):
+    (workdir / "mine").mkdir()
+    (workdir / "mine" / "notes.txt").write_text("mine")
+    before = snapshot(workdir)
+    code, out, err = call(capsys, ["plot", *map(str, two_runs), "--out", "mine"])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error:") and "mine" in err and "exists" in err, err
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_plot_overlay_without_out_gets_a_new_directory_each_time(workdir, capsys, two_runs):
+    """A generated name never overwrites: the second overlay of the same runs goes to NAME-2."""
+    paths = []
+    for _ in range(2):
+        code, out, err = call(capsys, ["plot", *map(str, two_runs)])
+        assert code == 0, err
+        paths.append({Path(line).parent for line in out.splitlines()})
+    assert paths == [{Path("results/compare-a-vs-b")}, {Path("results/compare-a-vs-b-2")}]
+    for folder in paths[0] | paths[1]:
+        assert sorted(f.name for f in (workdir / folder).iterdir()) == ["compare_variance.png",
+                                                                        "compare_weight_grad.png"]
+
+
+# ------------------------------------------------------------------------------------------------ help text
+
+
+def help_text(capsys, monkeypatch, argv) -> str:
+    """The help of `initprobe ARGV`, its box lines removed and whitespace collapsed (rich wraps the text to the
+    terminal: 1000 columns, so that it wraps nothing here)."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    code, out, err = call(capsys, argv)
+    assert code == 0, err
+    return " ".join(re.sub("[\u2500-\u257f]", " ", out).split())
+
+
+def test_help_shows_bracketed_text_as_written(capsys, monkeypatch):
+    """Brackets in help are text, not rich markup that would swallow them."""
+    assert ("optional [sweep] options, [base] run options, [grid] lists (crossed), optional [[point]] tables"
+            in help_text(capsys, monkeypatch, ["sweep", "--help"]))
+    assert "1/sqrt(E[phi(z)^2])" in help_text(capsys, monkeypatch, ["run", "--help"])
+
+
+def test_activation_is_a_choice_and_the_help_lists_the_names(capsys, monkeypatch):
+    """--act takes one of the registry's names, aliases included: its help shows them as the option's values (and
+    a wrong one is refused while parsing: ERRORS' unknown-act)."""
+    shown = re.search(r"--act <([^>]*)>", help_text(capsys, monkeypatch, ["run", "--help"]))
+    assert shown, "run --help shows no --act <choices>"
+    assert set(shown.group(1).replace(" ", "").split("|")) == set(activations.choices())
+
+
+def completions(capsys, monkeypatch, words: str) -> list[str]:
+    """What bash completion offers after `words` (the last one is being typed; a trailing space starts a new one),
+    through click's own protocol as the shell calls it: _INITPROBE_COMPLETE=complete_bash, the words in
+    COMP_WORDS, the index of the one being completed in COMP_CWORD; candidates come out one a line."""
+    monkeypatch.setenv("_INITPROBE_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 0
+    return sorted(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("words, offered", [
+    ("initprobe run --act ta", ["tanh"]),
+    ("initprobe run --act s", sorted(n for n in activations.choices() if n.startswith("s"))),
+    ("initprobe run --init glorot", ["glorot_normal", "glorot_uniform"]),
+    ("initprobe run --init he_", ["he_normal", "he_uniform"]),
+    ("initprobe run --mode fan_a", ["fan_avg"]),
+    ("initprobe sweep --backend pro", ["process"]),
+])
+def test_shell_completion_offers_the_choices(capsys, monkeypatch, words, offered):
+    assert completions(capsys, monkeypatch, words) == offered
+
+
+def test_init_completion_offers_every_registry_name(capsys, monkeypatch):
+    """--init is open (a registry name or package.module:function): any text is accepted, the names are offered."""
+    assert completions(capsys, monkeypatch, "initprobe run --init ") == sorted(inits.choices())
+
+
+# ------------------------------------------------------------------------------------------------ docs
+
+
+def test_docs_options_md_is_generated_from_the_declarations():
+    """docs/options.md is the table config.options_markdown() makes from each option's declaration."""
+    path = ROOT / "docs" / "options.md"
+    regenerate = ("regenerate it: python -c \"from initprobe import config; "
+                  "open('docs/options.md','w').write(config.options_markdown())\"")
+    assert path.is_file(), f"docs/options.md is missing; {regenerate}"
+    assert path.read_text() == config.options_markdown(), f"docs/options.md is out of date; {regenerate}"

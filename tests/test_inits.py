@@ -1,5 +1,6 @@
-"""The initializer registry against its formulas (DESIGN section 4), against torch.nn.init (same generator, same
-numbers; and statistically) and against Keras' VarianceScaling. Parametrized over INITS, so a new entry is tested.
+"""The initializer registry against the schemes' published formulas (Glorot, He, LeCun, truncated normal), against
+torch.nn.init (same generator, same numbers; and statistically) and against Keras' VarianceScaling. Parametrized
+over INITS, so a new entry is tested.
 
 Statistical checks compare mean(w^2) with the scheme's variance, allowing N_SE standard errors
 v*sqrt((kurtosis-1)/n) (conftest.py): with n = 18,432 (the conv weight) that is about 6% for a normal, 4% for a
@@ -18,7 +19,7 @@ from initprobe import activations, config, inits, models
 from initprobe.config import ConfigError, RunConfig
 from initprobe.inits import INITS
 
-KERAS_TRUNC_STD = 0.87962566103423978  # std of N(0, 1) cut at +-2 (the Keras constant, DESIGN section 4)
+KERAS_TRUNC_STD = 0.87962566103423978  # std of N(0, 1) cut at +-2: Keras divides by it to undo the truncation
 TRUNC_VAR, TRUNC_KURTOSIS = truncated_normal_moments(2.0)
 KURTOSIS = {"uniform": KURTOSIS_UNIFORM, "normal": KURTOSIS_NORMAL, "untruncated_normal": KURTOSIS_NORMAL,
             "truncated_normal": TRUNC_KURTOSIS}
@@ -133,7 +134,7 @@ def test_trunc_std_constant():
     assert math.sqrt(TRUNC_VAR) == pytest.approx(KERAS_TRUNC_STD, rel=1e-15)
 
 
-# ---- DESIGN section 4 reference values ------------------------------------------------------------------------------
+# ---- reference values ---------------------------------------------------------------------------------------------
 
 def test_glorot_reference_values_same_generator(device, make_generator):
     """Linear 512 -> 10: bound 0.10721125, std 0.06189845 (8 digits, hence rtol 1e-6)."""
@@ -233,7 +234,11 @@ def test_identity_shapes(shape, device):
 
 # ---- Keras VarianceScaling and the presets' distributions -----------------------------------------------------------
 
-@pytest.mark.parametrize("distribution", inits.DISTRIBUTIONS)
+# a million truncated-normal draws take a while (torch's trunc_normal_): the full suite only
+DISTRIBUTIONS = [pytest.param(d, marks=pytest.mark.slow) if d == "truncated_normal" else d for d in inits.DISTRIBUTIONS]
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("mode", inits.MODES)
 def test_variance_scaling(mode, distribution, device, generator):
     """Var = scale/n for every mode and distribution; truncated: cut at 2 sigma', sigma' = sqrt(scale/n)/0.8796."""
@@ -243,6 +248,7 @@ def test_variance_scaling(mode, distribution, device, generator):
     assert_sampled(w, math.sqrt(scale / fan_n(BIG, mode)), distribution)
 
 
+@pytest.mark.slow
 def test_variance_scaling_truncated_is_keras_same_generator(device, make_generator):
     """Same draws as torch's trunc_normal_ with Keras' sigma' = sqrt(scale/n)/0.8796... and cut at +-2 sigma'."""
     for mode in inits.MODES:
@@ -254,7 +260,7 @@ def test_variance_scaling_truncated_is_keras_same_generator(device, make_generat
         assert torch.allclose(w, ref, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("distribution", inits.DISTRIBUTIONS)
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_explicit_distribution(name, distribution, device, generator):
     """--distribution replaces a preset's own: glorot_normal + truncated_normal is Keras' GlorotNormal (realized
@@ -314,10 +320,13 @@ def _torch_pairs():
 
 
 TORCH_PAIRS = _torch_pairs()
+# orthogonal's QR of each shape is the slow part: the full suite only
+SAME_GENERATOR = [pytest.param(*p[1:], id=p[0], marks=[pytest.mark.slow] if p[0].startswith("orthogonal") else [])
+                  for p in TORCH_PAIRS]
 
 
 @pytest.mark.parametrize("shape", [LINEAR, CONV, (16, 8, 5), (8, 4, 3, 3, 3)], ids=str)
-@pytest.mark.parametrize("ours,theirs", [p[1:] for p in TORCH_PAIRS], ids=[p[0] for p in TORCH_PAIRS])
+@pytest.mark.parametrize("ours,theirs", SAME_GENERATOR)
 def test_same_as_torch_same_generator(ours, theirs, shape, device, make_generator):
     """Identical sampling calls on identical generator state: equal up to the last-ulp rounding of a bound or std
     computed in a different order (rtol 1e-6, atol 0)."""
@@ -326,6 +335,7 @@ def test_same_as_torch_same_generator(ours, theirs, shape, device, make_generato
     assert torch.allclose(a, b, rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ours,theirs", [p[1:] for p in TORCH_PAIRS], ids=[p[0] for p in TORCH_PAIRS])
 def test_same_as_torch_statistically(ours, theirs, device, make_generator):
     """Independent draws (different seeds) of 1e6 entries: the two second moments differ by less than N_SE
@@ -385,8 +395,6 @@ def test_init_params_defaults_and_overrides():
 @pytest.mark.parametrize("name", sorted(INITS))
 def test_defaults_are_config_options(name):
     assert set(INITS[name].defaults) <= set(config.INIT_OPTIONS)
-    if "gain" in INITS[name].defaults:
-        assert INITS[name].default_gain == INITS[name].defaults["gain"]
 
 
 # ---- reproducibility ----------------------------------------------------------------------------------------------
@@ -516,7 +524,9 @@ def test_aliases():
     for alias, name in [("xavier_uniform", "glorot_uniform"), ("xavier_normal", "glorot_normal"),
                         ("kaiming_uniform", "he_uniform"), ("kaiming_normal", "he_normal")]:
         assert inits.get(alias) is INITS[name]
-    assert set(inits.choices()) == set(INITS) | set(inits.ALIASES)
+    for choice in inits.choices():  # every name offered (--init's completion, the help) is one get() knows
+        assert inits.get(choice) in INITS.values()
+    assert {"xavier_uniform", "kaiming_normal", "glorot_uniform", "lsuv"} <= set(inits.choices())
 
 
 @pytest.mark.parametrize("typo,closest", [("glorot_unifrom", "glorot_uniform"), ("he_norml", "he_normal"),

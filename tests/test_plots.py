@@ -1,8 +1,9 @@
-"""plots: every figure of a real (small) run is written and is a valid image, also for runs that overflow to
-inf/nan or underflow to 0, for old run directories without theory columns or histograms, and as SVG; the
-correlation and Jacobian figures exactly when their data exists; the theory and phase figures of
-`initprobe theory` / `initprobe phase`, also where the predictions are inf, nan or 0.
-Small runs (width 32, batch 16) on TORCH_DEVICE (default cpu); drawing, not probing, is most of the time."""
+"""plots: what the figures show (each line the mean over seeds of its CSV column, theory dashed beside it, log axes
+for variances, labelled axes, legends, no empty panel; the overlays, theory and phase figures likewise); every
+figure of a real (small) run written as a valid image, also for runs that overflow to inf/nan or underflow to 0,
+for old run directories without theory columns or histograms, and as SVG; the correlation and Jacobian figures
+exactly when their data exists; the theory and phase figures also where the predictions are inf, nan or 0.
+Small runs (width 32, batch 16) on TORCH_DEVICE (default cpu)."""
 
 import ast
 import json
@@ -16,8 +17,9 @@ import pandas as pd
 import pytest
 
 from initprobe import RunConfig, config, plots, predict, results, run, theory
+from initprobe.plots import compare_figures, run_figures, theory_figures
 from initprobe.plots import labels as labels_mod
-from initprobe.plots import run_figures
+from initprobe.plots.draw import NAMES
 
 DEVICE = os.environ.get("TORCH_DEVICE", "cpu")
 BASE_PLOTS = {"variance", "weight_grad", "histograms", "saturation"}
@@ -70,12 +72,14 @@ def assert_pngs(paths, names):
         assert png_size(path) == SIZES.get(path.stem, (1650, 630))  # figsize (11, 4.2) at 150 dpi
 
 
+@pytest.mark.slow
 def test_plot_run_writes_every_figure(tanh_run):
     paths = plots.plot_run(tanh_run)
     assert all(p.parent == tanh_run / "plots" for p in paths)
     assert_pngs(paths, RUN_PLOTS)
 
 
+@pytest.mark.slow
 def test_exploding_run_still_plots(exploding_run):
     layers = pd.read_csv(exploding_run / "layers.csv")
     assert np.isinf(layers["act_var"]).any(), "the run was meant to overflow"
@@ -84,12 +88,14 @@ def test_exploding_run_still_plots(exploding_run):
     assert_pngs(plots.plot_run(exploding_run), RUN_PLOTS)
 
 
+@pytest.mark.slow
 def test_vanishing_run_still_plots(vanishing_run):
     layers = pd.read_csv(vanishing_run / "layers.csv")
     assert (layers["act_var"] == 0).any(), "the run was meant to underflow to exactly 0"
     assert_pngs(plots.plot_run(vanishing_run), RUN_PLOTS)
 
 
+@pytest.mark.slow
 def test_old_run_plots_as_svg(tanh_run, tmp_path):
     """fmt='svg' writes SVG files; and a run written before theory_* columns existed, without histograms.csv
     or summary.json, still gets every figure (the correlation figure without its theory line)."""
@@ -106,6 +112,7 @@ def test_old_run_plots_as_svg(tanh_run, tmp_path):
         assert len(text) > 20_000, f"{path} is suspiciously small"
 
 
+@pytest.mark.slow
 def test_plot_compare_creates_out_dir(tanh_run, exploding_run, tmp_path):
     out = tmp_path / "nested" / "compare"
     paths = plots.plot_compare([tanh_run, exploding_run], out)
@@ -153,6 +160,170 @@ def test_no_pyplot_and_no_torch(module):
     assert not [m for m in imported if "pyplot" in m or m.split(".")[0] == "torch"]
 
 
+# ------------------------------------------------------------------------ what the figures show
+
+
+def seed_means(layers: pd.DataFrame, column: str, geometric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(layers, the mean over seeds of `column` at each): geometric for variances, arithmetic for fractions and
+    correlations; nan at a layer where a seed is not finite (or not positive, for a geometric mean)."""
+    table = layers.pivot(index="layer", columns="seed", values=column).sort_index().to_numpy(dtype=float)
+    with np.errstate(all="ignore"):
+        if geometric:
+            ok = np.isfinite(table) & (table > 0)
+            mean = np.exp(np.log(np.where(ok, table, 1.0)).mean(axis=1))
+        else:
+            ok = np.isfinite(table)
+            mean = np.where(ok, table, 0.0).mean(axis=1)
+    return np.sort(layers["layer"].unique()).astype(float), np.where(ok.all(axis=1), mean, np.nan)
+
+
+def line_labelled(ax, label: str):
+    """The line labelled `label`, or `label: inf/nan` / `label: all 0` where none of its values can be drawn."""
+    lines = [line for line in ax.get_lines() if line.get_label() in (label, f"{label}: inf/nan", f"{label}: all 0")]
+    assert len(lines) == 1, (label, [line.get_label() for line in ax.get_lines()])
+    return lines[0]
+
+
+def dashed_line_coloured(ax, colour):
+    """The theory line drawn beside a measured one: dashed, in its colour."""
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == "--" and line.get_color() == colour]
+    assert len(lines) == 1, colour
+    return lines[0]
+
+
+def assert_line(line, x, y, rtol=1e-12):
+    np.testing.assert_array_equal(line.get_xdata(), x)
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), y, rtol=rtol, equal_nan=True)
+
+
+def legend_texts(ax) -> list[str]:
+    assert ax.get_legend() is not None, ax.get_title(loc="left")
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def assert_not_empty(ax):
+    """Something drawn: a line with a finite point, or a histogram's bars."""
+    finite = any(np.isfinite(np.asarray(line.get_ydata(), dtype=float)).any() for line in ax.get_lines())
+    assert finite or ax.patches, ax.get_title(loc="left")
+
+
+PER_LAYER = {  # figure: the columns of each panel, and whether they are variances (geometric mean, log y)
+    "variance": ([("act_var", "preact_var"), ("grad_preact_var", "grad_act_var")], True),
+    "weight_grad": ([("weight_grad_var",), ("weight_var",)], True),
+    "saturation": ([("saturated_frac",), ("zero_frac",)], False),
+    "correlation": ([("preact_corr",)], False),
+}
+
+
+@pytest.mark.parametrize("name", list(PER_LAYER))
+def test_per_layer_figures_draw_the_mean_over_seeds_of_the_csv(tanh_run, name):
+    """Each line is the mean over seeds of its layers.csv column (geometric for variances, on a log y axis), its
+    theory_ column beside it dashed in its colour where the run has one; every panel has labelled axes, a legend
+    naming its lines (and the theory's dashes) and something drawn."""
+    run = results.read_run(tanh_run)
+    layers = pd.read_csv(tanh_run / "layers.csv")
+    fig = getattr(run_figures, f"{name}_figure")(run)
+    panels, variances = PER_LAYER[name]
+    assert len(fig.axes) == len(panels)
+    assert fig.get_suptitle().startswith(plots.label(run["config"]))
+    for ax, columns in zip(fig.axes, panels):
+        assert ax.get_yscale() == ("log" if variances else "linear")
+        assert ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        theory = [c for c in columns if f"theory_{c}" in layers]
+        assert legend_texts(ax) == [NAMES[c] for c in columns] + (["mean-field theory"] if theory else [])
+        for column in columns:
+            measured = line_labelled(ax, NAMES[column])
+            assert measured.get_linestyle() == "-"
+            assert_line(measured, *seed_means(layers, column, variances))
+            if column in theory:
+                assert_line(dashed_line_coloured(ax, measured.get_color()),
+                            *seed_means(layers, f"theory_{column}", variances))
+        assert_not_empty(ax)
+    if not variances:  # fractions and correlations: the whole of [0, 1] shows
+        assert all(ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
+
+
+def test_theory_columns_are_drawn_where_the_run_has_them(tanh_run):
+    """The theory lines of variance_figure: act_var, preact_var and both gradients all have theory_ columns here,
+    so each panel has two dashed lines; weight_var has none, so its panel has no dashes."""
+    run = results.read_run(tanh_run)
+    fwd, bwd = run_figures.variance_figure(run).axes
+    for ax in (fwd, bwd):
+        assert sum(line.get_linestyle() == "--" for line in ax.get_lines()) == 2
+    weights = run_figures.weight_grad_figure(run).axes[1]
+    assert not any(line.get_linestyle() == "--" for line in weights.get_lines())
+
+
+def test_histograms_show_each_recorded_layers_distribution(tanh_run):
+    """One outline a recorded layer, over the CSV's bins, with the fraction of the layer's values in each bin (so
+    they add up to 1), labelled with its layer."""
+    run = results.read_run(tanh_run)
+    hist = pd.read_csv(tanh_run / "histograms.csv")
+    fig = run_figures.histograms_figure(run)
+    assert len(fig.axes) == 2
+    for ax, quantity in zip(fig.axes, ("act", "grad_preact")):
+        rows = hist[hist["quantity"] == quantity]
+        recorded = sorted(rows["layer"].unique())
+        assert legend_texts(ax) == [f"layer {layer}" for layer in recorded]
+        assert len(ax.patches) == len(recorded) and ax.get_xlabel() and ax.get_ylabel()
+        for patch, layer in zip(ax.patches, recorded):
+            bins = rows[rows["layer"] == layer].sort_values("bin_left")
+            values, edges, _ = patch.get_data()
+            np.testing.assert_allclose(values, bins["count"] / bins["count"].sum(), rtol=1e-12)
+            np.testing.assert_allclose(edges, [*bins["bin_left"], bins["bin_right"].iloc[-1]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["exploding", "vanishing"])
+def test_variance_figure_marks_where_the_signal_leaves_the_float_range(exploding_run, vanishing_run, which):
+    """Overflow: the lines stop at the first layer a seed is inf/nan, and a mark names that layer; underflow to 0:
+    the same, with its own mark. The drawn points are still the geometric means of the finite ones."""
+    path = {"exploding": exploding_run, "vanishing": vanishing_run}[which]
+    layers = pd.read_csv(path / "layers.csv")
+    fwd = run_figures.variance_figure(results.read_run(path)).axes[0]
+    values = layers[["act_var", "preact_var"]].to_numpy(dtype=float)
+    if which == "exploding":
+        first = int(layers["layer"][~np.isfinite(values).all(axis=1)].min())
+        mark = f"non-finite from layer {first}"
+    else:
+        first = int(layers["layer"][(values == 0).any(axis=1)].min())
+        mark = f"underflow to 0 from layer {first}"
+    assert mark in [t.get_text().strip() for t in fwd.texts]
+    line = line_labelled(fwd, NAMES["act_var"])
+    x, want = seed_means(layers, "act_var", geometric=True)
+    assert_line(line, x, want)
+    y = np.asarray(line.get_ydata(), dtype=float)
+    assert np.isfinite(y[: first - 1]).all() and not np.isfinite(y[first - 1:]).any()
+    assert_not_empty(fwd)
+
+
+def test_compare_figures_draw_each_run_in_its_colour_with_its_label(tanh_run, exploding_run, tmp_path, monkeypatch):
+    """plot_compare's overlays (drawn, not saved): per panel, each run's first column is a solid line labelled by
+    what tells the runs apart, the second dotted in the same colour, both the geometric mean over its seeds; the
+    figure's legend names the runs."""
+    drawn = {}
+    monkeypatch.setattr(compare_figures, "save", lambda fig, path, fmt: drawn.setdefault(path.stem, fig) and path)
+    plots.plot_compare([tanh_run, exploding_run], tmp_path / "compare")
+    labels, _ = labels_mod.distinguishing_labels([results.read_run(r)["config"] for r in (tanh_run, exploding_run)],
+                                                 [tanh_run.name, exploding_run.name])
+    assert [t.get_text() for t in drawn["compare_variance"].legends[0].get_texts()] == labels
+    panels = {"compare_variance": [("act_var", "preact_var"), ("grad_preact_var", "grad_act_var")],
+              "compare_weight_grad": [("weight_grad_var",), ("weight_var",)]}
+    for name, fig in drawn.items():
+        for ax, columns in zip(fig.axes, panels[name]):
+            assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
+            assert legend_texts(ax) == [NAMES[c] for c in columns]  # which line style is which quantity
+            for run_dir, label in zip((tanh_run, exploding_run), labels):
+                layers = pd.read_csv(run_dir / "layers.csv")
+                solid = line_labelled(ax, label)
+                assert_line(solid, *seed_means(layers, columns[0], geometric=True))
+                for column in columns[1:]:
+                    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"  # not a mark's axvline:
+                              and line.get_color() == solid.get_color() and np.ptp(line.get_xdata()) > 0]
+                    assert len(dotted) == 1
+                    assert_line(dotted[0], *seed_means(layers, column, geometric=True))
+            assert_not_empty(ax)
+
+
 # ------------------------------------------------------------------------ correlation and Jacobian figures
 
 
@@ -160,25 +331,34 @@ def copy_run(run_dir, dest):
     return shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("plots"))
 
 
-def test_run_without_correlation_column_has_no_correlation_figure(tanh_run, tmp_path):
+def figures_made(run_dir, monkeypatch) -> set[str]:
+    """The figures plot_run makes for `run_dir` (made, not rendered or saved)."""
+    made = []
+    monkeypatch.setattr(run_figures, "save", lambda fig, path, fmt: made.append(path.stem))
+    paths = plots.plot_run(run_dir, workers=1)
+    assert [p.stem for p in paths] == made
+    return set(made)
+
+
+def test_run_without_correlation_column_has_no_correlation_figure(tanh_run, tmp_path, monkeypatch):
     old = copy_run(tanh_run, tmp_path / "old-run")
     layers = pd.read_csv(old / "layers.csv")
     layers.drop(columns=["preact_corr", "theory_preact_corr"]).to_csv(old / "layers.csv", index=False)
-    assert_pngs(plots.plot_run(old), BASE_PLOTS)
+    assert figures_made(old, monkeypatch) == BASE_PLOTS
 
 
-def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path):
-    assert_pngs(plots.plot_run(jacobian_run), RUN_PLOTS | {"jacobian"})
+def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path, monkeypatch):
+    assert figures_made(jacobian_run, monkeypatch) == RUN_PLOTS | {"jacobian"}
     without = copy_run(jacobian_run, tmp_path / "no-jacobian")
     (without / "jacobian.csv").unlink()
-    assert_pngs(plots.plot_run(without), RUN_PLOTS)
+    assert figures_made(without, monkeypatch) == RUN_PLOTS
 
 
 @pytest.mark.parametrize("values", [
-    [np.inf, np.nan, 0.0, 1e-30, 0.5, 2.0, 1e30],  # some not drawable
-    [np.nan, np.inf, 0.0],                          # none drawable
-    [0.7, 0.7, 0.7],                                # all equal
-], ids=["mixed", "none-drawable", "all-equal"])
+    pytest.param([np.inf, np.nan, 0.0, 1e-30, 0.5, 2.0, 1e30], id="mixed"),  # some not drawable
+    pytest.param([np.nan, np.inf, 0.0], id="none-drawable", marks=pytest.mark.slow),
+    pytest.param([0.7, 0.7, 0.7], id="all-equal", marks=pytest.mark.slow),
+])
 def test_jacobian_figure_with_non_finite_values(jacobian_run, tmp_path, values):
     """Singular values and predictions that are inf, nan or 0 (as summary.json writes them: strings) render."""
     bad = copy_run(jacobian_run, tmp_path / "bad")
@@ -208,7 +388,8 @@ def assert_image(path, fmt):
     assert {"png": data[:8] == PNG_SIGNATURE, "svg": b"<svg" in data[:2000], "pdf": data[:5] == b"%PDF-"}[fmt]
 
 
-@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+@pytest.mark.parametrize("fmt", ["png", pytest.param("svg", marks=pytest.mark.slow),
+                                 pytest.param("pdf", marks=pytest.mark.slow)])
 def test_plot_theory_writes_theory_file(tmp_path, fmt):
     frame, scales, cfg = theory_inputs(act="tanh", init="glorot_normal")
     paths = plots.plot_theory(frame, scales, cfg, tmp_path / "out", fmt)
@@ -218,10 +399,11 @@ def test_plot_theory_writes_theory_file(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"act": "linear", "init": "normal", "std": 1.0, "depth": 200},  # theory overflows to inf at layer ~114
-    {"act": "relu", "init": "normal", "std": 0.01, "depth": 300},   # ... and underflows to 0
-    {"act": "tanh", "init": "zeros"},                               # all exactly 0
-], ids=["overflow", "underflow", "zeros"])
+    # the theory overflows to inf at layer ~114; underflows to 0; is exactly 0 everywhere
+    pytest.param({"act": "linear", "init": "normal", "std": 1.0, "depth": 200}, id="overflow"),
+    pytest.param({"act": "relu", "init": "normal", "std": 0.01, "depth": 300}, id="underflow", marks=pytest.mark.slow),
+    pytest.param({"act": "tanh", "init": "zeros"}, id="zeros", marks=pytest.mark.slow),
+])
 def test_plot_theory_with_inf_nan_and_zero(tmp_path, kwargs):
     frame, scales, cfg = theory_inputs(**kwargs)
     values = frame.filter(like="theory_").to_numpy()
@@ -243,7 +425,7 @@ def phase_inputs():
     return predict.phase_grid("tanh", sw2, sb2), sb2, theory.critical_line("tanh", sb2)
 
 
-@pytest.mark.parametrize("fmt", ["png", "pdf"])
+@pytest.mark.parametrize("fmt", ["png", pytest.param("pdf", marks=pytest.mark.slow)])
 def test_plot_phase_writes_phase_file(tmp_path, phase_inputs, fmt):
     grid, sb2, critical = phase_inputs
     paths = plots.plot_phase(grid, sb2, critical, None, "tanh", tmp_path, fmt)
@@ -263,6 +445,45 @@ def test_plot_phase_with_measured_and_bad_values(tmp_path, phase_inputs):
     assert_image(plots.plot_phase(grid, sb2, critical, measured, "tanh", tmp_path / "b", "png")[0], "png")
 
 
+def test_theory_figure_draws_the_predictions(tmp_path):
+    """`initprobe theory`'s figure: each predicted column of the frame as a dashed line, variances on log y axes,
+    the correlation map on [0, 1]; axes labelled, legends naming the lines."""
+    frame, scales, cfg = theory_inputs(act="tanh", init="glorot_normal")
+    fig = theory_figures.theory_figure(frame, scales, cfg)
+    assert len(fig.axes) == 3
+    panels = [("act_var", "preact_var"), ("grad_preact_var", "grad_act_var"), ("preact_corr",)]
+    for ax, columns in zip(fig.axes, panels):
+        assert ax.get_yscale() == ("log" if columns != ("preact_corr",) else "linear")
+        assert ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        assert legend_texts(ax) == [NAMES[c] for c in columns]
+        for column in columns:
+            line = line_labelled(ax, NAMES[column])
+            assert line.get_linestyle() == "--"
+            assert_line(line, frame["layer"].to_numpy(dtype=float), frame[f"theory_{column}"].to_numpy(dtype=float))
+        assert_not_empty(ax)
+
+
+def test_phase_figure_colours_chi_1_and_draws_the_critical_line(phase_inputs):
+    """The heatmap's cells are log10(chi_1) of the grid (sigma_b^2 rows, sigma_w^2 columns), the critical line goes
+    through the given points, measured points sit where they were measured; axes and colour bar labelled."""
+    grid, sb2, critical = phase_inputs
+    measured = pd.DataFrame({"sigma_w2": [0.5, 2.0], "sigma_b2": [0.0, 0.2], "measured_chi_1": [0.6, 1.4]})
+    fig = theory_figures.phase_figure(grid, sb2, critical, measured, "tanh")
+    ax, bar = fig.axes  # the diagram and its colour bar
+    mesh = next(c for c in ax.collections if type(c).__name__ == "QuadMesh")
+    chi = grid.pivot(index="sigma_b2", columns="sigma_w2", values="chi_1").sort_index().sort_index(axis=1)
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(chi.shape), np.log10(chi.to_numpy()), rtol=1e-12)
+    line = line_labelled(ax, r"critical line $\chi_1 = 1$")
+    np.testing.assert_allclose(line.get_xdata(), critical)
+    np.testing.assert_allclose(line.get_ydata(), sb2)
+    points = next(c for c in ax.collections if type(c).__name__ == "PathCollection")
+    np.testing.assert_allclose(points.get_offsets(), measured[["sigma_w2", "sigma_b2"]].to_numpy())
+    assert "sigma_w" in ax.get_xlabel() and "sigma_b" in ax.get_ylabel() and "chi_1" in bar.get_ylabel()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [r"critical line $\chi_1 = 1$",
+                                                                   "measured: gradient gain per layer"]
+
+
+@pytest.mark.slow
 def test_figures_drawn_by_two_processes_equal_those_drawn_by_one(tanh_run, tmp_path):
     """plot_run forks a second process to draw half the figures: same files, byte for byte."""
     one, two = copy_run(tanh_run, tmp_path / "one"), copy_run(tanh_run, tmp_path / "two")

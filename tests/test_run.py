@@ -1,4 +1,5 @@
-"""The run directory (DESIGN section 3) and the Python API `run(cfg, root=...)`: files, formats, seeds, safety."""
+"""The run directory (its files: docs/architecture.md) and the Python API `run(cfg, root=...)`: files, formats,
+seeds, safety."""
 
 import datetime
 import json
@@ -14,7 +15,8 @@ from initprobe import inits, probe, results, runner
 from initprobe.config import ConfigError, RunConfig
 
 LAYER_COLUMNS = ["seed", "layer", "preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var",
-                 "grad_act_var", "weight_var", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
+                 "grad_act_var", "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac",
+                 "preact_corr"]
 SUMMARY_KEYS = {"forward_ratio", "backward_ratio", "forward_gain_per_layer", "backward_gain_per_layer",
                 "forward_verdict", "backward_verdict", "first_nonfinite_layer", "first_nonfinite_forward",
                 "first_nonfinite_backward", "timings"}

@@ -1,4 +1,5 @@
-"""The signal facts of DESIGN section 4, measured with runner.measure and held to theory with stated tolerances.
+"""The signal-propagation facts of docs/theory.md, measured with runner.measure and held to theory with stated
+tolerances.
 
 Finite-width wander (used throughout). For a square linear layer with N(0, 1/N) weights acting on a batch X
 (N units x B inputs), the batch second moment S = |WX|^2 / (N B) has E[S] = S_prev and relative variance
@@ -226,7 +227,7 @@ def test_tanh_saturated_frac_matches_mean_field(device, std, atol):
     """tanh + N(0, std^2) weights at width 256: sigma_w^2 = 256 std^2, h ~ N(0, q_l) with q_1 = sigma_w^2 and
     q_{l+1} = sigma_w^2 E[tanh(sqrt(q_l) z)^2]. Saturated means tanh' = 1 - tanh^2 < 0.05, i.e.
     |h| > atanh(sqrt(0.95)) = 2.18, so saturated_frac_l = P(|z| > 2.18/sqrt(q_l)).
-    std = 1 (the brief's huge weights): q ~ 240, fraction 0.89 (> 0.5 everywhere). One value moves with the
+    std = 1 (huge weights, deep in saturation): q ~ 240, fraction 0.89 (> 0.5 everywhere). One value moves with the
     layer's empirical q by d frac/d log q = phi(t/sqrt(q)) t/sqrt(q) = 0.055 times a log-q wander of at most
     sqrt(2/N) = 0.09 (single-input worst case), plus counting noise sqrt(0.1/16384): sd <= 0.006, atol 0.03.
     std = 0.15 (sigma_w^2 = 5.76): fractions 0.36 -> 0.25, where the 5% threshold matters (10% would move them

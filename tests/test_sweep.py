@@ -225,6 +225,7 @@ def test_sweep_layers_csv_is_every_runs_layers_with_run_id_and_the_varying_keys(
         pd.testing.assert_frame_equal(rows[own.columns], own, check_exact=True)
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
     s = tiny_sweep(tmp_path)
     out = tmp_path / "out"
@@ -291,6 +292,7 @@ def local_reference(tmp_path_factory):
     return s, numeric_layers(tmp / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_process_backend_gives_the_same_numbers_as_local(tmp_path, local_reference, monkeypatch, method):
     s, reference = local_reference
@@ -353,6 +355,7 @@ def test_process_workers_are_forked_only_where_that_is_safe():
         other.join()
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_same_numbers_as_local(tmp_path, local_reference):
     ray = pytest.importorskip("ray")
     s, reference = local_reference
@@ -388,6 +391,7 @@ def test_ranking_scores_both_directions_and_puts_non_finite_last():
     assert np.isinf(ranked["score"][3:]).all()
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_survives_inf_nan_and_zero(tmp_path):
     s = sweep.load_sweep(write(tmp_path, TINY + """
         [[point]]
@@ -420,6 +424,7 @@ def test_report_is_self_contained_and_survives_inf_nan_and_zero(tmp_path):
         assert rid in page  # the runs table
 
 
+@pytest.mark.slow
 def test_report_drawn_by_two_processes_equals_the_one_drawn_by_one(tmp_path, monkeypatch):
     """write_report draws its two figures in two forked processes where there are two cores: same bytes."""
     s = tiny_sweep(tmp_path)
@@ -480,6 +485,58 @@ def test_heatmap_cells_say_failed_no_run_or_the_ratio():
     assert forward == ["-", "0.5", "failed", "inf"]  # relu+y has no run
 
 
+def test_profiles_draw_the_geometric_mean_over_seeds_of_each_line():
+    """Small multiples, a row per quantity and a column per activation: in each panel a line per init, the
+    geometric mean over seeds of the positive finite values at each layer, on a log axis; a masked value (0 here)
+    is left out of its layer's mean and named in a note; axes labelled at the edges, a legend of the lines."""
+    rng = np.random.default_rng(0)
+    cells = [("a", "tanh", "x"), ("b", "tanh", "y"), ("c", "relu", "x"), ("d", "relu", "y")]
+    layers = pd.DataFrame([{"run_id": rid, "seed": seed, "layer": layer, "act_var": rng.uniform(0.1, 10.0),
+                            "grad_preact_var": rng.uniform(1e-3, 1e3)}
+                           for rid, _, _ in cells for seed in (0, 1) for layer in (1, 2, 3, 4)])
+    layers.loc[(layers["run_id"] == "d") & (layers["seed"] == 1) & (layers["layer"] == 3), "act_var"] = 0.0
+    runs = pd.DataFrame(cells, columns=["run_id", "act", "init"])
+    fig = sweep_figures.profiles_figure(layers, sweep_figures.assign_groups(runs, ["act", "init"]), "t")
+    axes = np.array(fig.axes).reshape(2, 2)  # rows: act_var, grad_preact_var; columns: tanh, relu
+    assert [ax.get_title() for ax in axes[0]] == ["act=tanh", "act=relu"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["x", "y"]
+    for r, quantity in enumerate(("act_var", "grad_preact_var")):
+        assert quantity in axes[r, 0].get_ylabel()
+        for c, act in enumerate(("tanh", "relu")):
+            ax = axes[r, c]
+            assert ax.get_yscale() == "log" and (r == 0 or ax.get_xlabel() == "layer l")
+            for init in ("x", "y"):
+                rid = next(rid for rid, a, i in cells if (a, i) == (act, init))
+                values = layers[layers["run_id"] == rid].pivot(index="layer", columns="seed", values=quantity)
+                logs = np.log(values.where(values > 0))  # the 0 is left out, the other seed's value kept
+                line = next(line for line in ax.get_lines() if line.get_label() == init)
+                np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+                np.testing.assert_allclose(line.get_ydata(), np.exp(logs.mean(axis=1)), rtol=1e-12)
+    notes = [t.get_text() for t in axes[0, 1].texts]
+    assert "y: inf/nan/0 masked at layer 3" in "\n".join(notes)
+
+
+def test_ratio_heatmaps_colour_the_log_ratio_of_each_cell():
+    """Cells coloured by log10 of the end-to-end ratio (rows: inits, columns: activations), grey where it cannot be
+    (0, inf, nan), both directions; each cell annotated."""
+    runs = pd.DataFrame({"run_id": list("abcd"), "act": ["tanh", "tanh", "relu", "relu"], "init": list("xyxy"),
+                         "status": "ok", "forward_ratio": [0.01, 1.0, 100.0, 0.0],
+                         "backward_ratio": [2.0, np.inf, 0.5, 1.0]})
+    fig = sweep_figures.ratios_figure(runs, sweep_figures.assign_groups(runs, ["act", "init"]), "t")
+    for ax, key in zip(fig.axes[:2], ("forward_ratio", "backward_ratio")):
+        want = runs.pivot(index="init", columns="act", values=key).loc[["x", "y"], ["tanh", "relu"]].to_numpy()
+        with np.errstate(divide="ignore"):
+            logs = np.ma.masked_invalid(np.log10(want))
+        image = ax.images[0].get_array()
+        np.testing.assert_array_equal(np.ma.getmaskarray(image), np.ma.getmaskarray(logs))
+        np.testing.assert_allclose(image.compressed(), logs.compressed(), rtol=1e-12)
+        assert len(ax.texts) == 4
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["act=tanh", "act=relu"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x", "y"]
+    assert fig.axes[2].get_ylabel().startswith("log10 ratio")  # the colour bar
+
+
+@pytest.mark.slow
 def test_the_sweep_files_header_comment_goes_into_sweep_json_and_the_report(tmp_path):
     path = write(tmp_path, "# What this reproduces.\n#\n#   - a <list> & more\n" + TINY + '[grid]\nact = ["tanh"]\n')
     s = sweep.load_sweep(path)
@@ -489,6 +546,7 @@ def test_the_sweep_files_header_comment_goes_into_sweep_json_and_the_report(tmp_
     assert "  - a &lt;list&gt; &amp; more" in result.report.read_text()
 
 
+@pytest.mark.slow
 def test_smoke_config_runs(tmp_path):
     s = sweep.load_sweep(ROOT / "configs" / "sweeps" / "smoke.toml")
     result = sweep.run_sweep(s, out_dir=tmp_path / "smoke")
@@ -511,6 +569,7 @@ def die_(w, gain=1.0, generator=None):
 '''
 
 
+@pytest.mark.slow
 def test_process_backend_a_killed_worker_fails_only_its_own_run(tmp_path, monkeypatch):
     (tmp_path / "killer_init.py").write_text(KILLER)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path

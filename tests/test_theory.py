@@ -213,7 +213,7 @@ def test_expect2_symmetry_and_the_approach_to_c_1(name):
 def test_fixed_point_degenerate_cases():
     assert theory.fixed_point("tanh", 1.0) == 0.0  # collapse (q^l ~ 1/(2l), no positive fixed point)
     assert theory.fixed_point("tanh", 0.5) == 0.0
-    assert theory.fixed_point("relu", 2.0) == 1.0  # every q is fixed: the starting q = 1
+    assert theory.fixed_point("relu", 2.0) == 1.0  # every q is fixed: the starting q (default 1)
     assert theory.fixed_point("identity", 1.0) == 1.0
     assert theory.fixed_point("relu", 2.5) == math.inf
     assert theory.fixed_point("identity", 1.0, 0.1) == math.inf
@@ -223,6 +223,35 @@ def test_fixed_point_degenerate_cases():
     assert theory.fixed_point("gelu", 2.2) == 0.0
     assert theory.fixed_point("gelu", 2.5) == math.inf
     assert math.isnan(theory.fixed_point("tanh", math.nan))
+
+
+def test_fixed_point_is_the_limit_from_the_start():
+    """fixed_point iterates V from `start` (a network's q^1): where every q is a fixed point (relu sigma_w2 = 2,
+    identity sigma_w2 = 1, no bias) it stays at the start; a unique stable fixed point is reached from anywhere;
+    gelu's unstable fixed point (between q = 0.1 and 1 at sigma_w2 = 3) sends starts below it to 0 and above it to
+    inf. start 0 stays at 0 where V(0) = 0 and else steps to V(0); start inf steps to V(inf) (tanh: sigma_w2)."""
+    assert theory.fixed_point("relu", 2.0, start=2.0) == 2.0
+    assert theory.fixed_point("identity", 1.0, start=0.3) == 0.3
+    tanh_star = theory.fixed_point("tanh", 1.5)
+    for start in (1e-6, 0.5, 50.0, math.inf):
+        assert theory.fixed_point("tanh", 1.5, start=start) == pytest.approx(tanh_star, rel=1e-10), start
+    assert theory.fixed_point("tanh", 1.5, start=0.0) == 0.0  # V(0) = 0: the recursion stays at 0
+    assert theory.fixed_point("tanh", 1.5, 0.1, start=0.0) == pytest.approx(theory.fixed_point("tanh", 1.5, 0.1),
+                                                                            rel=1e-10)
+    assert theory.fixed_point("gelu", 3.0, start=0.1) == 0.0
+    assert theory.fixed_point("gelu", 3.0, start=1.0) == math.inf
+    assert theory.fixed_point("relu", 2.0, start=math.inf) == math.inf
+    assert math.isnan(theory.fixed_point("tanh", 1.5, start=-1.0))
+    assert math.isnan(theory.fixed_point("tanh", 1.5, start=math.nan))
+
+
+def test_gradient_depth_scale_is_infinite_where_chi_1_is_one_up_to_rounding():
+    """1 / |ln chi_1| with chi_1 = 1 + 2^-52 (identity at sigma_w2 = 1 + 2^-52) is 4.5e15 layers: rounding, not a
+    depth scale. |ln chi_1| < 1e-12 counts as 0, as _depth does for xi_q and xi_c."""
+    near = theory.depth_scales("identity", 1.0 + 2.0**-52)
+    assert near["chi_1"] != 1.0 and near["xi_grad"] == math.inf
+    assert theory.depth_scales("relu", 2.0, start=2.0)["xi_grad"] == math.inf
+    assert theory.depth_scales("identity", 1.0 + 1e-9)["xi_grad"] == pytest.approx(1e9, rel=1e-6)  # still finite
 
 
 @pytest.mark.parametrize("name", NAMES)

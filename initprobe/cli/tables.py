@@ -46,6 +46,28 @@ def scales(rows: dict[str, dict], title: str) -> Table:
     return table
 
 
+def run_theory(theory: dict, title: str) -> Table:
+    """A run's mean-field scales (summary.json's "theory"), one row per scale: the nominal column from the init's
+    formula (what `initprobe theory` prints) beside the realized column from the weights the run drew, and the
+    measurement's largest relative deviation from the realized network's per-layer predictions."""
+    nominal, realized = theory.get("nominal"), theory.get("realized") or {}
+    table = Table(title=escape(f"Mean-field theory — {title}"))
+    table.add_column("")
+    table.add_column("nominal (init's formula)", overflow="fold")
+    table.add_column("realized (run's weights)", overflow="fold")
+    for name, key in (*SCALE_COLUMNS.items(), ("regime", "regime")):
+        table.add_row(name, "-" if nominal is None else number(nominal.get(key)), number(realized.get(key)))
+    notes = []
+    if nominal is None:
+        notes.append(f"no nominal values: {theory.get('nominal_note') or 'the init has no formula'}")
+    deviation = theory.get("max_relative_deviation") or {}
+    if deviation:
+        notes.append("measured vs realized theory, largest relative deviation: "
+                     + ", ".join(f"{k} {number(v)}" for k, v in deviation.items()))
+    table.caption = escape("\n".join(notes))
+    return table
+
+
 def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_preact_var",
                            "theory_preact_corr")) -> Table:
     depth = int(frame["layer"].max())

@@ -133,3 +133,16 @@ def scales_text(scales: dict) -> str:
         parts.append(rf"depth scale $\xi_c$ = {_num(_as_float(scales['xi_c']))}")
     return " · ".join(parts)
 
+
+def theory_lines(theory: dict) -> list[str]:
+    """A run's mean-field scales as labelled title lines: the scheme's nominal ones (its formula, as `initprobe
+    theory` gives them) and the realized ones (the weights the run drew), from summary.json's "theory". A summary
+    written before it held both (one flat dict of scales) gives the realized line alone."""
+    if "realized" not in theory and "nominal" not in theory:
+        return [f"mean-field, realized (this run's weights): {scales_text(theory)}"]
+    nominal = theory.get("nominal")
+    lines = [f"mean-field, nominal (the init's formula): {scales_text(nominal)}" if nominal
+             else "mean-field, nominal: none (no formula for this init's E[W²])"]
+    if theory.get("realized"):
+        lines.append(f"mean-field, realized (this run's weights): {scales_text(theory['realized'])}")
+    return lines

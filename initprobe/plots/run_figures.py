@@ -14,7 +14,7 @@ from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JA
                    MODEL_FIGSIZE, NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series,
                    empty_note, finish_log_panel, is_model_run, mark_trouble, module_names, new_figure, save,
                    seed_matrix, set_correlation_axis, set_layer_axis, why_empty)
-from .labels import _as_float, _num, _split_config, label, scales_text, verdict_text
+from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
 
 def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
     """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory."""
@@ -45,9 +45,9 @@ def variance_figure(run: dict) -> Figure:
                    "backward")
     for ax, direction in ((fwd, "forward"), (bwd, "backward")):
         ax.set_title(verdict_text(run["summary"], direction), loc="right", fontsize=8, color="0.35")
-    scales = run["summary"].get("theory")
-    if scales:
-        fig.suptitle(f"{label(run['config'])}\nmean-field: {scales_text(scales)}", fontsize=11)
+    theory = run["summary"].get("theory")
+    if theory:
+        fig.suptitle("\n".join([label(run["config"]), *theory_lines(theory)]), fontsize=10)
     else:
         fig.suptitle(label(run["config"]))
     return fig
