@@ -454,7 +454,8 @@ def file_options(data: dict, where: str) -> dict:
             raise ConfigError(f"{where}'{others[0]}' is outside [run]; put every key under [run] or use no table")
         data = run
     for key, value in data.items():
-        if isinstance(value, dict) and dict not in value_types(str(key).replace("-", "_")):
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and not (name in FIELDS and dict in value_types(name)):
             raise ConfigError(f"{where}unknown table [{key}]; a config file holds run options, flat or under [run]")
     return checked(data, where)
 

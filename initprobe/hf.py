@@ -58,9 +58,9 @@ def factory(model_type: str, args: dict) -> Callable[[], object]:
     its weights). The type, the argument names and the config are checked now, so that bad input is reported before
     any run directory exists."""
     transformers = library()
-    config_class = _config_class(transformers, model_type)
-    _check_args(model_type, config_class, args)
-    defaults = {"use_cache": False} if "use_cache" in known_fields(config_class) else {}  # no KV cache to keep
+    known = known_fields(_config_class(transformers, model_type))
+    _check_args(model_type, known, args)
+    defaults = {"use_cache": False} if "use_cache" in known else {}  # no KV cache to keep
     with quiet(transformers):
         try:
             model_config = transformers.AutoConfig.for_model(model_type, **{**defaults, **args})
@@ -91,14 +91,16 @@ def known_fields(config_class) -> set[str]:
     """The argument names a config takes: its fields (dataclass fields since transformers 5, the attributes of a
     default instance before) and their aliases (hidden_size for GPT-2's n_embd)."""
     names = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
-    names |= {k for k in vars(config_class()) if not k.startswith("_")}
+    try:
+        names |= {k for k in vars(config_class()) if not k.startswith("_")}
+    except Exception:  # noqa: BLE001  (a config without defaults for everything: its fields say enough)
+        pass
     return names | set(getattr(config_class, "attribute_map", {})) | {"attn_implementation"}
 
 
-def _check_args(model_type: str, config_class, args: dict) -> None:
+def _check_args(model_type: str, known: set[str], args: dict) -> None:
     """A misspelled name would be stored and ignored by the config (n_layers=24 leaves GPT-2 at 12 layers), and a
     few values fetch from the hub by name: both refused."""
-    known = known_fields(config_class)
     for key, value in args.items():
         if key not in known:
             close = closest(key, known)

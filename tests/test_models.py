@@ -414,12 +414,23 @@ def test_model_run_writes_rows_summary_and_plots(workdir, capsys):
     assert plots == {"variance.png", "spp.png"}  # blocks own no weights: no weight_grad figure
 
 
-def test_plot_overlays_two_inits_of_one_model(workdir, capsys):
-    common = ["--model", "test_models:make_net", "--input-shape", "3,4,4", "--seeds", "1"]
+def test_model_run_prints_what_it_compared_and_why_there_is_no_theory(workdir, capsys):
+    code = main(["run", "--model", "test_models:make_net", "--input-shape", "3,4,4", "--record", "blocks",
+                 "--seeds", "1", "--device", "cpu", "--no-plots"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "backward (grad_act_var)" in out and "compared: blocks.0 (layer 1) -> blocks.1 (layer 2)" in out
+    assert "no mean-field prediction" in out and "Mean-field theory" not in out
+
+
+@pytest.mark.parametrize("record, figures", [("params", {"compare_variance.png", "compare_weight_grad.png"}),
+                                              ("blocks", {"compare_variance.png"})])  # blocks own no weights
+def test_plot_overlays_two_inits_of_one_model(workdir, capsys, record, figures):
+    common = ["--model", "test_models:make_net", "--input-shape", "3,4,4", "--seeds", "1", "--record", record]
     run_model(workdir, capsys, *common, "--out", "own")
     run_model(workdir, capsys, *common, "--init", "glorot_uniform", "--out", "glorot")
     assert main(["plot", "own", "glorot", "--out", "both"]) == 0
-    assert {p.name for p in (workdir / "both").iterdir()} == {"compare_variance.png", "compare_weight_grad.png"}
+    assert {p.name for p in (workdir / "both").iterdir()} == figures
 
 
 def test_sweep_with_model_and_init_as_axes(workdir, capsys):

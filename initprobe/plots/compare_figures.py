@@ -67,7 +67,8 @@ def compare_figure(runs, labels, common, panels, width_ratios=None) -> Figure:
 
 
 def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
-    """Overlay runs: compare_variance and compare_weight_grad in out_dir (created if needed)."""
+    """Overlay runs: compare_variance, and compare_weight_grad unless no run has a weight (a --model's blocks own
+    none), in out_dir (created if needed)."""
     runs = [results.read_run(d) for d in run_dirs]
     labels, common = distinguishing_labels([r["config"] for r in runs], [Path(d).name for d in run_dirs])
     out = Path(out_dir)
@@ -77,11 +78,12 @@ def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
                   (("grad_act_var",), "Backward: gradients w.r.t. them", "backward")]
     else:
         panels = [(FORWARD, "Forward: activations", "forward"), (BACKWARD, "Backward: gradients", "backward")]
-    variance = compare_figure(runs, labels, common, panels)
-    weights = compare_figure(runs, labels, common, [(("weight_grad_var",), "Weight gradients", "backward"),
-                                                    (("weight_var",), "Weights (as initialized)", "forward")],
-                             width_ratios=(3, 2))
-    return [save(variance, out / f"compare_variance.{fmt}", fmt),
-            save(weights, out / f"compare_weight_grad.{fmt}", fmt)]
+    paths = [save(compare_figure(runs, labels, common, panels), out / f"compare_variance.{fmt}", fmt)]
+    if any(np.isfinite(r["layers"]["weight_var"].to_numpy(dtype=float)).any() for r in runs):
+        weights = compare_figure(runs, labels, common, [(("weight_grad_var",), "Weight gradients", "backward"),
+                                                        (("weight_var",), "Weights (as initialized)", "forward")],
+                                 width_ratios=(3, 2))
+        paths.append(save(weights, out / f"compare_weight_grad.{fmt}", fmt))
+    return paths
 
 
