@@ -495,6 +495,24 @@ def test_bad_model_input_is_one_line_exit_2_and_nothing_written(workdir, capsys,
     assert snapshot(workdir / "results") == []
 
 
+def test_sweep_reads_a_list_valued_option_as_one_value_and_a_list_of_lists_as_an_axis():
+    from initprobe import sweep
+
+    base = {"base": {"model": "test_models:make_net"}}
+    one = sweep.parse_sweep(base, sets=["input_shape=3,4,4", "model_args={inplace = false}"])
+    assert [p.input_shape for p in one.points] == [[3, 4, 4]] and one.points[0].model_args == {"inplace": False}
+    axis = sweep.parse_sweep({**base, "grid": {"input_shape": [[3, 4, 4], [3, 6, 6]]}})
+    assert [p.input_shape for p in axis.points] == [[3, 4, 4], [3, 6, 6]]
+    with pytest.raises(ConfigError, match="input_shape"):
+        sweep.parse_sweep({**base, "grid": {"input_shape": [3, "x"]}})
+
+
+def test_a_table_in_a_config_file_is_model_args_or_an_error(workdir):
+    (workdir / "t.toml").write_text("[layers]\ndepth = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown table \[layers\]"):
+        config.load(workdir / "t.toml")
+
+
 def test_model_options_in_a_config_file(workdir):
     (workdir / "m.toml").write_text('model = "test_models:make_net"\nmodel_args = {inplace = false}\n'
                                     'input_shape = [3, 4, 4]\nrecord = "blocks"\n')
