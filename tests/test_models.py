@@ -341,6 +341,7 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow  # several seeds' runs
 def test_init_scheme_redraws_with_true_fans_group_by_group(workdir, capsys):
     """variance_scaling fan_out (scale 1, normal): Var = 1 / fan_out with the true fan_out: a grouped convolution's
     group maps to out/groups channels (16 * 9 = 144, where torch's formula says 64 * 9 = 576), a plain conv
@@ -353,6 +354,7 @@ def test_init_scheme_redraws_with_true_fans_group_by_group(workdir, capsys):
         assert within_se(rows.loc[name, "weight_var"], 1 / fan_out, entries, 3.0, 4), (name, rows.loc[name])
 
 
+@pytest.mark.slow  # several seeds' runs
 def test_init_model_keeps_the_modules_own_weights(workdir, capsys):
     """--init model (the default with --model): nn.Linear's own U(+-1/sqrt(fan_in)), variance 1/(3 fan_in), and
     biases as the module made them (not zeroed by --bias)."""
@@ -371,6 +373,7 @@ def test_bias_option_reaches_the_reinitialized_layers(device):
     assert bias.var().item() == pytest.approx(0.25, rel=6 * math.sqrt(2 / bias.numel()))
 
 
+@pytest.mark.slow  # several seeds' runs
 def test_same_seed_same_numbers_and_the_global_rng_untouched(workdir, capsys):
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
@@ -397,6 +400,7 @@ def test_model_mode_train_keeps_dropout_and_eval_turns_it_off(workdir, capsys):
 # ------------------------------------------------------------------------------------------------ the run
 
 
+@pytest.mark.slow  # several seeds' runs and their figures
 def test_model_run_writes_rows_summary_and_plots(workdir, capsys):
     code = main(["run", "--model", "test_models:make_net", "--input-shape", "3,4,4", "--record", "blocks",
                  "--seeds", "2", "--device", "cpu", "--quiet"])
@@ -423,6 +427,7 @@ def test_model_run_prints_what_it_compared_and_why_there_is_no_theory(workdir, c
     assert "no mean-field prediction" in out and "Mean-field theory" not in out
 
 
+@pytest.mark.slow  # four runs and two overlays drawn
 @pytest.mark.parametrize("record, figures", [("params", {"compare_variance.png", "compare_weight_grad.png"}),
                                               ("blocks", {"compare_variance.png"})])  # blocks own no weights
 def test_plot_overlays_two_inits_of_one_model(workdir, capsys, record, figures):
