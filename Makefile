@@ -1,5 +1,5 @@
 # One command sets up and runs: `make run` (the default experiment), `make test` (the whole suite, as CI runs it)
-# or `make test-fast` (all but the tests marked slow: under a minute, for development).
+# or `make test-fast` (all but the tests marked slow, for the edit-test loop).
 # torch==2.13.0 is installed first and on its own: on these machines it is a CPU build already on disk,
 # and once it is there, the package's torch>=2.2 pulls nothing more (never a multi-GB CUDA build).
 PYTHON ?= python3
