@@ -508,6 +508,8 @@ def test_sweep_reads_a_list_valued_option_as_one_value_and_a_list_of_lists_as_an
     assert [p.input_shape for p in one.points] == [[3, 4, 4]] and one.points[0].model_args == {"inplace": False}
     axis = sweep.parse_sweep({**base, "grid": {"input_shape": [[3, 4, 4], [3, 6, 6]]}})
     assert [p.input_shape for p in axis.points] == [[3, 4, 4], [3, 6, 6]]
+    points = sweep.parse_sweep({**base, "point": [{"input_shape": [3, 4, 4]}, {"input_shape": [[3, 5, 5], [3, 6, 6]]}]})
+    assert [p.input_shape for p in points.points] == [[3, 4, 4], [3, 5, 5], [3, 6, 6]]
     with pytest.raises(ConfigError, match="input_shape"):
         sweep.parse_sweep({**base, "grid": {"input_shape": [3, "x"]}})
 

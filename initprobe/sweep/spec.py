@@ -275,7 +275,7 @@ def _expand(base: dict, grid: dict, extra: list[dict]) -> list[tuple[dict, str]]
     if grid or not extra:
         runs += [({**fixed, **combo}, "grid point " + _describe(combo)) for combo in _product(grid)]
     for i, point in enumerate(extra):
-        scalars = {k: v for k, (v, _) in point.items() if not isinstance(v, list)}
+        scalars = {k: v for k, (v, _) in point.items() if not config.is_axis(k, v)}
         lists = {k: e for k, e in point.items() if config.is_axis(k, e[0])}
         for combo in _product(lists):
             values = {**scalars, **combo}
@@ -308,7 +308,7 @@ def _resolve(values: dict, plots: bool) -> RunConfig:
 def run_id(cfg: RunConfig) -> str:
     """Stable directory name: readable prefix + first 12 hex of sha256 of the canonical config JSON (sorted keys,
     without `out` and `plots`, which do not change the numbers, and, for a built-in network, without the --model
-    options, which it never reads: its id is the one it had before they existed)."""
+    options: its id does not depend on options it never reads)."""
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID and not _unused_model_key(cfg, k)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     if cfg.model is None:
