@@ -265,7 +265,7 @@ INITS: dict[str, Init] = {
     "constant": Init(constant_, "value", lambda shape, value: value**2),
     "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)",
                  data_dependent=True, orthogonal=True),
-    MODEL_OWN: Init(keep_, "the model's own initialization, as its library or code makes it (--model only)",
+    MODEL_OWN: Init(keep_, "the model's own initialization, as its library or code makes it",
                     model_only=True),
 }
 ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
