@@ -12,6 +12,7 @@ root mean square).
 
 import json
 import math
+import sys
 import warnings
 
 import pandas as pd
@@ -452,6 +453,16 @@ def test_sweep_with_model_and_init_as_axes(workdir, capsys):
     for init in ("model", "he_normal"):  # in-place or not, the same network gives the same numbers
         ids = runs.loc[runs["init"] == init, "run_id"]
         assert by_run[ids[inplace[ids].to_numpy()].iloc[0]] == by_run[ids[~inplace[ids].to_numpy()].iloc[0]]
+
+
+def test_a_model_in_the_current_directory_is_found(workdir, capsys, monkeypatch):
+    """nets.py beside the user's experiments: imported from the current directory, which the initprobe command
+    (a console script) does not otherwise have on sys.path."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(workdir))])
+    (workdir / "cwd_nets.py").write_text("from torch import nn\n\ndef make():\n    return nn.Linear(4, 3)\n")
+    run_dir = run_model(workdir, capsys, "--model", "cwd_nets:make", "--input-shape", "4", "--seeds", "1")
+    assert list(pd.read_csv(run_dir / "layers.csv")["module"]) == ["(model)"]
+    monkeypatch.delitem(sys.modules, "cwd_nets")
 
 
 # ------------------------------------------------------------------------------------------------ bad input
