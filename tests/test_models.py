@@ -141,6 +141,19 @@ def make_convs() -> nn.Module:
     return Convs()
 
 
+def make_convnet(depth: int = 3) -> nn.Module:
+    """A plain stack of 3x3 convolutions, each followed by an in-place ReLU, on 3-channel images."""
+    layers = [nn.Conv2d(3, CHANNELS, 3, padding=1), nn.ReLU(inplace=True)]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def make_mlp(depth: int = 40) -> nn.Module:
+    """Linear layers and tanh, `depth` of them: more modules than an axis names."""
+    return nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(WIDTH, WIDTH), nn.Tanh())])
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -453,6 +466,29 @@ def test_sweep_with_model_and_init_as_axes(workdir, capsys):
     for init in ("model", "he_normal"):  # in-place or not, the same network gives the same numbers
         ids = runs.loc[runs["init"] == init, "run_id"]
         assert by_run[ids[inplace[ids].to_numpy()].iloc[0]] == by_run[ids[~inplace[ids].to_numpy()].iloc[0]]
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("process", marks=pytest.mark.slow)])
+def test_sweep_with_model_and_init_as_grid_axes(workdir, capsys, backend):
+    """Two models crossed with their own initialization and he_normal, on each backend: four runs, each with its own
+    model's rows; he_normal redraws the plain stack's middle conv with Var = 2 / fan_in = 2 / 72, its own init
+    keeps torch's U(+-1/sqrt(fan_in)), Var = 1 / 216 (576 entries: 6 standard errors are 35% and 22%); the
+    built-in network's options, which these runs never read, are empty in runs.csv."""
+    (workdir / "s.toml").write_text('[base]\ninput_shape = [3, 4, 4]\nseeds = 1\ndevice = "cpu"\n[grid]\n'
+                                    'model = ["test_models:make_net", "test_models:make_convnet"]\n'
+                                    'init = ["model", "he_normal"]\n')
+    assert main(["sweep", "s.toml", "--quiet", "--no-figures", "--backend", backend]) == 0, capsys.readouterr().err
+    runs = pd.read_csv(workdir / "results" / "s" / "runs.csv")
+    assert sorted(zip(runs["model"], runs["init"], runs["status"])) == [
+        (m, i, "ok") for m in ("test_models:make_convnet", "test_models:make_net") for i in ("he_normal", "model")]
+    assert runs[["arch", "depth", "width", "act"]].isna().all().all()
+    layers = pd.read_csv(workdir / "results" / "s" / "layers.csv", dtype={"module": str})  # run_id, model, init, ...
+    modules = layers.groupby("model")["module"].agg(lambda m: list(dict.fromkeys(m)))
+    assert modules["test_models:make_convnet"] == ["0", "2", "4"]
+    assert modules["test_models:make_net"][:3] == ["conv", "bn", "embed"] and len(modules["test_models:make_net"]) == 12
+    middle = layers[(layers["model"] == "test_models:make_convnet") & (layers["module"] == "2")].set_index("init")
+    assert within_se(middle.loc["he_normal", "weight_var"], 2 / 72, 576, 3.0)
+    assert within_se(middle.loc["model", "weight_var"], 1 / 216, 576, 9 / 5)
 
 
 def test_a_model_in_the_current_directory_is_found(workdir, capsys, monkeypatch):

@@ -1,10 +1,11 @@
 """A sweep's comparison figures (its figures/ folder; sweep/report.py embeds them in report.html).
 
 - profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
-  (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
-  varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
-  over seeds, log y; colours and dash patterns both cycle, so lines that coincide stay visible. Runs that differ
-  only in `seed` are pooled. The title names what every run shares (arch, act, init, depth, width, seeds).
+  (grad_preact_var; a --model's grad_act_var) per layer; columns = the values of model / arch / act / depth that the
+  sweep varies (one column if it varies none); one line per remaining varying keys (the init, usually): geometric
+  mean over seeds, band min..max over seeds, log y; colours and dash patterns both cycle, so lines that coincide
+  stay visible. Runs that differ only in `seed` are pooled. The title names what every run shares (arch, act,
+  init, depth, width, seeds).
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
   diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
@@ -26,9 +27,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .. import config, formatting, results
+from .. import config, formatting, inits, results
 
-COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
+COLUMN_KEYS = ("model", "arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
 POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
 CONTEXT_KEYS = ("model", "arch", "act", "init", "depth", "width", "seeds")  # in the titles when the same in every run
 ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN_KEYS
@@ -84,8 +85,9 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
         col_keys += [k for k in rest if k != "init" and (per_column[k].nunique(dropna=False) <= 1).all()]
     line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
 
-    def label(row, keys, named):
-        parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
+    def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
+        parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
+                  f"{k}={formatting.value(row[k])}") for k in keys
                  if _present(row[k]) and config.applies(k, _network_kind(row))]
         return ", ".join(parts)
 
@@ -106,7 +108,7 @@ def describe_fixed(runs: pd.DataFrame, varying: list[str]) -> str:
         values = runs[key].dropna().unique()
         if len(values) == 1:
             shown = formatting.value(values[0])
-            parts.append(f"{shown} seeds" if key == "seeds" else f"{key}={shown}")
+            parts.append(f"{shown} seed{'s' * (shown != '1')}" if key == "seeds" else f"{key}={shown}")
     return ", ".join(parts)
 
 

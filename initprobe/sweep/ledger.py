@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import results
-from .spec import Sweep, run_label
+from .spec import Sweep, run_label, shown
 
 SUMMARY_COLUMNS = ("forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict", "first_nonfinite_layer",
                    "first_nonfinite_forward", "first_nonfinite_backward", "forward_gain_per_layer",
@@ -77,7 +77,8 @@ class Ledger:
             value = summary.get("timings", {}).get(col) if col == "probe_seconds" else summary.get(col)
             row[col] = _float(value) if col.endswith(("ratio", "layer", "seconds")) and value is not None else value
         row.update(wall_seconds=wall, error=error, path=f"runs/{rid}" if status == "ok" else "")
-        row.update({k: v for k, v in cfg.items() if k not in keys and k != "out"})
+        fixed = {k: v for k, v in cfg.items() if k not in keys and k != "out"}
+        row.update({k: v if shown(self.configs[rid], k) else None for k, v in fixed.items()})
         return row
 
     def _ok_row(self, rid: str, wall: float | None) -> dict:

@@ -322,6 +322,14 @@ def _unused_model_key(cfg: RunConfig, key: str) -> bool:
     return cfg.model is None and (key == "model" or config.OPTIONS[key].scope == (config.MODEL_KIND,))
 
 
+def shown(cfg: RunConfig, key: str) -> bool:
+    """Whether runs.csv gives a run's value of `key`: every option but those across the built-in/--model line from
+    the run (a --model run's depth and act, a built-in run's record), which it never reads."""
+    kind = config.network_kind(cfg.model, cfg.arch)
+    across = kind == config.MODEL_KIND or (key in config.OPTIONS and config.OPTIONS[key].scope == (config.MODEL_KIND,))
+    return config.applies(key, kind) or not across
+
+
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
     """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
