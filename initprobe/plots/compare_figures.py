@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import results
-from .draw import (BACKWARD, FIGSIZE, FORWARD, MODEL_FIGSIZE, column_name, draw_series, empty_note, is_model_run,
-                   log_limits, mark_trouble, module_names, new_figure, save, seed_matrix, set_layer_axis,
-                   set_log_axis)
+from .draw import (BACKWARD, FIGSIZE, FORWARD, MODEL_FIGSIZE, column_name, constant_note, draw_series, empty_note,
+                   is_model_run, log_limits, mark_trouble, module_names, new_figure, save, seed_matrix, series_style,
+                   set_layer_axis, set_log_axis)
 from .labels import distinguishing_labels
 
 def run_colours(n: int) -> list:
@@ -36,8 +36,11 @@ def compare_panel(ax, runs, labels, colours, columns, title, direction) -> None:
                 continue
             x, values = seed_matrix(layers, column)
             first = style == "-"
-            measured.append(draw_series(ax, x, values, colour, name if first else None, band=first, style=style))
-        mark_trouble(ax, layers, columns, direction, run["summary"], colour=colour)
+            line, marker = series_style(column, layers, None) if first else (style, None)
+            measured.append(draw_series(ax, x, values, colour, name if first else None, band=first, style=line,
+                                        marker=marker))
+        weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight
+        mark_trouble(ax, layers, columns, direction, run["summary"], colour=colour, underflow=not weights)
     depth = max(int(r["layers"]["layer"].max()) for r in runs)
     set_layer_axis(ax, depth, shared_names(runs))
     ax.set_ylabel("variance (log scale)")
@@ -50,8 +53,17 @@ def compare_panel(ax, runs, labels, colours, columns, title, direction) -> None:
         empty_note(ax, "no finite values in any run")
     shown = [(c, s, next(r["layers"] for r in runs if c in r["layers"])) for c, s in zip(columns, ("-", ":"))
              if any(c in r["layers"] for r in runs)]
-    styles = [Line2D([], [], color="0.3", ls=s, lw=1.8, label=column_name(c, layers)) for c, s, layers in shown]
+    styles = [legend_handle(c, s, layers) for c, s, layers in shown]
     ax.legend(handles=styles, fontsize=8, loc="best", framealpha=0.85)
+    if "weight_var" in columns:
+        constant_note(ax, runs[0]["layers"])
+
+
+def legend_handle(column: str, style: str, layers) -> Line2D:
+    """The grey sample of a column's line (or points) in the legend."""
+    line, marker = series_style(column, layers, None) if style == "-" else (style, None)
+    return Line2D([], [], color="0.3", ls=line, marker=marker, lw=1.8, ms=4,
+                  label=column_name(column, layers))
 
 
 def compare_figure(runs, labels, common, panels, width_ratios=None) -> Figure:
@@ -73,7 +85,8 @@ def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
     labels, common = distinguishing_labels([r["config"] for r in runs], [Path(d).name for d in run_dirs])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if all(is_model_run(r["layers"]) for r in runs):  # module outputs y: one column a direction
+    models = all(is_model_run(r["layers"]) for r in runs)
+    if models:  # module outputs y: one column a direction
         panels = [(("act_var",), "Forward: module outputs", "forward"),
                   (("grad_act_var",), "Backward: gradients w.r.t. them", "backward")]
     else:
@@ -82,7 +95,7 @@ def plot_compare(run_dirs, out_dir, fmt: str = "png") -> list[Path]:
     if any(np.isfinite(r["layers"]["weight_var"].to_numpy(dtype=float)).any() for r in runs):
         weights = compare_figure(runs, labels, common, [(("weight_grad_var",), "Weight gradients", "backward"),
                                                         (("weight_var",), "Weights (as initialized)", "forward")],
-                                 width_ratios=(3, 2))
+                                 width_ratios=None if models else (3, 2))  # a model's: names under both
         paths.append(save(weights, out / f"compare_weight_grad.{fmt}", fmt))
     return paths
 

@@ -11,21 +11,27 @@ from matplotlib.figure import Figure
 
 from .. import forking, results
 from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH,
-                   MODEL_FIGSIZE, NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series,
-                   empty_note, finish_log_panel, is_model_run, mark_trouble, module_names, new_figure, save,
-                   seed_matrix, set_correlation_axis, set_layer_axis, why_empty)
+                   MODEL_FIGSIZE, NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, constant_note,
+                   draw_quantities, draw_series, empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble,
+                   module_names, new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title,
+                   why_empty)
 from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
 
-def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
-    """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory."""
+def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd.DataFrame | None = None) -> None:
+    """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory; `shown`:
+    the rows to draw, if not the run's own (where the pass overflows is still found in the run's)."""
     layers, n_seeds = run["layers"], run["layers"]["seed"].nunique()
     columns = [c for c in columns if c in layers]
-    measured, theory, has_theory = draw_quantities(ax, layers, columns, log=True, n_seeds=n_seeds)
+    measured, theory, has_theory = draw_quantities(ax, layers if shown is None else shown, columns, log=True,
+                                                   n_seeds=n_seeds)
     set_layer_axis(ax, int(layers["layer"].max()), module_names(layers))
     ax.set_ylabel("variance (log scale)")
     ax.set_title(title, loc="left", fontsize=11)
     finish_log_panel(ax, measured, theory, has_theory, why_empty(layers, columns))
-    mark_trouble(ax, layers, columns, direction, run["summary"])
+    weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight, no underflow
+    mark_trouble(ax, layers, columns, direction, run["summary"], underflow=not weights)
+    if weights:
+        constant_note(ax, layers)
 
 
 
@@ -44,7 +50,7 @@ def variance_figure(run: dict) -> Figure:
     variance_panel(bwd, run, BACKWARD, "Backward: gradients w.r.t. them" if model else "Backward: gradients",
                    "backward")
     for ax, direction in ((fwd, "forward"), (bwd, "backward")):
-        ax.set_title(verdict_text(run["summary"], direction), loc="right", fontsize=8, color="0.35")
+        verdict_title(ax, verdict_text(run["summary"], direction), model)
     theory = run["summary"].get("theory")
     if theory:
         fig.suptitle("\n".join([label(run["config"]), *theory_lines(theory)]), fontsize=10)
@@ -54,7 +60,7 @@ def variance_figure(run: dict) -> Figure:
 
 
 def weight_grad_figure(run: dict) -> Figure:
-    fig, (grads, weights) = run_figure(run, width_ratios=(3, 2))
+    fig, (grads, weights) = run_figure(run, width_ratios=None if is_model_run(run["layers"]) else (3, 2))
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
     fig.suptitle(label(run["config"]))
@@ -157,15 +163,36 @@ def spp_figure(run: dict) -> Figure:
     """A --model's signal propagation plot (Brock, De & Smith 2021): each recorded output's average squared channel
     mean and average channel variance (their sum is E[y^2]); beside it, for (N, T, C) outputs, the mean cosine
     between a sequence's tokens (rank collapse drives it to 1: Dong et al. 2021, Noci et al. 2022)."""
-    layers = run["layers"]
+    layers, rounding = without_rounding_means(run)
     tokens = "token_corr" in layers and np.isfinite(layers["token_corr"].to_numpy(dtype=float)).any()
     fig, axes = run_figure(run, 2 if tokens else 1, (3, 2) if tokens else None)
-    variance_panel(axes[0], run, ("chan_sq_mean", "chan_var"), "Signal propagation: channel statistics", "forward")
+    variance_panel(axes[0], run, ("chan_sq_mean", "chan_var"), "Signal propagation: channel statistics", "forward",
+                   shown=layers)
     axes[0].set_ylabel("channel statistic (log scale)")
+    if rounding:
+        foot_note(axes[0], f"squared channel means 0 up to rounding at {rounding} module{'s' * (rounding > 1)} "
+                           "(a norm's output): not drawn")
     if tokens:
         token_panel(axes[1], layers)
     fig.suptitle(label(run["config"]))
     return fig
+
+
+ROUNDING_UNITS = 100  # a channel mean within this many units of float rounding of its channel's spread is 0
+
+
+def without_rounding_means(run: dict) -> tuple[pd.DataFrame, int]:
+    """The run's rows with chan_sq_mean NaN where it is 0 up to the rounding of the float the statistics were taken
+    in (a BatchNorm's output has channel means 0 by construction; computed, they come out near (eps * std)^2, which
+    on a log axis would drown the rest), and how many modules that is in the first seed."""
+    layers = run["layers"]
+    dtype = _split_config(run["config"])[0].get("dtype")
+    eps = np.finfo(np.float64 if dtype == "float64" else np.float32).eps
+    noise = (layers["chan_sq_mean"] <= (ROUNDING_UNITS * eps) ** 2 * layers["chan_var"]).to_numpy()
+    if not noise.any():
+        return layers, 0
+    first = (layers["seed"] == layers["seed"].min()).to_numpy()
+    return layers.assign(chan_sq_mean=layers["chan_sq_mean"].mask(noise)), int((noise & first).sum())
 
 
 def token_panel(ax, layers) -> None:

@@ -128,7 +128,7 @@ class Ledger:
             return
         parts = []
         for rid, text in texts.items():
-            layers = pd.read_csv(io.StringIO(text))
+            layers = results.read_layers(io.StringIO(text))
             for i, key in enumerate(keys):
                 layers.insert(i, key, rid if key == "run_id" else getattr(self.configs[rid], key))
             parts.append(layers)
@@ -158,6 +158,6 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 def load_layers(sweep_dir: str | Path) -> pd.DataFrame:
     """The combined layers.csv of a sweep directory (one row per run, seed and layer)."""
-    return pd.read_csv(Path(sweep_dir) / "layers.csv")
+    return results.read_layers(Path(sweep_dir) / "layers.csv")
 
 
