@@ -6,6 +6,7 @@ for a normal); a test allows 6 of them (conftest), averaged over the seeds of th
 those of test_models.py (forward and full backward hooks, float64), on GPT-2 with its dropout probabilities 0.
 """
 
+import contextlib
 import json
 import math
 import socket
@@ -90,6 +91,9 @@ def build(argv_args: dict, model_type: str, **options):
 
 
 GPT2_ARGS = {"n_layer": 4, "n_embd": 64, "n_head": 4, "vocab_size": 1000, "n_positions": 64}
+VIT_ARGS = {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 128}
+RESNET_ARGS = {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 2], "layer_type": "basic"}
 
 
 def test_hub_is_offline_before_transformers_is_imported():
@@ -100,14 +104,54 @@ def test_hub_is_offline_before_transformers_is_imported():
 
 
 def test_gpt2_statistics_equal_a_direct_computation():
-    """Tokens in, last_hidden_state out: every recorded module (embeddings, LayerNorms, the Conv1D projections)
-    against forward and full backward hooks on the same model."""
-    cfg, model = build({**GPT2_ARGS, **NO_DROPOUT, "n_layer": 2}, "gpt2", seq_len=12, batch=4)
+    """Tokens in, last_hidden_state out: every recorded module of GPT-2 with 4 layers of width 64 (embeddings,
+    LayerNorms, the Conv1D projections) against forward and full backward hooks on the same model."""
+    cfg, model = build({**GPT2_ARGS, **NO_DROPOUT}, "gpt2", seq_len=12, batch=4)
     inp = any_model.make_input(cfg, model, torch.device("cpu"), torch.Generator().manual_seed(5))
     got, probed = probe(model, inp)
     assert_rows_match(got, reference(model, inp, list(dict.fromkeys(got["module"]))))
     assert probed.info["output"] == "output.last_hidden_state (4, 12, 64)"
-    assert got["token_corr"].notna().all()  # every output is an (N, T, C) sequence
+    assert len(got) == 2 + 4 * 6 + 1 and got["token_corr"].notna().all()  # every output an (N, T, C) sequence
+
+
+def test_vit_statistics_equal_a_direct_computation():
+    """Images in (3x32x32, 16 patches and the class token), last_hidden_state out: the patch Conv2d, the embeddings
+    module (it owns the class token and positions), LayerNorms and Linears, against the direct computation; the
+    pooler does not reach the loss."""
+    cfg, model = build(VIT_ARGS, "vit", batch=4)
+    inp = any_model.make_input(cfg, model, torch.device("cpu"), torch.Generator().manual_seed(6))
+    got, _ = probe(model, inp)
+    assert_rows_match(got, reference(model, inp, list(dict.fromkeys(got["module"]))))
+    assert got.loc[got["module"] == "embeddings.patch_embeddings.projection", "chan_var"].notna().all()
+    assert got.loc[got["module"] == "pooler.dense", "grad_act_var"].isna().all()
+
+
+@contextlib.contextmanager
+def outputs_cloned(model, recorded):
+    """Every module not in `recorded` (and not the model) hands on a copy of its tensor output: ResNet's
+    `hidden_state += residual` then changes that copy, not a recorded module's output, which full backward hooks
+    require (they fail on an in-place change of the output they wrap). Values and gradients are unchanged."""
+    handles = [m.register_forward_hook(lambda mod, args, out: out.clone() if isinstance(out, torch.Tensor) else None)
+               for name, m in model.named_modules() if name and name not in recorded]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_resnet_statistics_equal_a_direct_computation():
+    """Images 3x32x32 through a basic-block ResNet (depths 1, 2), whose blocks add the shortcut in place on the last
+    BatchNorm's output: every Conv2d and BatchNorm2d against the direct computation, which hooks copies so that
+    nothing it wraps is changed in place."""
+    cfg, model = build(RESNET_ARGS, "resnet", batch=4, input_shape=[3, 32, 32])
+    inp = any_model.make_input(cfg, model, torch.device("cpu"), torch.Generator().manual_seed(7))
+    got, _ = probe(model, inp)
+    names = list(dict.fromkeys(got["module"]))
+    with outputs_cloned(model, set(names)):
+        want = reference(model, inp, names)
+    assert_rows_match(got, want)
+    assert set(got["module_type"]) == {"Conv2d", "BatchNorm2d"} and got["grad_act_var"].notna().all()
 
 
 def test_gpt2_weights_as_the_library_draws_them(capsys, workdir):
