@@ -426,6 +426,27 @@ def test_overlay_of_two_inits_of_one_model(model_runs, tmp_path, monkeypatch):
     weight_panel_checks(drawn["compare_weight_grad"].axes[1], pd.read_csv(dirs[0] / "layers.csv"))
 
 
+def test_a_model_figure_makes_room_for_its_names_and_its_title():
+    """Module names stand upright under the axes: the figure grows by the longest one shown (BERT's run to 42
+    characters), so the panels keep their height. A title longer than the figure is wide (a model's arguments)
+    breaks between its ' · ' pieces, and inside a piece only if that alone is too long; nothing is lost."""
+    from matplotlib.figure import Figure
+
+    from initprobe.plots.draw import FIGSIZE, NAME_INCHES, TITLE_CHARS_PER_INCH, model_figsize, wrapped
+
+    assert model_figsize(["wte", "encoder.layer.0.attention.output.LayerNorm"]) == (FIGSIZE[0],
+                                                                                  FIGSIZE[1] + 42 * NAME_INCHES)
+    fig = Figure(figsize=FIGSIZE)
+    width = int(FIGSIZE[0] * TITLE_CHARS_PER_INCH)
+    args = ", ".join(f"argument_{i}={i}" for i in range(12))
+    title = f"hf:bert ({args}) · the model's own init · record params · 2 seeds"
+    lines = wrapped(fig, title).split("\n")
+    assert len(lines) == 3 and all(len(line) <= width for line in lines)
+    assert lines[-1] == "the model's own init · record params · 2 seeds"
+    assert " ".join(lines[:2]) == f"hf:bert ({args})"
+    assert wrapped(fig, "a · b\nc") == "a · b\nc"
+
+
 # ------------------------------------------------------------------------ correlation and Jacobian figures
 
 

@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import results
-from .draw import (BACKWARD, FIGSIZE, FORWARD, MODEL_FIGSIZE, column_name, constant_note, draw_series, empty_note,
-                   is_model_run, log_limits, mark_trouble, module_names, new_figure, save, seed_matrix, series_style,
-                   set_layer_axis, set_log_axis)
+from .draw import (BACKWARD, FIGSIZE, FORWARD, column_name, constant_note, draw_series, empty_note, is_model_run,
+                   log_limits, mark_trouble, model_figsize, module_names, new_figure, save, seed_matrix, series_style,
+                   set_layer_axis, set_log_axis, wrapped)
 from .labels import distinguishing_labels
 
 def run_colours(n: int) -> list:
@@ -67,14 +67,14 @@ def legend_handle(column: str, style: str, layers) -> Line2D:
 
 
 def compare_figure(runs, labels, common, panels, width_ratios=None) -> Figure:
-    names = shared_names(runs) is not None
-    fig, axes = new_figure(len(panels), width_ratios, MODEL_FIGSIZE if names else FIGSIZE)
+    names = shared_names(runs)
+    fig, axes = new_figure(len(panels), width_ratios, model_figsize(names) if names else FIGSIZE)
     colours = run_colours(len(runs))
     for ax, (columns, title, direction) in zip(axes, panels):
         compare_panel(ax, runs, labels, colours, columns, title, direction)
     handles = [Line2D([], [], color=c, lw=2.5, label=name) for c, name in zip(colours, labels)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 3), fontsize=9, frameon=False)
-    fig.suptitle(f"{len(runs)} runs" + (f" · {common}" if common else ""))
+    fig.suptitle(wrapped(fig, f"{len(runs)} runs" + (f" · {common}" if common else "")))
     return fig
 
 

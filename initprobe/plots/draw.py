@@ -1,6 +1,7 @@
 """The drawing every per-layer figure shares: seed lines and bands, theory dashes, log axes that survive 0 and
 inf, marks where a pass overflows or underflows, and saving. See the package docstring for the conventions."""
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 from ..formatting import ordinal
 
 FIGSIZE = (11, 4.2)
-MODEL_FIGSIZE = (11, 5.6)  # a --model's figures: room for module names under the axes
+NAME_INCHES = 0.05  # the length of one character of a module name under an axis (7 pt, turned upright)
+TITLE_CHARS_PER_INCH = 10  # characters of a figure's title that fit in an inch of its width
 VERDICT_PAD = 15  # points: a --model's panel title is lifted by this to make room for its verdict below it
 MAX_NAMES = 32  # module names on an x axis at most (thinned to every k-th beyond)
 SMALL_FIGSIZE = (7.5, 4.2)  # one-panel figures
@@ -251,6 +253,36 @@ def set_log_axis(ax, lo: float, hi: float) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
 
 
+def name_step(names: list[str]) -> int:
+    """Every how many-th module an axis names: all up to MAX_NAMES, evenly fewer beyond."""
+    return -(-len(names) // MAX_NAMES)
+
+
+def model_figsize(names: list[str]) -> tuple[float, float]:
+    """A --model figure's size: FIGSIZE, taller by the longest module name the x axis shows (they stand upright
+    under it), so that the panels keep their height."""
+    longest = max((len(n) for n in names[::name_step(names)]), default=0)
+    return FIGSIZE[0], FIGSIZE[1] + NAME_INCHES * longest
+
+
+def wrapped(fig: Figure, text: str) -> str:
+    """`text` broken into lines that fit the figure's width (a --model's label carries its arguments): between its
+    ' · '-separated pieces where it can, inside a piece longer than a line."""
+    width = int(fig.get_figwidth() * TITLE_CHARS_PER_INCH)
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for piece in line.split(" · "):
+            joined = f"{current} · {piece}" if current else piece
+            if len(joined) <= width or not current:
+                current = joined
+            else:
+                lines += textwrap.wrap(current, width, break_on_hyphens=False)
+                current = piece
+        lines += textwrap.wrap(current, width, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
 def set_layer_axis(ax, depth: int, names: list[str] | None = None) -> None:
     """Layers 1..depth on x, labelled by number, or by module name (a --model's `names`, every k-th where there
     are more than MAX_NAMES)."""
@@ -258,7 +290,7 @@ def set_layer_axis(ax, depth: int, names: list[str] | None = None) -> None:
     ax.set_xlim(1 - pad, depth + pad)
     ax.grid(True, which="major", alpha=0.3)
     if names:
-        step = -(-len(names) // MAX_NAMES)
+        step = name_step(names)
         ax.set_xticks(range(1, len(names) + 1, step), names[::step], rotation=90, fontsize=7)
         ax.set_xlabel("module, in forward order" + (f" (every {ordinal(step)} named)" if step > 1 else ""))
         return

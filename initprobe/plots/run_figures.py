@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 
 from .. import forking, results
 from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH,
-                   MODEL_FIGSIZE, NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, constant_note,
-                   draw_quantities, draw_series, empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble,
-                   module_names, new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title,
-                   why_empty)
+                   NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, constant_note, draw_quantities, draw_series,
+                   empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble, model_figsize, module_names,
+                   new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title, why_empty,
+                   wrapped)
 from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
 
 def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd.DataFrame | None = None) -> None:
@@ -40,7 +40,8 @@ def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd
 
 def run_figure(run: dict, ncols: int = 2, width_ratios=None) -> tuple[Figure, list]:
     """A figure of `ncols` panels, taller for a --model's module names under the axes."""
-    return new_figure(ncols, width_ratios, MODEL_FIGSIZE if is_model_run(run["layers"]) else FIGSIZE)
+    names = module_names(run["layers"])
+    return new_figure(ncols, width_ratios, model_figsize(names) if names else FIGSIZE)
 
 
 def variance_figure(run: dict) -> Figure:
@@ -55,7 +56,7 @@ def variance_figure(run: dict) -> Figure:
     if theory:
         fig.suptitle("\n".join([label(run["config"]), *theory_lines(theory)]), fontsize=10)
     else:
-        fig.suptitle(label(run["config"]))
+        fig.suptitle(wrapped(fig, label(run["config"])))
     return fig
 
 
@@ -63,7 +64,7 @@ def weight_grad_figure(run: dict) -> Figure:
     fig, (grads, weights) = run_figure(run, width_ratios=None if is_model_run(run["layers"]) else (3, 2))
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
-    fig.suptitle(label(run["config"]))
+    fig.suptitle(wrapped(fig, label(run["config"])))
     return fig
 
 
@@ -174,7 +175,7 @@ def spp_figure(run: dict) -> Figure:
                            "(a norm's output): not drawn")
     if tokens:
         token_panel(axes[1], layers)
-    fig.suptitle(label(run["config"]))
+    fig.suptitle(wrapped(fig, label(run["config"])))
     return fig
 
 
