@@ -25,6 +25,12 @@ def value(value) -> str:
     return str(value)
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _number_in(text: str):
     """float(text) where text is a finite number written out ('123456789012.5', '1e+20'), else text."""
     try:

@@ -5,7 +5,6 @@
 
 import math
 import os
-import warnings
 
 import pytest
 import torch
@@ -69,40 +68,3 @@ def truncated_normal_moments(c: float) -> tuple[float, float]:
 def se_second_moment(var: float, kurtosis: float, n: int) -> float:
     """Standard error of mean(w^2) over n iid zero-mean draws of variance `var` and kurtosis `kurtosis`."""
     return var * math.sqrt((kurtosis - 1.0) / n)
-
-
-# ------------------------------------------------------------------------------------------------ slow tests
-# `pytest -m "not slow"` (make test-fast) leaves out what takes over about a second: wide networks, the process
-# and Ray backends, subprocesses, drawing every figure of a run. Tests mostly carry @pytest.mark.slow themselves;
-# these modules' slow tests are named here instead (None: the whole module).
-SLOW_BY_NAME = {
-    "test_theory_vs_measurement.py": None,  # width 1024, depth 50, 4 seeds, several configurations
-    "test_signal.py": {
-        "test_linear_glorot_keeps_variance_forward_and_backward", "test_relu_glorot_halves_preact_var_each_layer",
-        "test_relu_he_keeps_preact_var_and_zero_frac_is_half", "test_relu_he_fan_out_keeps_gradients",
-        "test_tanh_glorot_decays_like_one_over_2l", "test_selu_lecun_normal_fixed_point_one",
-        "test_weight_var_matches_the_formula", "test_tanh_saturated_frac_matches_mean_field",
-        "test_cnn_he_relu_circular_keeps_preact_var",
-        "test_cnn_delta_orthogonal_identity_circular_is_exactly_norm_preserving",
-    },
-    "test_theory.py": {"test_jacobian_gaussian_linear_monte_carlo", "test_jacobian_tanh_orthogonal_monte_carlo",
-                       "test_predict_matches_numpy_networks"},
-    "test_run.py": {"test_run_csv_files_are_the_bytes_pandas_writes", "test_float64_agrees_with_float32_statistically",
-                    "test_lsuv_gives_unit_preact_var_on_a_fresh_batch"},
-    "test_theory_bugs.py": {"test_layer_one_theory_uses_the_second_moment_of_the_weights",
-                            "test_constant_init_run_agrees_with_theory_command",
-                            "test_cnn_with_circular_padding_and_many_input_channels_follows_theory"},
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    missing = set()
-    for item in items:
-        names = SLOW_BY_NAME.get(item.path.name, ())
-        if names is None or getattr(item, "originalname", item.name) in names:
-            item.add_marker(pytest.mark.slow)
-        module = getattr(item, "module", None)
-        missing |= {(item.path.name, n) for n in names or () if module is not None and not hasattr(module, n)}
-    for module, name in sorted(missing):  # renamed or removed: a slow test may have joined the fast set
-        warnings.warn(f"conftest.SLOW_BY_NAME names {module}::{name}, which is not there", pytest.PytestWarning,
-                      stacklevel=1)

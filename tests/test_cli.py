@@ -458,3 +458,16 @@ def test_docs_options_md_is_generated_from_the_declarations():
                   "open('docs/options.md','w').write(config.options_markdown())\"")
     assert path.is_file(), f"docs/options.md is missing; {regenerate}"
     assert path.read_text() == config.options_markdown(), f"docs/options.md is out of date; {regenerate}"
+
+
+@pytest.mark.parametrize("instrumented_s, verdict", [(1.1004, True), (1.1006, False)])
+def test_bench_overhead_is_judged_on_the_value_it_shows(monkeypatch, instrumented_s, verdict):
+    """A ratio of 1.1004 shows as 1.1 and passes a goal of 1.10; 1.1006 shows as 1.101 and fails it: the table
+    never shows a value that contradicts its verdict. The passes' times are fixed here; the network is tiny."""
+    from initprobe import bench
+
+    seconds = {"bare": 1.0, "instrumented": instrumented_s, "naive": 2.0}
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps: [seconds[fn.__name__]] * reps)
+    options = dict(arch="mlp", depth=2, width=8, batch=4, act="tanh")
+    result, _ = bench.overhead("tiny", options, 1.10, torch.device("cpu"), reps=3)
+    assert result["value"] == round(instrumented_s, 3) and result["pass"] is verdict

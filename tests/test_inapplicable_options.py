@@ -48,13 +48,17 @@ def test_config_files_and_the_python_api_refuse_them_too(tmp_path):
     config.validate(RunConfig())  # every default applies, or is the default of one that does not
 
 
+MODEL_ONLY = ["model_args", "input_shape", "input_kind", "seq_len", "vocab", "model_mode", "record"]
+
+
 def test_which_options_apply_comes_from_the_declarations_and_the_registry():
     """kernel_size, in_channels, image_size, padding: CNN only; input_dim: MLP only; slope: the activations whose
-    phi depends on it (the registry's flag), whatever they are called."""
+    phi depends on it (the registry's flag), whatever they are called; the --model options: a --model run only."""
     for arch in config.ARCHS:
         for act in activations.ACTIVATIONS:
             cfg = RunConfig(arch=arch, act=act)
             wanted = {"mlp": ["in_channels", "image_size", "kernel_size", "padding"], "cnn": ["input_dim"]}[arch]
+            wanted = wanted + MODEL_ONLY
             if not activations.get(act).takes_slope:
                 wanted = wanted + ["slope"]
             assert sorted(config.inapplicable(cfg)) == sorted(wanted), (arch, act)
