@@ -70,6 +70,7 @@ class Option:
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
     scope: tuple[str, ...] | None = None  # the networks the option means something for (ARCHS, MODEL_KIND); None: all
+    act_flag: str | None = None  # the activation registry's flag without which it means nothing; None: every one
 
 
 def option(default, help: str, panel: str, **kwargs):
@@ -137,7 +138,8 @@ class RunConfig:
                           choices=_names(*PADDINGS), scope=("cnn",))
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
                       choices=activations.choices, kind="activation", scope=NETWORKS)
-    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS)
+    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS,
+                          act_flag="takes_slope")
     # a model of the user's instead of the built-in network (any_model.py, module_probe.py)
     model: str | None = option(None, "Probe a model instead of the built-in network: package.module:callable "
                                "(called with the --model-arg values, it returns an nn.Module; e.g. "
@@ -241,10 +243,41 @@ def network_kind(model, arch) -> str:
     return MODEL_KIND if model is not None else arch
 
 
-def applies(key: str, kind) -> bool:
+def applies(key: str, kind, act=None) -> bool:
     """Whether option `key` means anything for a network of `kind` (network_kind: an MLP has no padding, a --model
-    no depth; None: not known, so every option does)."""
-    return key not in OPTIONS or OPTIONS[key].scope is None or kind is None or kind in OPTIONS[key].scope
+    no depth; None: not known, so every option does) with activation `act` (tanh has no slope; None or a name not
+    in the registry: not held against the option)."""
+    opt = OPTIONS.get(key)
+    if opt is None:
+        return True
+    if opt.scope is not None and kind is not None and kind not in opt.scope:
+        return False
+    if opt.act_flag is None or not isinstance(act, str):
+        return True
+    try:
+        return bool(getattr(activations.get(act), opt.act_flag))
+    except KeyError:
+        return True
+
+
+def inapplicable(cfg: RunConfig) -> list[str]:
+    """The options that mean nothing for `cfg`'s network (what it is, --model or an arch, and its activation)."""
+    kind = network_kind(cfg.model, cfg.arch)
+    return [key for key in OPTIONS if not applies(key, kind, cfg.act)]
+
+
+def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigError:
+    """Why option `key` (called `name` in the message) means nothing for `cfg`'s network."""
+    opt, kind, name = OPTIONS[key], network_kind(cfg.model, cfg.arch), name or key
+    if kind == MODEL_KIND:
+        return ConfigError(f"{name} is an option of the built-in network; a --model run takes the model as it is")
+    if opt.scope == (MODEL_KIND,):
+        return ConfigError(f"{name} goes with --model")
+    if not applies(key, kind):
+        archs = ", ".join(f"'{a}'" for a in opt.scope)
+        return ConfigError(f"{name} does not apply to arch '{cfg.arch}' (only to {archs})")
+    those = [n for n, a in activations.ACTIVATIONS.items() if getattr(a, opt.act_flag)]
+    return ConfigError(f"{name} does not apply to activation '{cfg.act}' (only to {', '.join(those)})")
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -462,9 +495,16 @@ def file_options(data: dict, where: str) -> dict:
 
 def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None) -> RunConfig:
     """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides` (their keys named in
-    messages as override_name(key): the command line's flags); validated."""
+    messages as override_name(key): the command line's flags); validated. An option given that does not apply to
+    the network (kernel_size for an MLP, slope for tanh) is refused, even at its default value."""
     given = file_options(read_toml(path), f"{path}: ") if path is not None else {}
-    cfg = RunConfig(**{**given, **checked(overrides or {}, name=override_name)})
+    overridden = checked(overrides or {}, name=override_name)
+    cfg = RunConfig(**{**given, **overridden})
+    for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
+        if key in overridden:
+            raise _not_applying(key, cfg, override_name(key) if override_name else None)
+        if key in given:
+            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
     validate(cfg)
     return cfg
 
@@ -480,7 +520,8 @@ def parse_value(text: str):
 # ---- the whole config ------------------------------------------------------------------------------------------
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ConfigError with one clear line for anything that cannot run."""
+    """Raise ConfigError with one clear line for anything that cannot run, or that sets an option the network
+    ignores (away from its default)."""
     for key in FIELDS:
         check_value(key, getattr(cfg, key))
     if cfg.seed + cfg.seeds > SEED_LIMIT:
@@ -510,16 +551,12 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _check_scope(cfg: RunConfig) -> None:
-    """The built-in network's options with --model, and the model's options without it, are refused when set
-    (a value other than the default): they would be silently ignored."""
-    kind = network_kind(cfg.model, cfg.arch)
-    for key, opt in OPTIONS.items():
-        if applies(key, kind) or getattr(cfg, key) == FIELDS[key].default:
-            continue
-        if kind == MODEL_KIND:
-            raise ConfigError(f"{key} is an option of the built-in network; a --model run takes the model as it is")
-        if opt.scope == (MODEL_KIND,):
-            raise ConfigError(f"{key} goes with --model")
+    """An option set (a value other than its default) for a network it means nothing for is refused: it would be
+    silently ignored. The built-in network's options with --model, the model's without it, the CNN's for an MLP
+    (and the other way round), slope for an activation it does not shape."""
+    for key in inapplicable(cfg):
+        if getattr(cfg, key) != FIELDS[key].default:
+            raise _not_applying(key, cfg)
 
 
 def _check_model_run(cfg: RunConfig) -> None:
@@ -579,12 +616,29 @@ def type_text(key: str) -> str:
     return " or ".join(type_name(t) for t in value_types(key))
 
 
+def _applies_markdown() -> str:
+    """Which options mean something only for some networks, from their declarations."""
+    def keys(scope):
+        return ", ".join(f"`{k}`" for k, o in OPTIONS.items() if o.scope == scope)
+
+    by_arch = "; ".join(f"the {arch.upper()}'s {keys((arch,))}" for arch in ARCHS if keys((arch,)))
+    by_act = "; ".join(f"`{k}` only for " + ", ".join(n for n, a in activations.ACTIVATIONS.items()
+                                                      if getattr(a, o.act_flag))
+                       for k, o in OPTIONS.items() if o.act_flag)
+    return (f"Some options mean something only for some networks. The built-in network's ({keys(NETWORKS)}, and "
+            f"those of one arch: {by_arch}) mean nothing for a --model, whose own ({keys((MODEL_KIND,))}) mean "
+            f"nothing for the built-in network; {by_act}. `run`, `theory` and `phase` refuse one given for "
+            "another network; a sweep sets it to its default in the runs whose network ignores it, so those runs "
+            "collapse into one.")
+
+
 def options_markdown() -> str:
     """docs/options.md: every run option, from the declarations above (a test keeps the file equal to this)."""
     lines = ["# Run options", "",
              "Generated from `initprobe/config.py` (the one place each option is declared): the same keys go in "
              "config files (flat or under `[run]`, dashes or underscores) and in a sweep's `[base]`, `[grid]` and "
              "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table.",
+             "", _applies_markdown(),
              "", "| key | flag | commands | takes | default | meaning |", "|---|---|---|---|---|---|"]
     for key, opt in OPTIONS.items():
         flags = flag(key) if value_types(key) != (bool,) else f"{flag(key)} / --no-{flag(key)[2:]}"

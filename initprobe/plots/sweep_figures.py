@@ -88,7 +88,7 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
         parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
                   f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, _network_kind(row))]
+                 if _present(row[k]) and config.applies(k, _network_kind(row), row.get("act"))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")

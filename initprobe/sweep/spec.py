@@ -294,22 +294,27 @@ def _describe(values: dict) -> str:
 
 
 def _resolve(values: dict, plots: bool) -> RunConfig:
-    """A RunConfig with names canonical (aliases resolved) and float options as floats, so that the same run
-    written two ways gets the same id."""
+    """A RunConfig with names canonical (aliases resolved), float options as floats, and the options its network
+    ignores (kernel_size of an MLP, slope of tanh) at their defaults, so that the same run written two ways gets
+    the same id."""
     cfg = RunConfig(**values, plots=plots)
     cfg.act = activations.canonical(cfg.act)
     if not inits.is_custom(cfg.init):
         cfg.init = inits.canonical(cfg.init)
     if isinstance(cfg.gain, int) and not isinstance(cfg.gain, bool):
         cfg.gain = float(cfg.gain)
+    for key in config.inapplicable(cfg):
+        setattr(cfg, key, config.FIELDS[key].default)
     return cfg
 
 
 def run_id(cfg: RunConfig) -> str:
     """Stable directory name: readable prefix + first 12 hex of sha256 of the canonical config JSON (sorted keys,
-    without `out` and `plots`, which do not change the numbers, and, for a built-in network, without the --model
-    options: its id does not depend on options it never reads)."""
+    without `out` and `plots`, which do not change the numbers; for a built-in network, without the --model
+    options: its id does not depend on options it never reads; the init's options as they resolve: see
+    _init_options)."""
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID and not _unused_model_key(cfg, k)}
+    key.update(_init_options(cfg))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     if cfg.model is None:
         readable = f"{cfg.act}-{cfg.init}-{cfg.arch}-d{cfg.depth}"
@@ -330,8 +335,17 @@ def shown(cfg: RunConfig, key: str) -> bool:
     return config.applies(key, kind) or not across
 
 
+def _init_options(cfg: RunConfig) -> dict:
+    """The init's options as they make the weights: None where one resolves to the scheme's own default (gain
+    'auto' with sigmoid is 1, Glorot's own gain; scale 1.0 is variance_scaling's own), else its resolved value
+    (gain 'auto' with tanh is 5/3). Two configs that differ only in how they name the same weights get one id."""
+    given = config.init_params(cfg)
+    own = config.init_params(dataclasses.replace(cfg, **{k: None for k in config.INIT_OPTIONS}))
+    return {k: None if given.get(k) == own.get(k) else given.get(k) for k in config.INIT_OPTIONS}
+
+
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
-    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
+    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its network (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, config.network_kind(cfg.model, cfg.arch))]
+             if getattr(cfg, k) is not None and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.act)]
     return " ".join(shown) or "run"
