@@ -27,8 +27,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
+# emoji off: text such as "host:1234: refused" or a path would otherwise lose ":1234:" to an emoji
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _version(value: bool):
@@ -67,8 +68,9 @@ def run(ctx: typer.Context, **values):
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i, refresh=True),
                             command=_command())
     out.print(tables.summary(result.summary, result.path))
-    out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
-                                                          f"{cfg.depth}"))
+    if result.summary["theory"] is not None:  # a --model has none: the summary's caption says why
+        out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
+                                                              f"{cfg.depth}"))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})", markup=False)
 
@@ -218,8 +220,9 @@ def sweep_cmd(ctx: typer.Context, **values):
             from .. import runner  # noqa: F401  (torch: local runs probe here, process workers are forks of here)
     kwargs = dict(options, command=_command())
     if values["quiet"]:
-        print_path(sweep.run_sweep(spec, values["out_dir"], **kwargs).path)
-        return
+        result = sweep.run_sweep(spec, values["out_dir"], **kwargs)
+        print_path(result.path)
+        return _every_run_failed(result)
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -238,8 +241,19 @@ def sweep_cmd(ctx: typer.Context, **values):
     failed = f", {result.failed} failed (see runs.csv)" if result.failed else ""
     out.print(f"{result.ran} run(s) in {result.seconds:.1f} s, {result.resumed} resumed{failed}", markup=False)
     for f in (result.path / "runs.csv", result.path / "layers.csv", result.report):
-        if f is not None:
+        if f is not None and f.exists():  # no layers.csv when no run is ok
             print_path(f)
+    return _every_run_failed(result)
+
+
+def _every_run_failed(result) -> int:
+    """The exit code of a finished sweep: 1, said in one line, when no run of it is ok (nothing to compare)."""
+    runs = result.runs
+    if len(runs) and not (runs["status"] == "ok").any():
+        _error(f"every run of the sweep failed ({len(runs)} of {len(runs)}); their errors are in "
+               f"{result.path / 'runs.csv'}")
+        return 1
+    return 0
 
 
 @app.command(help=text(
@@ -258,7 +272,8 @@ def bench(ctx: typer.Context, **values):
 
     target = results.writable_file(values["json_file"])
     result = bench_mod.run_all(devices.resolve(values["device"]), quick=values["quick"])
-    (out if out.is_terminal else Console(width=150)).print(tables.bench(result))  # a log gets the notes unfolded
+    wide = Console(width=150, emoji=False)  # a log gets the notes unfolded
+    (out if out.is_terminal else wide).print(tables.bench(result))
     print_path(bench_mod.write(result, target))
 
 

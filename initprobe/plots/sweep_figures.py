@@ -1,10 +1,11 @@
 """A sweep's comparison figures (its figures/ folder; sweep/report.py embeds them in report.html).
 
 - profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
-  (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
-  varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
-  over seeds, log y; colours and dash patterns both cycle, so lines that coincide stay visible. Runs that differ
-  only in `seed` are pooled. The title names what every run shares (arch, act, init, depth, width, seeds).
+  (grad_preact_var; a --model's grad_act_var) per layer; columns = the values of model / arch / act / depth that the
+  sweep varies (one column if it varies none); one line per remaining varying keys (the init, usually): geometric
+  mean over seeds, band min..max over seeds, log y; colours and dash patterns both cycle, so lines that coincide
+  stay visible. Runs that differ only in `seed` are pooled. The title names what every run shares (arch, act,
+  init, depth, width, seeds).
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
   diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
@@ -27,15 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from .. import config, formatting, results
+from .. import config, formatting, inits, results
 
-COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
+COLUMN_KEYS = ("model", "arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
 POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
-CONTEXT_KEYS = ("arch", "act", "init", "depth", "width", "seeds")  # named in the titles when the same in every run
+CONTEXT_KEYS = ("model", "arch", "act", "init", "depth", "width", "seeds")  # in the titles when the same in every run
 ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN_KEYS
 DASHES = ("-", "--", "-.", ":")
-QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
-              ("grad_preact_var", "backward\ngradient variance grad_preact_var"))
+GRADIENT = "gradient"  # the backward row's values: gradient_of(layers)
 DPI = 110
 
 
@@ -82,6 +82,11 @@ def _present(value) -> bool:
     return not (value is None or (isinstance(value, float) and math.isnan(value)))
 
 
+def _network_kind(row) -> str:
+    model = row.get("model")
+    return config.network_kind(model if _present(model) else None, row.get("arch"))
+
+
 def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     """run_id -> (column, line) labels. Columns: the varied keys among arch/act/depth; lines: the other varied
     keys (init first, shown by value; the rest as key=value), `seed` pooled."""
@@ -92,9 +97,10 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
         col_keys += [k for k in rest if k != "init" and (per_column[k].nunique(dropna=False) <= 1).all()]
     line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
 
-    def label(row, keys, named):
-        parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, row.get("arch"))]
+    def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
+        parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
+                  f"{k}={formatting.value(row[k])}") for k in keys
+                 if _present(row[k]) and config.applies(k, _network_kind(row), row.get("act"))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -107,13 +113,14 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
 def describe_fixed(runs: pd.DataFrame, varying: list[str]) -> str:
     """`arch=mlp, act=tanh, depth=100, width=512, 3 seeds`: the CONTEXT_KEYS with one value in every run."""
     parts = []
+    kinds = {_network_kind(row) for _, row in runs.iterrows()}
     for key in CONTEXT_KEYS:
-        if key in varying or key not in runs:
+        if key in varying or key not in runs or not all(config.applies(key, kind) for kind in kinds):
             continue
         values = runs[key].dropna().unique()
         if len(values) == 1:
             shown = formatting.value(values[0])
-            parts.append(f"{shown} seeds" if key == "seeds" else f"{key}={shown}")
+            parts.append(f"{shown} seed{'s' * (shown != '1')}" if key == "seeds" else f"{key}={shown}")
     return ", ".join(parts)
 
 
@@ -157,14 +164,36 @@ def profiles(data: pd.DataFrame, quantity: str) -> dict:
     return {key: frame.reset_index() for key, frame in per.reset_index(["layer"]).groupby(level=[0, 1])}
 
 
+def gradient_of(layers: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The gradient variance each row's backward ratio reads, and its column name(s): grad_preact_var for the
+    built-in network's layers, grad_act_var for a --model's modules (which have no h)."""
+    nan = pd.Series(np.nan, index=layers.index)
+    built_in = layers["grad_preact_var"] if "grad_preact_var" in layers else nan
+    if "module" not in layers:
+        return built_in, "grad_preact_var"
+    model = layers["module"].notna()
+    names = [n for n, present in (("grad_preact_var", not model.all()), ("grad_act_var", model.any())) if present]
+    return built_in.where(~model, layers["grad_act_var"]), " or ".join(names)
+
+
+def legend_columns(labels: list[str], width_inches: float) -> int:
+    """As many legend columns (at most 4) as labels of this length fit across the figure: at font size 9 a character
+    is about 0.075 inch, and a line sample and the gaps about 5 characters more."""
+    fit = int(width_inches / (0.075 * (max(len(label) for label in labels) + 5)))
+    return max(1, min(len(labels), 4, fit))
+
+
 def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
     data = layers.merge(groups, on="run_id")
+    data[GRADIENT], gradient = gradient_of(data)
+    quantities = (("act_var", "forward\nactivation variance act_var"),
+                  (GRADIENT, f"backward\ngradient variance {gradient}"))
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
     dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
     fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
-    axes = fig.subplots(len(QUANTITIES), len(columns), squeeze=False, sharey="row")
-    for r, (quantity, name) in enumerate(QUANTITIES):
+    axes = fig.subplots(len(quantities), len(columns), squeeze=False, sharey="row")
+    for r, (quantity, name) in enumerate(quantities):
         panels = profiles(data, quantity)
         for c, column in enumerate(columns):
             ax = axes[r, c]
@@ -194,12 +223,12 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0 and columns != [ONE_COLUMN]:
                 ax.set_title(textwrap.fill(column, 40), fontsize=9)
-            if r == len(QUANTITIES) - 1:
+            if r == len(quantities) - 1:
                 ax.set_xlabel("layer l")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.legend([Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines], lines,
-               loc="outside lower center", ncols=min(len(lines), 4), fontsize=9, frameon=False)
+               loc="outside lower center", ncols=legend_columns(lines, fig.get_figwidth()), fontsize=9, frameon=False)
     fig.suptitle(_title(fig, f"{title}: per-layer variance", context,
                         "geometric mean over seeds, band min..max over seeds"), fontsize=10)
     return fig
@@ -239,10 +268,19 @@ def _annotation(value: float) -> str:
     return f"{value:.2g}"
 
 
+def ratio_names(runs: pd.DataFrame) -> tuple[str, str]:
+    """What the heatmaps show: the built-in network's first and last layer, or, where a run probed a --model, the
+    layers its summary compared (the first and last call of its most repeated module)."""
+    if "model" in runs and runs["model"].map(_present).any():
+        return ("forward ratio\nact_var, last / first compared layer",
+                "backward ratio\ngradient variance, first / last compared layer")
+    return "forward ratio\nact_var[depth] / act_var[1]", "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]"
+
+
 def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
-    tables = {"forward ratio\nact_var[depth] / act_var[1]": ratio_table(runs, groups, "forward_ratio"),
-              "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]": ratio_table(runs, groups,
-                                                                                          "backward_ratio")}
+    forward, backward = ratio_names(runs)
+    tables = {forward: ratio_table(runs, groups, "forward_ratio"),
+              backward: ratio_table(runs, groups, "backward_ratio")}
     logs = {}
     for name, table in tables.items():
         v = table.to_numpy(dtype=float)

@@ -150,7 +150,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
             options[key.removeprefix("sweep.")] = (value, loc)
             continue
         key = key.removeprefix("base.").removeprefix("grid.").replace("-", "_")
-        if isinstance(value, list):  # an axis of every run
+        if config.is_axis(key, value):  # an axis of every run
             base.pop(key, None)
             grid[key] = (value, loc)
             for point in extra:
@@ -164,7 +164,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
     opts = _check_options(options, bad)
     keys = config.command_fields(opts["command"])
     base = _check_table(base, bad, keys, axes=False)
-    grid = {k: (v if isinstance(v, list) else [v], loc)
+    grid = {k: (v if config.is_axis(k, v) else [v], loc)
             for k, (v, loc) in _check_table(grid, bad, keys, True).items()}
     extra = [_check_table(p, bad, keys, axes=True) for p in extra]
     for key, (_, loc) in grid.items():
@@ -247,7 +247,7 @@ def _check_table(entries: dict, bad, keys: dict, axes: bool) -> dict:
             else:
                 bad(loc, f"unknown key{did_you_mean(key, keys)}")
             continue
-        if axes and isinstance(value, list):
+        if axes and config.is_axis(key, value):
             if not value:
                 bad(loc, "empty list: an axis needs at least one value")
                 continue
@@ -255,7 +255,7 @@ def _check_table(entries: dict, bad, keys: dict, axes: bool) -> dict:
             if all(c is not _BAD for c in checked):
                 out[key] = (checked, loc)
         else:
-            if isinstance(value, list):
+            if config.is_axis(key, value):
                 bad(loc, f"a list in [base] (lists of values to cross go in [grid]): {value!r}")
                 continue
             checked = _check_value(key, value, loc, bad)
@@ -282,8 +282,8 @@ def _expand(base: dict, grid: dict, extra: list[dict]) -> list[tuple[dict, str]]
     if grid or not extra:
         runs += [({**fixed, **combo}, "grid point " + _describe(combo)) for combo in _product(grid)]
     for i, point in enumerate(extra):
-        scalars = {k: v for k, (v, _) in point.items() if not isinstance(v, list)}
-        lists = {k: e for k, e in point.items() if isinstance(e[0], list)}
+        scalars = {k: v for k, (v, _) in point.items() if not config.is_axis(k, v)}
+        lists = {k: e for k, e in point.items() if config.is_axis(k, e[0])}
         for combo in _product(lists):
             values = {**scalars, **combo}
             runs.append(({**fixed, **values}, f"point[{i}] " + _describe(values)))
@@ -301,30 +301,60 @@ def _describe(values: dict) -> str:
 
 
 def _resolve(values: dict, plots: bool, command: str = config.RUN) -> RunConfig:
-    """The config of `command` with names canonical (aliases resolved) and float options as floats, so that the same
-    run written two ways gets the same id."""
+    """The config of `command` with names canonical (aliases resolved), float options as floats, and the options
+    its network ignores (kernel_size of an MLP, slope of tanh) at their defaults, so that the same run written two
+    ways gets the same id."""
     cfg = config.CONFIGS[command](**values, plots=plots)
     cfg.act = activations.canonical(cfg.act)
     if not inits.is_custom(cfg.init):
         cfg.init = inits.canonical(cfg.init)
     if isinstance(cfg.gain, int) and not isinstance(cfg.gain, bool):
         cfg.gain = float(cfg.gain)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key in config.inapplicable(cfg):
+        setattr(cfg, key, defaults[key])
     return cfg
 
 
 def run_id(cfg: RunConfig) -> str:
     """Stable directory name: readable prefix + first 12 hex of sha256 of the canonical config JSON (sorted keys,
-    without `out` and `plots`, which do not change the numbers)."""
-    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID}
+    without `out` and `plots`, which do not change the numbers; for a built-in network, without the --model
+    options: its id does not depend on options it never reads; the init's options as they resolve: see
+    _init_options)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID and not _unused_model_key(cfg, k)}
+    key.update(_init_options(cfg))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     command = "" if config.command_of(cfg) == config.RUN else config.command_of(cfg) + "-"  # train-tanh-...
-    name = f"{command}{cfg.act}-{cfg.init.replace(':', '.')}-{cfg.arch}-d{cfg.depth}"
-    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-    return f"{prefix}-{digest}"
+    if cfg.model is None:
+        readable = f"{command}{cfg.act}-{cfg.init}-{cfg.arch}-d{cfg.depth}"
+    else:
+        readable = f"{cfg.model}-{cfg.init}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", readable.replace(":", ".")) + f"-{digest}"
+
+
+def _unused_model_key(cfg: RunConfig, key: str) -> bool:
+    return cfg.model is None and (key == "model" or config.DECLARED_OPTIONS[key].scope == (config.MODEL_KIND,))
+
+
+def shown(cfg: RunConfig, key: str) -> bool:
+    """Whether runs.csv gives a run's value of `key`: every option but those across the built-in/--model line from
+    the run (a --model run's depth and act, a built-in run's record), which it never reads."""
+    kind = config.network_kind(cfg.model, cfg.arch)
+    across = kind == config.MODEL_KIND or (key in config.OPTIONS and config.OPTIONS[key].scope == (config.MODEL_KIND,))
+    return config.applies(key, kind) or not across
+
+
+def _init_options(cfg: RunConfig) -> dict:
+    """The init's options as they make the weights: None where one resolves to the scheme's own default (gain
+    'auto' with sigmoid is 1, Glorot's own gain; scale 1.0 is variance_scaling's own), else its resolved value
+    (gain 'auto' with tanh is 5/3). Two configs that differ only in how they name the same weights get one id."""
+    given = config.init_params(cfg)
+    own = config.init_params(dataclasses.replace(cfg, **{k: None for k in config.INIT_OPTIONS}))
+    return {k: None if given.get(k) == own.get(k) else given.get(k) for k in config.INIT_OPTIONS}
 
 
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
-    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
+    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its network (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, cfg.arch)]
+             if getattr(cfg, k) is not None and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.act)]
     return " ".join(shown) or "run"
