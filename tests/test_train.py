@@ -258,6 +258,9 @@ BAD = {  # id: (argv, substrings of the one line)
     "batch-over-the-data": (["--batch", "5000"], ["batch", "1438"]),
     "jacobian-is-runs": (["--jacobian"], ["--jacobian"]),
     "input-dim-is-the-datas": (["--input-dim", "10"], ["--input-dim"]),
+    "model-is-runs": (["--model", "hf:gpt2"], ["--model"]),
+    "slope-with-tanh": (["--slope", "0.2"], ["--slope", "tanh"]),
+    "kernel-size-for-an-mlp": (["--kernel-size", "3"], ["--kernel-size", "mlp"]),
 }
 
 

@@ -113,8 +113,9 @@ def ranking(ranked, name: str) -> Table:
             table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]),
                           *(["-"] * trained))
             continue
+        accuracy = [number(r["final_test_accuracy"])] if trained else []
         table.add_row(str(r["rank"]), label, number(r["forward_ratio"]), number(r["backward_ratio"]),
-                      number(r["score"]), *([number(r["final_test_accuracy"])] * trained))
+                      number(r["score"]), *accuracy)
     return table
 
 
