@@ -384,3 +384,28 @@ def test_list_options_shows_the_train_options(capsys):
     assert main(["list", "options"]) == 0
     printed = capsys.readouterr().out
     assert all(key in printed for key in ("record_every", "teacher_depth", "optimizer"))
+
+
+def test_the_benchs_training_rows_are_the_ratios_of_their_timed_steps(monkeypatch):
+    """bench.training_rows runs train's real plain step, recorded step and held-out evaluation (each once here) and
+    reports medians of recorded / plain and (recorded + evaluation) / plain, and what recording every K steps adds:
+    (that second ratio - 1) / K. The times are fixed here (timing is the bench's business, not a test's)."""
+    from initprobe import bench
+
+    seconds = iter([1.0, 2.5, 1.5] * 3)  # plain, recorded, evaluation, in the order training_rows times them
+    called = []
+
+    def fixed(fn, device, reps):
+        called.append(fn())
+        return [next(seconds) for _ in range(reps)]
+
+    monkeypatch.setattr(bench, "timed", fixed)
+    rows = bench.training_rows(torch.device("cpu"), reps=3)
+    recorded, with_eval = rows
+    assert recorded["value"] == 2.5 and recorded["unit"] == "x plain"
+    assert with_eval["value"] == 4.0
+    every = config.TRAIN_FIELDS["record_every"].default
+    assert f"{3.0 / every:.1%}" in with_eval["note"]
+    plain_loss, record, held_out = called[:3]
+    assert plain_loss.ndim == 0 and record["stats"].shape == (bench.TRAIN["depth"], len(probe.COLUMNS))
+    assert held_out.shape == (2,) and 0 <= float(held_out[1]) <= 1
