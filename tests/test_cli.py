@@ -281,7 +281,7 @@ def loaded_by(args, cwd) -> tuple[str, set]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["sweep", "--help"], ["theory", "--help"],
-                                  ["list"]], ids=" ".join)
+                                  ["train", "--help"], ["list"]], ids=" ".join)
 def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args):
     """What keeps them instant: none of the heavy modules is imported to print help or the registries (numpy is
     allowed: list computes the gains of the activations PyTorch has none for)."""

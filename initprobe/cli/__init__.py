@@ -7,6 +7,7 @@ the commands, so `initprobe --help` and `initprobe list` stay instant.
 
 import contextlib
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -72,6 +73,56 @@ def run(ctx: typer.Context, **values):
                                                               f"{cfg.depth}"))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})", markup=False)
+
+
+@app.command("train", help=text(
+    "Train the probed network briefly: the network of run plus a linear readout to the classes, minibatch SGD or "
+    "Adam on real data (scikit-learn's digits, or a teacher network's labels), recording run's per-layer statistics "
+    "on the batch being trained on every K steps. Writes results/train-<run>/ (config.json, layers.csv with a step "
+    "column, metrics.csv, summary.json with the trainability mean-field theory predicts, plots/). On the CPU it "
+    "uses one thread unless OMP_NUM_THREADS says otherwise: a training step of these sizes is a chain of small "
+    "operations that a second thread does not speed up.\n\n"
+    "Example: initprobe train --act tanh --init variance_scaling --scale 1.76 --bias normal --bias-std 0.2236 "
+    "--depth 50"))
+@with_options(*run_options(config.TRAIN), QUIET)
+def train_cmd(ctx: typer.Context, **values):
+    cfg = load(ctx, values, config.TRAIN)
+    with importing():
+        from .. import train
+
+        if cfg.plots:
+            from .. import plots  # noqa: F401  (train.train draws with it)
+    if values["quiet"]:
+        with one_thread():
+            print_path(train.train(cfg, command=_command()).path)
+        return
+    with progress_bar(*_progress_columns()) as progress, one_thread():
+        task = progress.add_task(f"training {cfg.seeds} network(s)", total=cfg.seeds * cfg.steps)
+        result = train.train(cfg, on_progress=lambda done: progress.update(task, completed=done, refresh=True),
+                             command=_command())
+    out.print(tables.training(result.summary, result.path))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's intra-op threads set to one inside the block (and restored after), unless OMP_NUM_THREADS names a
+    number of its own."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _progress_columns():
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), \
+        TimeRemainingColumn()
 
 
 def progress_bar(*columns):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .. import forking, results
+from .. import config, forking, results
 from ..config import ConfigError, RunConfig
 
 RAY_MISSING = "the ray backend needs `pip install initprobe[ray]`"
@@ -31,16 +31,17 @@ RAY_ADDRESS_FORMS = "expected host:port, ray://host:port, auto or local"
 
 
 def _probe(cfg: RunConfig, threads: int, command) -> dict:
-    """One run with `threads` intra-op threads (restored after): what every backend executes for a point."""
+    """One run (a train run for a TrainConfig) with `threads` intra-op threads (restored after): what every backend
+    executes for a point."""
     import torch
 
-    from .. import runner
+    from .. import runner, train
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        runner.run(cfg, command=command)
+        (train.train if isinstance(cfg, config.TrainConfig) else runner.run)(cfg, command=command)
         return {"status": "ok", "error": "", "wall_seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001  (out of memory, a bug, bad input found late: recorded, sweep goes on)
         return {"status": "failed", "error": _one_line(e), "wall_seconds": time.perf_counter() - t0}
@@ -85,8 +86,8 @@ def start_method(threads: int, devices) -> str:
     return "fork" if safe else "spawn"
 
 
-def _process_task(cfg_dict: dict, threads: int, command) -> dict:
-    return _probe(RunConfig(**cfg_dict), threads, command)
+def _process_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
+    return _probe(config.CONFIGS[kind](**cfg_dict), threads, command)
 
 
 WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
@@ -140,7 +141,8 @@ def _process_pool(jobs, workers: int, opts, command):
         while running or (todo and not broken):
             while todo and len(running) < workers and not broken:
                 rid, cfg = todo.pop(0)
-                running[pool.submit(_process_task, dataclasses.asdict(cfg), opts["threads"], command)] = (rid, cfg)
+                task = (_process_task, dataclasses.asdict(cfg), opts["threads"], command, config.command_of(cfg))
+                running[pool.submit(*task)] = (rid, cfg)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
@@ -157,14 +159,14 @@ def _process_pool(jobs, workers: int, opts, command):
             _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
 
 
-def _ray_task(cfg_dict: dict, threads: int, command) -> dict:
+def _ray_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
     """Probe into a temporary folder on the Ray node and return the run directory's files (relative path ->
     bytes): the driver writes them, so the nodes need no shared file system."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="initprobe-ray-") as tmp:
         out = Path(tmp) / "run"
-        outcome = _probe(RunConfig(**{**cfg_dict, "out": str(out)}), threads, command)
+        outcome = _probe(config.CONFIGS[kind](**{**cfg_dict, "out": str(out)}), threads, command)
         if outcome["status"] == "ok":
             outcome["files"] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         return outcome
@@ -300,7 +302,7 @@ def _ray_tasks(ray, jobs, opts, command) -> Iterator[tuple[str, dict]]:
     finals, pending = {}, []
     try:
         for rid, cfg in jobs:
-            ref = task.remote(dataclasses.asdict(cfg), opts["threads"], command)
+            ref = task.remote(dataclasses.asdict(cfg), opts["threads"], command, config.command_of(cfg))
             finals[ref] = (rid, Path(cfg.out))
             pending.append(ref)
         while pending:

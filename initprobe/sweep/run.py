@@ -144,17 +144,17 @@ def _run_points(target: Path, sweep: Sweep, ids: list[str], opts: dict, on_progr
 
 
 def work(cfg: RunConfig) -> int:
-    """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
-    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute). A
-    --model's size is known only once it is built: its input's elements, every seed, stand in for it. A closed
-    form: every layer after the first costs the same, so the driver builds nothing per layer and a billion-layer
-    point (refused later by its run) cannot exhaust the driver's memory."""
+    """Multiply-adds of a run's forward passes, every seed (and step, training): what orders a parallel sweep's runs,
+    longest first (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's
+    recompute). A --model's size is known only once it is built: its input's elements, every seed, stand in for
+    it. A closed form: every layer after the first costs the same, so the driver builds nothing per layer and a
+    billion-layer point (refused later by its run) cannot exhaust the driver's memory."""
     if cfg.model is not None:
         per_input = math.prod(cfg.input_shape) if cfg.input_shape else cfg.seq_len or config.MODEL_SEQ_LEN
         return cfg.seeds * (cfg.batch or config.MODEL_BATCH) * per_input
     first = shapes.multiply_adds(dataclasses.replace(cfg, depth=1))
     each_next = shapes.multiply_adds(dataclasses.replace(cfg, depth=2)) - first
-    return cfg.seeds * (first + (cfg.depth - 1) * each_next)
+    return cfg.seeds * getattr(cfg, "steps", 1) * (first + (cfg.depth - 1) * each_next)
 
 
 def _check_target(target: Path, ids: list[str]) -> None:
