@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import activations, inits
+from . import activations, blocks, inits
 from .names import did_you_mean, unknown
 
 
@@ -59,6 +59,8 @@ class Option:
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
     arch: str | None = None  # the architecture the option means something for; None: every one
+    block: str | None = None  # the block the option means something for; None: every one
+    words: tuple[str, ...] = ()  # a number-or-text option: the texts it takes besides a number (gain: 'auto')
 
 
 def option(default, help: str, panel: str, **kwargs):
@@ -83,10 +85,20 @@ class RunConfig:
                                default_text="512 MLP, 64 CNN")
     input_dim: int | None = option(None, "MLP input size.", **_NET, minimum=1, default_text="width", arch="mlp")
     in_channels: int = option(3, "CNN input channels.", **_NET, minimum=1, arch="cnn")
-    image_size: int = option(32, "CNN input height and width.", NETWORK, minimum=1, arch="cnn")
+    image_size: int = option(32, "CNN input height and width.", **_NET, minimum=1, arch="cnn")
     kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **_NET, minimum=1, arch="cnn")
     padding: str = option("zeros", "CNN padding (circular makes CNN theory exact for wide inputs).", NETWORK,
                           choices=_names(*PADDINGS), arch="cnn")
+    block: str = option("plain", "Block: plain (h = N(W x + b), x = phi(h)) or residual (layer 1 a linear stem, then "
+                        "x = x + alpha (W phi(N(x)) + b): pre-activation ResNet blocks).", **_NET,
+                        choices=blocks.block_choices, kind="block")
+    norm: str = option("none", "Normalization N: none, batch (each unit or channel over the batch, train mode) or "
+                       "layer (each example over its units; CNN: over C, H, W); gamma 1, beta 0, eps 1e-5.", **_NET,
+                       choices=blocks.norm_choices, kind="norm")
+    branch_scale: float | str = option(1.0, "Residual branch scale alpha: a number (0 is SkipInit: the identity "
+                                       "after the stem), or 'inv_sqrt_depth' for 1/sqrt(depth - 1).", **_NET,
+                                       minimum=0, words=("inv_sqrt_depth",), block="residual",
+                                       default_text="1")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
                       choices=activations.choices, kind="activation")
     slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL)
@@ -95,7 +107,7 @@ class RunConfig:
                        "or package.module:function, a torch.nn.init-style in-place function of your own.", **_INIT,
                        choices=inits.choices, open_choices=True, kind="init")
     gain: float | str | None = option(None, "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; "
-                                      "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT,
+                                      "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT, words=("auto",),
                                       default_text="the scheme's own: 1, sqrt(2) for he_*")
     scale: float | None = option(None, "variance_scaling's scale.", **_INIT, minimum=0, default_text="1")
     mode: str | None = option(None, "Fan of he_* and variance_scaling.", **_INIT, choices=lambda: inits.MODES,
@@ -112,8 +124,8 @@ class RunConfig:
                        **_INIT, choices=_names(*BIASES))
     bias_std: float | None = option(None, "Std of the biases with --bias normal.", **_INIT, minimum=0)
     # the measurement
-    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, minimum=1,
-                               default_text="256 MLP, 32 CNN")
+    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, commands=(RUN, THEORY),
+                               minimum=1, default_text="256 MLP, 32 CNN")
     seeds: int = option(3, "Independent networks and batches (the bands in the plots).", MEASUREMENT, minimum=1)
     seed: int = option(0, "First seed; the same seed gives the same numbers.", MEASUREMENT, minimum=0,
                        maximum=SEED_LIMIT)
@@ -150,9 +162,13 @@ def flag(key: str) -> str:
     return OPTIONS[key].flag or "--" + key.replace("_", "-")
 
 
-def applies(key: str, arch) -> bool:
-    """Whether option `key` means anything for a network of `arch` (an MLP has no padding)."""
-    return key not in OPTIONS or OPTIONS[key].arch in (None, arch)
+def applies(key: str, arch, block=None) -> bool:
+    """Whether option `key` means anything for a network of `arch` and `block` (an MLP has no padding, a plain
+    block no branch scale); block None: any block."""
+    if key not in OPTIONS:
+        return True
+    opt = OPTIONS[key]
+    return opt.arch in (None, arch) and opt.block in (None, block or opt.block)
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -194,8 +210,12 @@ def _check_value(key: str, value):
     if value is None and FIELDS[key].default is None:
         return None
     types = value_types(key)
-    if str in types and float in types and isinstance(value, str):  # gain: a number or 'auto', also as text
+    words = OPTIONS[key].words
+    if words and isinstance(value, str):  # a number or one of its words (gain: 'auto'), the number also as text
         value = _number_or_text(value)
+        if isinstance(value, str) and value not in words:
+            raise ConfigError(f"{key} must be a number or {' or '.join(repr(w) for w in words)}, got '{value}'"
+                              f"{did_you_mean(value, words)}")
     if not any(_IS[t](value) for t in types):
         want = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
@@ -228,8 +248,6 @@ def _check_bounds(key: str, value) -> None:
 
 def _check_choice(key: str, value) -> None:
     opt = OPTIONS[key]
-    if key == "gain" and isinstance(value, str) and value != "auto":
-        raise ConfigError(f"gain must be a number or 'auto', got '{value}'")
     if opt.choices is None or not isinstance(value, str):
         return
     if opt.open_choices:  # a registry name or module:function: the registry says what is wrong
@@ -339,6 +357,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
         if cfg.image_size < cfg.kernel_size:
             raise ConfigError(f"image_size {cfg.image_size} is too small for kernel_size {cfg.kernel_size}")
+    _check_architecture(cfg)
     if cfg.jacobian:
         _check_jacobian(cfg)
     spec = inits.get(cfg.init)
@@ -352,6 +371,30 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
 
 
+def _check_architecture(cfg: RunConfig) -> None:
+    """The block, the norm and the branch scale together with the sizes."""
+    block, norm = blocks.block(cfg.block), blocks.norm(cfg.norm)
+    if block.stem and cfg.depth < 2:
+        raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
+                          f"2..depth, got depth {cfg.depth}")
+    if not block.stem and cfg.branch_scale != FIELDS["branch_scale"].default:
+        raise ConfigError(f"branch_scale applies to residual blocks, not to --block {cfg.block}; add --block residual")
+    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
+    if norm.standardizes and norm.group_size(cfg.width, cfg.batch, positions) < 2:
+        over, flag_, got = ("the batch", "--batch", cfg.batch) if norm.over == "batch" else \
+            ("its units", "--width", cfg.width)
+        where = " and positions" if cfg.arch == "cnn" else ""
+        raise ConfigError(f"--norm {cfg.norm} standardizes over {over}{where}, and one value has no variance: got "
+                          f"{flag_} {got}")
+
+
+def branch_alpha(cfg: RunConfig) -> float:
+    """The residual branches' alpha: branch_scale, 'inv_sqrt_depth' resolved to 1/sqrt(depth - 1)."""
+    if cfg.branch_scale == "inv_sqrt_depth":
+        return 1.0 / math.sqrt(cfg.depth - 1)
+    return float(cfg.branch_scale)
+
+
 def _check_jacobian(cfg: RunConfig) -> None:
     spatial = cfg.image_size**2 if cfg.arch == "cnn" else 1
     n_in = cfg.in_channels * spatial if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
@@ -360,6 +403,9 @@ def _check_jacobian(cfg: RunConfig) -> None:
                           f"{n_in} -> {cfg.width * spatial}; use a smaller --width or --image-size")
     if cfg.checkpoint:
         raise ConfigError("--jacobian needs the whole network in memory; drop --checkpoint")
+    if blocks.norm(cfg.norm).over == "batch":
+        raise ConfigError("--jacobian takes each input's own Jacobian; with --norm batch every output depends on the "
+                          "whole batch, so there is none: use --norm layer or none")
 
 
 def init_params(cfg: RunConfig) -> dict:
@@ -384,6 +430,8 @@ def default_text(key: str) -> str:
 def type_text(key: str) -> str:
     """'tanh | relu | ...' for choices, else the type ('int', 'float or str')."""
     opt = OPTIONS[key]
+    if opt.words:
+        return "a number or " + " or ".join(opt.words)
     if opt.choices is not None:
         names = " | ".join(opt.choices()) if len(opt.choices()) <= 6 else f"an {opt.kind}" if opt.kind[0] in "aeiou" \
             else f"a {opt.kind}"

@@ -46,8 +46,9 @@ def run_option(key: str) -> inspect.Parameter:
     elif opt.choices is not None:  # open: a registry name or package.module:function
         kind = str
         kwargs["autocompletion"] = _complete(opt.choices())
-    elif str in types:  # gain: a number or 'auto'; config.check_value reads the number
+    elif opt.words:  # a number or one of its words (gain: 'auto'); config.check_value reads the number
         kind = str
+        kwargs["autocompletion"] = _complete(opt.words)
     else:
         kind = types[0]
     if opt.envvar:
