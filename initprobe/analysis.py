@@ -33,15 +33,16 @@ def nonfinite_layers(layer: np.ndarray, finite: dict, columns) -> np.ndarray:
     return np.unique(layer[bad])
 
 
-def summarize(frame: pd.DataFrame, timings: dict) -> dict:
+def summarize(frame: pd.DataFrame, timings: dict, backward_column: str = "grad_preact_var") -> dict:
     """End-to-end ratios (geometric mean over seeds), per-layer gains, verdicts, first non-finite layer.
     Non-finite means an overflow in a mean or variance. The forward pass meets layers bottom-up and the
-    backward top-down, so each direction's first non-finite layer is the first it reaches."""
+    backward top-down, so each direction's first non-finite layer is the first it reaches. The backward ratio is
+    `backward_column`'s: the gradient that carries the signal down (blocks.Block.stream_gradient)."""
     layer, seed = frame["layer"].to_numpy(), frame["seed"].to_numpy()
     depth = int(layer.max())
     first, last = np.flatnonzero(layer == 1), np.flatnonzero(layer == depth)
     first, last = first[np.argsort(seed[first])], last[np.argsort(seed[last])]  # paired by seed
-    act, grad = frame["act_var"].to_numpy(dtype=float), frame["grad_preact_var"].to_numpy(dtype=float)
+    act, grad = frame["act_var"].to_numpy(dtype=float), frame[backward_column].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         forward = geometric_mean(act[last] / act[first])
         backward = geometric_mean(grad[first] / grad[last])
@@ -59,6 +60,7 @@ def summarize(frame: pd.DataFrame, timings: dict) -> dict:
         "first_nonfinite_layer": int(any_bad[0]) if any_bad.size else None,
         "first_nonfinite_forward": int(fwd_bad[0]) if fwd_bad.size else None,
         "first_nonfinite_backward": int(bwd_bad[-1]) if bwd_bad.size else None,
+        "backward_column": backward_column,
         "stable_band": [1.0 / STABLE_BAND, STABLE_BAND],
         "timings": timings,
     }

@@ -19,6 +19,8 @@ import torch
 from . import activations, config, models, probe, shapes
 
 MLP = dict(arch="mlp", depth=50, width=512, batch=256, act="tanh")
+RESIDUAL_BN = dict(arch="mlp", depth=50, width=512, batch=256, act="relu", init="he_normal", block="residual",
+                   norm="batch")
 CNN = dict(arch="cnn", depth=20, width=64, image_size=32, batch=32, act="tanh")
 
 
@@ -59,9 +61,7 @@ def _sync(device):
 
 
 def bare_pass(cfg, params, phi, x0, cotangent):
-    x = x0
-    for w, b in params:
-        x = phi(models.block(cfg, x, w, b))
+    x = models.Net.of(cfg, phi).forward(params, x0)
     probe.backward(x, cotangent)
     for w, _ in params:
         w.grad = None
@@ -70,11 +70,11 @@ def bare_pass(cfg, params, phi, x0, cotangent):
 
 def naive_pass(cfg, params, phi, x0, cotangent):
     """The common approach, for reference: a .item() per layer and statistic (a host sync each on a GPU)."""
-    x, outs = x0, []
-    for w, b in params:
-        h = models.block(cfg, x, w, b)
+    net, x, outs = models.Net.of(cfg, phi), x0, []
+    for l, (w, b) in enumerate(params):
+        step = net.layer(l, x, w, b)
+        h, x = step.h, step.x
         h.retain_grad()
-        x = phi(h)
         outs.append((h, x))
         vals = [h.mean().item(), h.var().item(), x.mean().item(), x.var().item(), w.var().item()]
         with torch.no_grad():
@@ -257,8 +257,10 @@ def run_all(device: torch.device, quick: bool = False) -> dict:
     kept = keep_freed_memory()  # for every measurement in this process, the sweeps' forked workers included
     rows = []
     mlp_row, mlp_flops = overhead("MLP 50x512, batch 256", MLP, 1.10, device)
+    residual_row, _ = overhead("residual BN-ReLU MLP 50x512, batch 256", RESIDUAL_BN, 1.15, device,
+                               reps=5 if quick else 21)
     cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 11)
-    rows += [mlp_row, cnn_row]
+    rows += [mlp_row, residual_row, cnn_row]
     rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000))
     rows += startup()
     rows += sweep_rows(quick)
