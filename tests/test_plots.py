@@ -23,7 +23,7 @@ from initprobe.plots.draw import NAMES
 
 DEVICE = os.environ.get("TORCH_DEVICE", "cpu")
 BASE_PLOTS = {"variance", "weight_grad", "histograms", "saturation"}
-RUN_PLOTS = BASE_PLOTS | {"correlation"}  # every run measures preact_corr
+RUN_PLOTS = BASE_PLOTS | {"correlation", "spp"}  # every run measures preact_corr and the channel statistics
 SIZES = {"correlation": (1125, 630), "jacobian": (1200, 810)}  # (7.5, 4.2) and (8, 5.4) inches at 150 dpi
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -344,7 +344,15 @@ def test_run_without_correlation_column_has_no_correlation_figure(tanh_run, tmp_
     old = copy_run(tanh_run, tmp_path / "old-run")
     layers = pd.read_csv(old / "layers.csv")
     layers.drop(columns=["preact_corr", "theory_preact_corr"]).to_csv(old / "layers.csv", index=False)
-    assert figures_made(old, monkeypatch) == BASE_PLOTS
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"correlation"}
+
+
+def test_run_without_channel_statistics_has_no_spp_figure(tanh_run, tmp_path, monkeypatch):
+    """A run directory written before the channel statistics existed gets every other figure."""
+    old = copy_run(tanh_run, tmp_path / "old-run")
+    layers = pd.read_csv(old / "layers.csv")
+    layers.drop(columns=[c for c in layers if "chan_" in c or "branch_" in c]).to_csv(old / "layers.csv", index=False)
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"spp"}
 
 
 def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path, monkeypatch):

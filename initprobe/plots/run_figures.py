@@ -1,5 +1,5 @@
 """The figures of one run directory (its plots/ folder): variance, weight_grad, histograms, saturation,
-correlation, and jacobian with --jacobian."""
+correlation, spp (the signal propagation plot), and jacobian with --jacobian."""
 
 import functools
 from pathlib import Path
@@ -10,20 +10,37 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import forking, results
-from .draw import (BACKWARD, COLOURS, EPS, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH, NAMES,
-                   NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series, empty_note,
+from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH, NAMES,
+                   NONFINITE_COLOUR, SMALL_FIGSIZE, SPP, add_legend, draw_quantities, draw_series, empty_note,
                    finish_log_panel, mark_trouble, new_figure, save, seed_matrix, set_correlation_axis,
                    set_layer_axis, why_empty)
-from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
+from .labels import (_as_float, _num, _split_config, correlation_theory_text, label, theory_lines,
+                     verdict_text)
 
-def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
+SPP_FIGSIZE = (15, 4.2)  # three panels side by side, as Brock et al.'s Figure 1
+SKIPINIT = "0 at every block: alpha = 0"
+
+
+def exact_zeros(run: dict) -> dict[str, str]:
+    """Columns that are 0 at every residual block by construction, with the words that say why: with alpha = 0
+    (SkipInit) every branch is 0 and so is its dL/dh. Not an underflow, and nothing a log axis can show."""
+    cfg, _ = _split_config(run["config"])
+    if cfg.get("block") == "residual" and _as_float(cfg.get("branch_scale")) == 0:
+        return {"grad_preact_var": SKIPINIT, "branch_var": SKIPINIT}
+    return {}
+
+
+def variance_panel(ax, run: dict, columns, title: str, direction: str, ylabel: str = "variance (log scale)") -> None:
     layers, n_seeds = run["layers"], run["layers"]["seed"].nunique()
-    measured, theory, has_theory = draw_quantities(ax, layers, columns, log=True, n_seeds=n_seeds)
+    zeros = exact_zeros(run)
+    measured, theory, has_theory = draw_quantities(ax, layers, columns, log=True, n_seeds=n_seeds, notes=zeros)
     set_layer_axis(ax, int(layers["layer"].max()))
-    ax.set_ylabel("variance (log scale)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left", fontsize=11)
-    finish_log_panel(ax, measured, theory, has_theory, why_empty(layers, columns))
-    mark_trouble(ax, layers, columns, direction, run["summary"])
+    only_zeros = [zeros[c] for c in columns if c in zeros]
+    note = only_zeros[0] if only_zeros and len(only_zeros) == len(columns) else why_empty(layers, columns)
+    finish_log_panel(ax, measured, theory, has_theory, note)
+    mark_trouble(ax, layers, columns, direction, run["summary"], exact_zeros=tuple(zeros))
 
 
 
@@ -49,6 +66,24 @@ def weight_grad_figure(run: dict) -> Figure:
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
     fig.suptitle(label(run["config"]))
+    return fig
+
+
+def spp_figure(run: dict) -> Figure:
+    """Brock, De & Smith 2021's signal propagation plot (their Figure 1): the average channel squared mean and
+    the average channel variance of x^l, and for residual networks the branch's variance, over depth."""
+    layers = run["layers"]
+    residual = "branch_var" in layers and (layers["branch_var"].notna().any() or bool(exact_zeros(run)))
+    columns = SPP if residual else SPP[:2]
+    fig, axes = new_figure(len(columns), figsize=SPP_FIGSIZE if residual else FIGSIZE)
+    titles = {"chan_sq_mean": "Average channel squared mean", "chan_var": "Average channel variance",
+              "branch_var": "Residual branch variance"}
+    for ax, column in zip(axes, columns):
+        variance_panel(ax, run, (column,), titles[column], "forward", ylabel=f"{column} (log scale)")
+    where = "over the batch and positions" if _split_config(run["config"])[0].get("arch") == "cnn" else \
+        "over the batch"
+    fig.suptitle(f"{label(run['config'])}\nsignal propagation plot (Brock, De & Smith 2021): each channel of $x^l$ "
+                 f"{where}, averaged over channels", fontsize=10)
     return fig
 
 
@@ -155,8 +190,9 @@ def correlation_figure(run: dict) -> Figure:
         empty_note(ax, "no finite correlations measured")
     add_legend(ax, has_theory and theory.size > 0)
     mark_trouble(ax, layers, FORWARD, "forward", run["summary"], underflow=False)
-    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)",
-                 fontsize=10)
+    which = correlation_theory_text(run["config"])
+    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)"
+                 + (f"\n{which}" if which else ""), fontsize=10)
     return fig
 
 
@@ -241,7 +277,8 @@ def jacobian_figure(run: dict) -> Figure:
 
 def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path]:
     """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/, plus correlation
-    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths.
+    (if layers.csv has preact_corr), spp (if it has the channel statistics) and jacobian (if the run has
+    jacobian.csv); returns the paths.
     `workers` processes draw them (forking.run_shared; default: one per CPU, at most 2)."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
@@ -250,6 +287,8 @@ def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path
                "weight_grad": weight_grad_figure}
     if "preact_corr" in run["layers"]:
         figures["correlation"] = correlation_figure
+    if "chan_sq_mean" in run["layers"]:
+        figures["spp"] = spp_figure
     if run["jacobian"] is not None:
         figures["jacobian"] = jacobian_figure
     paths = [out / f"{name}.{fmt}" for name in figures]

@@ -5,6 +5,9 @@
   varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
   over seeds, log y; colours and dash patterns both cycle, so lines that coincide stay visible. Runs that differ
   only in `seed` are pooled. The title names what every run shares (arch, act, init, depth, width, seeds).
+  A sweep with residual or normalized runs gets the signal propagation plot's rows too (chan_sq_mean, chan_var,
+  and branch_var with residual runs), and with residual runs the backward row is each run's stream gradient
+  (grad_act_var for residual blocks).
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
   diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
@@ -35,6 +38,11 @@ ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN
 DASHES = ("-", "--", "-.", ":")
 QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
               ("grad_preact_var", "backward\ngradient variance grad_preact_var"))
+# with residual runs, the backward row is the gradient that reaches layer 1 (blocks.Block.stream_gradient)
+STREAM_GRADIENT = ("stream_grad_var", "backward\ngrad_act_var (residual),\ngrad_preact_var (plain)")
+SPP_ROWS = (("chan_sq_mean", "SPP: average channel\nsquared mean chan_sq_mean"),
+            ("chan_var", "SPP: average channel\nvariance chan_var"),
+            ("branch_var", "SPP: residual branch\nvariance branch_var"))
 DPI = 110
 
 
@@ -46,14 +54,39 @@ def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], ti
     ok = runs[runs["status"] == "ok"]
     if layers is None or not len(ok):
         return {}
+    layers, rows = profile_rows(layers, ok)
     groups, context = assign_groups(ok, varying), describe_fixed(ok, varying)
     every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
     every_groups = one_column_if_sparse(assign_groups(every, varying))
     fig_dir.mkdir(exist_ok=True)
     paths = {"profiles": fig_dir / "profiles.png", "ratios": fig_dir / "ratios.png"}
-    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context), paths["profiles"]),
+    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context, rows), paths["profiles"]),
                         lambda: _save_png(ratios_figure(every, every_groups, title, context), paths["ratios"])])
     return {name: path.read_bytes() for name, path in paths.items()}
+
+
+def _residual_ids(runs: pd.DataFrame) -> set:
+    return set(runs.loc[runs["block"] == "residual", "run_id"]) if "block" in runs else set()
+
+
+def profile_rows(layers: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, tuple]:
+    """(layers, the rows of the small multiples): forward act_var and the backward gradient; with residual or
+    normalized runs also the SPP rows (branch_var with residual runs). With residual runs the backward row is
+    each run's stream gradient, a column of its own: dL/dx for residual blocks (their dL/dh is one branch's
+    share), dL/dh for plain ones; has_branch marks the rows with a branch (not plain blocks, not stems)."""
+    residual = _residual_ids(runs)
+    normalized = "norm" in runs and (runs["norm"].fillna("none") != "none").any()
+    if not residual and not normalized:
+        return layers, QUANTITIES
+    rows = [QUANTITIES[0], QUANTITIES[1]]
+    if residual:
+        is_residual = layers["run_id"].isin(residual)
+        layers = layers.assign(stream_grad_var=np.where(is_residual, layers["grad_act_var"],
+                                                        layers["grad_preact_var"]),
+                               has_branch=is_residual & (layers["layer"] > 1))
+        rows[1] = STREAM_GRADIENT
+    rows += [r for r in SPP_ROWS if r[0] != "branch_var" or residual]
+    return layers, tuple(rows)
 
 
 def _save_png(fig: Figure, path: Path) -> None:
@@ -82,7 +115,7 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
 
     def label(row, keys, named):
         parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, row.get("arch"))]
+                 if _present(row[k]) and config.applies(k, row.get("arch"), row.get("block"))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -132,7 +165,10 @@ def _colours(lines: list[str]) -> dict:
 
 def profiles(data: pd.DataFrame, quantity: str) -> dict:
     """{(column, line): per-layer frame} of geometric mean, min and max over seeds of the positive finite values of
-    `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line."""
+    `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line. Rows
+    of branch_var without a branch (plain blocks, stems: profile_rows's has_branch) are left out, not masked."""
+    if quantity == "branch_var":
+        data = data[data["has_branch"]]
     values = data[["column", "line", "layer", quantity]].copy()
     v = values[quantity].to_numpy(dtype=float)
     good = np.isfinite(v) & (v > 0)
@@ -145,14 +181,16 @@ def profiles(data: pd.DataFrame, quantity: str) -> dict:
     return {key: frame.reset_index() for key, frame in per.reset_index(["layer"]).groupby(level=[0, 1])}
 
 
-def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
+def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "",
+                    rows=QUANTITIES) -> Figure:
     data = layers.merge(groups, on="run_id")
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
     dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
-    fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
-    axes = fig.subplots(len(QUANTITIES), len(columns), squeeze=False, sharey="row")
-    for r, (quantity, name) in enumerate(QUANTITIES):
+    height = 3.1 * len(rows) + 0.2 * (len(lines) // 4)
+    fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), height))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False, sharey="row")
+    for r, (quantity, name) in enumerate(rows):
         panels = profiles(data, quantity)
         for c, column in enumerate(columns):
             ax = axes[r, c]
@@ -182,7 +220,7 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0 and columns != [ONE_COLUMN]:
                 ax.set_title(textwrap.fill(column, 40), fontsize=9)
-            if r == len(QUANTITIES) - 1:
+            if r == len(rows) - 1:
                 ax.set_xlabel("layer l")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
@@ -228,9 +266,11 @@ def _annotation(value: float) -> str:
 
 
 def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
+    backward = "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]"
+    if _residual_ids(runs):  # the summary's backward ratio is of each run's stream gradient
+        backward = "backward ratio, gradient[1] / gradient[depth]\n(grad_act_var residual, grad_preact_var plain)"
     tables = {"forward ratio\nact_var[depth] / act_var[1]": ratio_table(runs, groups, "forward_ratio"),
-              "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]": ratio_table(runs, groups,
-                                                                                          "backward_ratio")}
+              backward: ratio_table(runs, groups, "backward_ratio")}
     logs = {}
     for name, table in tables.items():
         v = table.to_numpy(dtype=float)
