@@ -317,5 +317,5 @@ def run_id(cfg: RunConfig) -> str:
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
     """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, cfg.arch)]
+             if getattr(cfg, k) is not None and config.applies(k, cfg.arch, cfg.block)]
     return " ".join(shown) or "run"
