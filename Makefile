@@ -1,4 +1,5 @@
-# One command sets up and runs: `make run` (the default experiment) or `make test`.
+# One command sets up and runs: `make run` (the default experiment), `make test` (the whole suite, as CI runs it)
+# or `make test-fast` (all but the tests marked slow, for the edit-test loop).
 # torch==2.13.0 is installed first and on its own: on these machines it is a CPU build already on disk,
 # and once it is there, the package's torch>=2.2 pulls nothing more (never a multi-GB CUDA build).
 PYTHON ?= python3
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml setup.py initprobe/_fused.c
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ run: install
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest
+
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check initprobe tests

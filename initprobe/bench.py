@@ -131,7 +131,7 @@ def overhead(name, options, goal, device, reps=21):
         bare_t += timed(bare, device, 1)
         inst_t += timed(instrumented, device, 1)
     ratios = [i / b for i, b in zip(inst_t, bare_t)]
-    ratio = statistics.median(ratios)
+    ratio = round(statistics.median(ratios), 3)  # judged as shown
     quartiles = statistics.quantiles(ratios, n=4) if reps > 1 else ratios * 3
     # the reference afterwards, not interleaved: its retained tensors (100s of MB) perturb the passes after it
     naive_ratio = statistics.median(timed(naive, device, 3)) / statistics.median(timed(bare, device, 3))
@@ -139,7 +139,7 @@ def overhead(name, options, goal, device, reps=21):
     flops = 2 * 3 * shapes.multiply_adds(cfg)  # forward and backward, two flops a multiply-add
     note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {bare_s * 1e3:.0f} ms "
             f"({flops / bare_s / 1e9:.1f} GFLOP/s); .item()-per-statistic approach: {naive_ratio:.2f}x")
-    return row(f"overhead {name}", round(ratio, 3), f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s
+    return row(f"overhead {name}", ratio, f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s
 
 
 def matmul_throughput(device, n=1024, reps=10):
@@ -172,11 +172,12 @@ def depth_memory(depths=(1000, 4000, 10000)):
     growth = {d: v["peak"] - v["base"] for d, v in out.items()}
     lo, hi = min(depths), max(depths)
     ok = growth[lo] > 0 and growth[hi] > 0  # no growth above the imports' peak: nothing to fit
-    exponent = math.log(growth[hi] / growth[lo]) / math.log(hi / lo) if ok else math.nan
+    exponent = round(math.log(growth[hi] / growth[lo]) / math.log(hi / lo), 2) if ok else math.nan
+    peak_gib = round(deep["peak"] / 2**30, 3)  # each value judged as shown
     return [
-        row(f"{hi}-layer MLP peak memory", round(deep["peak"] / 2**30, 3), "< 1", deep["peak"] < 2**30,
+        row(f"{hi}-layer MLP peak memory", peak_gib, "< 1", peak_gib < 1,
             f"checkpointed, {deep['seconds']:.0f} s probe, finite: {deep['finite']}", "GiB"),
-        row("memory growth exponent", round(exponent, 2), "~0.5 (sqrt), < 0.75", exponent < 0.75,
+        row("memory growth exponent", exponent, "~0.5 (sqrt), < 0.75", exponent < 0.75,
             ", ".join(f"depth {d}: +{g / 2**20:.0f} MiB" for d, g in growth.items()), "log-log slope"),
     ]
 
@@ -193,13 +194,13 @@ def wall(cmd, cwd, reps=3):
 def startup():
     exe = [sys.executable, "-m", "initprobe.cli"]
     with tempfile.TemporaryDirectory() as tmp:
-        help_s = wall(exe + ["--help"], tmp)
-        list_s = wall(exe + ["list"], tmp)
-        run_s = wall(exe + ["run", "--quiet", "--device", "cpu"], tmp)
+        help_s = round(wall(exe + ["--help"], tmp), 3)  # each value judged as shown
+        list_s = round(wall(exe + ["list"], tmp), 3)
+        run_s = round(wall(exe + ["run", "--quiet", "--device", "cpu"], tmp), 2)
     return [
-        row("initprobe --help", round(help_s, 3), "< 0.5", help_s < 0.5, "", "s"),
-        row("initprobe list", round(list_s, 3), "< 0.5", list_s < 0.5, "", "s"),
-        row("default run incl. plots", round(run_s, 2), "< 5", run_s < 5, "depth 50, width 512, 3 seeds, best of 3",
+        row("initprobe --help", help_s, "< 0.5", help_s < 0.5, "", "s"),
+        row("initprobe list", list_s, "< 0.5", list_s < 0.5, "", "s"),
+        row("default run incl. plots", run_s, "< 5", run_s < 5, "depth 50, width 512, 3 seeds, best of 3",
             "s"),
     ]
 
@@ -239,15 +240,15 @@ def sweep_rows(quick: bool = False):
     again_local, again_process = timed_sweep("local", quick), timed_sweep("process", quick)
     local = min(local, again_local, key=lambda t: t["runs"])
     process = min(process, again_process, key=lambda t: t["runs"])
-    share, whole = local["probes"] / local["runs"], local["probes"] / local["wall"]
-    speedup = local["runs"] / process["runs"]
+    share, whole = round(local["probes"] / local["runs"], 3), local["probes"] / local["wall"]  # judged as shown
+    speedup = round(local["runs"] / process["runs"], 2)
     return [
-        row(f"sweep of {local['n']} small runs: time in probes", round(share, 3), ">= 0.8", share >= 0.8,
+        row(f"sweep of {local['n']} small runs: time in probes", share, ">= 0.8", share >= 0.8,
             f"local, 1 thread: {local['probes']:.1f} s in probes of {local['runs']:.1f} s "
             f"({(local['runs'] - local['probes']) / local['n'] * 1e3:.0f} ms a run outside them)", "of runs"),
         row("  once per sweep: its report", round(local["report"], 2), "-", None,
             f"two figures and report.html; with it counted in, {whole:.2f} of the wall time is in probes", "s"),
-        row("sweep process (2 workers) vs local", round(speedup, 2), ">= 1.7", speedup >= 1.7,
+        row("sweep process (2 workers) vs local", speedup, ">= 1.7", speedup >= 1.7,
             f"runs {process['runs']:.1f} s vs {local['runs']:.1f} s ({process['start']}ed workers); with the "
             f"report {local['wall'] / process['wall']:.2f}x", "x faster"),
     ]

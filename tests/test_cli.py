@@ -374,9 +374,12 @@ def test_plot_overlay_into_an_existing_directory_is_refused(workdir, capsys, two
     assert snapshot(workdir) == before
 
 
-@pytest.mark.slow
-def test_plot_overlay_without_out_gets_a_new_directory_each_time(workdir, capsys, two_runs):
-    """A generated name never overwrites: the second overlay of the same runs goes to NAME-2."""
+def test_plot_overlay_without_out_gets_a_new_directory_each_time(workdir, capsys, two_runs, monkeypatch):
+    """A generated name never overwrites: the second overlay of the same runs goes to NAME-2. (The figures are made
+    but not rendered: an empty file stands for each.)"""
+    from initprobe.plots import compare_figures
+
+    monkeypatch.setattr(compare_figures, "save", lambda fig, path, fmt: path.write_bytes(b"") or path)
     paths = []
     for _ in range(2):
         code, out, err = call(capsys, ["plot", *map(str, two_runs)])
@@ -455,3 +458,16 @@ def test_docs_options_md_is_generated_from_the_declarations():
                   "open('docs/options.md','w').write(config.options_markdown())\"")
     assert path.is_file(), f"docs/options.md is missing; {regenerate}"
     assert path.read_text() == config.options_markdown(), f"docs/options.md is out of date; {regenerate}"
+
+
+@pytest.mark.parametrize("instrumented_s, verdict", [(1.1004, True), (1.1006, False)])
+def test_bench_overhead_is_judged_on_the_value_it_shows(monkeypatch, instrumented_s, verdict):
+    """A ratio of 1.1004 shows as 1.1 and passes a goal of 1.10; 1.1006 shows as 1.101 and fails it: the table
+    never shows a value that contradicts its verdict. The passes' times are fixed here; the network is tiny."""
+    from initprobe import bench
+
+    seconds = {"bare": 1.0, "instrumented": instrumented_s, "naive": 2.0}
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps: [seconds[fn.__name__]] * reps)
+    options = dict(arch="mlp", depth=2, width=8, batch=4, act="tanh")
+    result, _ = bench.overhead("tiny", options, 1.10, torch.device("cpu"), reps=3)
+    assert result["value"] == round(instrumented_s, 3) and result["pass"] is verdict

@@ -486,9 +486,10 @@ def test_rows_fill_in_any_order(device):
 @pytest.mark.parametrize("act", ["relu", "tanh", "softsign", "gelu"])
 def test_checkpointed_probe_equals_plain(device, act, dtype, rtol):
     """Both probes run the same float operations on the same numbers: weights are regenerated from the same per-layer
-    seeds and W = Z + 0 is exact. On this CPU they agree bit for bit; the tolerance (~100 ulps of float32, ~1e6 of
-    float64) only leaves room for a BLAS kernel picking another blocking for a recomputed segment on other hardware,
-    amplified through 30 layers. Means near zero are compared against their column's spread instead."""
+    seeds and W = Z + 0 is exact, so they agree bit for bit where BLAS runs the same kernel both times; the tolerance
+    (~100 ulps of float32, ~1e6 of float64) only leaves room for a BLAS kernel picking another blocking for a
+    recomputed segment, amplified through 30 layers. Means near zero are compared against their column's spread
+    instead."""
     cfg = RunConfig(act=act, dtype=dtype, depth=30, width=64, batch=16, seeds=2, plots=False, device=device.type)
     plain, plain_hist, _, _ = runner.measure(cfg, device, checkpointed=False)
     ckpt, ckpt_hist, _, _ = runner.measure(cfg, device, checkpointed=True)

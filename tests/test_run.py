@@ -123,6 +123,7 @@ def test_exploding_network_with_jacobian_records_nan_singular_values(device, tmp
 
 
 @pytest.mark.parametrize("act, init", [("tanh", {}), ("identity", {"init": "normal", "std": 1.0})])  # 2nd explodes
+@pytest.mark.slow
 def test_run_csv_files_are_the_bytes_pandas_writes(device, tmp_path, act, init):
     """results.write_csv is a faster frame.to_csv(index=False): the same bytes for every file of a run, with
     nan, inf and -inf in it (the exploding run), and for frames it hands to pandas (text needing quotes, float32)."""
@@ -254,6 +255,7 @@ def test_bfloat16_small_tanh_net_has_finite_stats(device, tmp_path):
     assert result.summary["first_nonfinite_layer"] is None
 
 
+@pytest.mark.slow
 def test_float64_agrees_with_float32_statistically(device, tmp_path):
     """float64 and float32 runs of the same config. torch draws different numbers for different dtypes from the
     same generator state, so the networks differ and only the statistics can agree: the seed mean of log
@@ -278,6 +280,7 @@ def test_float64_agrees_with_float32_statistically(device, tmp_path):
 # ------------------------------------------------------------------------------------------------ lsuv
 
 
+@pytest.mark.slow
 def test_lsuv_gives_unit_preact_var_on_a_fresh_batch(device, tmp_path):
     """LSUV rescales each layer on its own batch until |Var(h) - 1| < LSUV_TOL there (dividing W by sqrt(Var(h))
     makes it 1 on that batch at once, zero biases). The probe measures another batch, so the value there moves by
