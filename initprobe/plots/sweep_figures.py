@@ -181,15 +181,36 @@ def profiles(data: pd.DataFrame, quantity: str) -> dict:
     return {key: frame.reset_index() for key, frame in per.reset_index(["layer"]).groupby(level=[0, 1])}
 
 
+WRAPPED_COLUMNS = 3  # a one-column sweep's rows beyond the first two: side by side, as Brock et al.'s Figure 1
+
+
+def profile_axes(fig: Figure, rows, columns) -> tuple[dict, object]:
+    """({(row, column): axes}, a spare axes for the legend or None). A sweep with one column and more than two rows
+    (the SPP rows) puts forward and backward side by side with the legend beside them, and the SPP rows in a row of
+    their own underneath; otherwise a row per quantity and a column per column, y shared along a row."""
+    if len(columns) > 1 or len(rows) <= 2:
+        axes = fig.subplots(len(rows), len(columns), squeeze=False, sharey="row")
+        return {(r, c): axes[r, c] for r in range(len(rows)) for c in range(len(columns))}, None
+    grid = fig.subplots(2, WRAPPED_COLUMNS, squeeze=False)
+    slots = [grid[0, 0], grid[0, 1], *grid[1, :]]
+    for extra in slots[len(rows):]:
+        extra.remove()
+    return {(r, 0): slots[r] for r in range(len(rows))}, grid[0, 2]
+
+
 def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "",
                     rows=QUANTITIES) -> Figure:
     data = layers.merge(groups, on="run_id")
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
     dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
-    height = 3.1 * len(rows) + 0.2 * (len(lines) // 4)
-    fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), height))
-    axes = fig.subplots(len(rows), len(columns), squeeze=False, sharey="row")
+    wrapped = len(columns) == 1 and len(rows) > 2
+    if wrapped:
+        figsize = (4.3 * WRAPPED_COLUMNS, 7.6)
+    else:
+        figsize = (max(6.4, 0.6 + 3.3 * len(columns)), 3.1 * len(rows) + 0.2 * (len(lines) // 4))
+    fig = Figure(layout="constrained", figsize=figsize)
+    axes, spare = profile_axes(fig, rows, columns)
     for r, (quantity, name) in enumerate(rows):
         panels = profiles(data, quantity)
         for c, column in enumerate(columns):
@@ -208,27 +229,39 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
                 if len(masked):
                     where = f"layer {masked.min()}" if len(masked) == 1 else \
                         f"{len(masked)} layers in {masked.min()}..{masked.max()}"
-                    notes.append(f"{line}: inf/nan/0 masked at {where}")
+                    notes.append(textwrap.fill(f"{line}: inf/nan/0 masked at {where}", 60))
             if drawn:
                 ax.set_yscale("log")
             else:
                 ax.text(0.5, 0.5, "no finite positive values", ha="center", va="center", transform=ax.transAxes)
             if notes:
                 ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
-                        color="0.3")
+                        color="0.3", bbox={"boxstyle": "square,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0 and columns != [ONE_COLUMN]:
                 ax.set_title(textwrap.fill(column, 40), fontsize=9)
-            if r == len(rows) - 1:
+            if r == len(rows) - 1 or wrapped:
                 ax.set_xlabel("layer l")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.legend([Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines], lines,
-               loc="outside lower center", ncols=min(len(lines), 4), fontsize=9, frameon=False)
+    handles = [Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines]
+    if spare is not None:
+        spare.axis("off")
+        spare.legend(handles, [textwrap.fill(line, 34) for line in lines], loc="center", fontsize=9, frameon=False)
+    else:
+        fig.legend(handles, lines, loc="outside lower center", ncols=legend_columns(lines, figsize[0]), fontsize=9,
+                   frameon=False)
     fig.suptitle(_title(fig, f"{title}: per-layer variance", context,
                         "geometric mean over seeds, band min..max over seeds"), fontsize=10)
     return fig
+
+
+def legend_columns(lines: list[str], width: float) -> int:
+    """As many legend entries side by side (at most 4) as fit in `width` inches at fontsize 9 (about 0.075 inch a
+    character, and 0.8 inch for the handle and the gap)."""
+    entry = 0.8 + 0.075 * max((len(line) for line in lines), default=0)
+    return max(1, min(len(lines), 4, int(width // entry)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
