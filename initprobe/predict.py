@@ -40,6 +40,7 @@ THEORY_COLUMNS = ("theory_preact_var", "theory_act_mean", "theory_act_var", "the
                   "theory_grad_act_var", "theory_weight_grad_var", "theory_preact_corr", "theory_chan_sq_mean",
                   "theory_chan_var", "theory_branch_var")
 GRADIENT_COLUMNS = ("theory_grad_preact_var", "theory_grad_act_var", "theory_weight_grad_var")
+NO_PREDICTION = "no prediction"  # the verdict of a ratio that theory does not predict (no_prediction says why)
 WEIGHT_MOMENT = "weight_sq_mean"  # the measured column theory reads: E[W^2], averaged over the seeds
 INPUT_Q = 1.0  # E[x0^2] of the input x0 ~ N(0, 1)
 
@@ -128,19 +129,22 @@ def no_prediction(cfg: config.RunConfig) -> dict[str, str]:
 
 
 def notes(cfg: config.RunConfig) -> list[str]:
-    """What the prediction of a residual or normalized network leaves out, in words (summary.json)."""
+    """What the prediction of a residual or normalized network rests on and what it leaves out, in words
+    (summary.json); the columns it does not predict at all are no_prediction()'s."""
     out = []
     block, norm = blocks.block(cfg.block), blocks.norm(cfg.norm)
-    if norm.over == "batch" and not block.stem:
-        out.append(f"plain batch norm: gradients grow by the per-layer factor of an infinitely wide network at "
-                   f"batch {samples(cfg)} (Yang et al. 2019; pi/(pi-1) = 1.467 for ReLU only as the batch grows "
-                   "without bound). At finite width the units' batch distribution drifts from the symmetric state "
-                   "with depth, the more the larger batch/width is (here "
-                   f"{cfg.batch / cfg.width:.2g}); mean-field theory has no closed form for that drift, so the "
-                   "measured gradients fall below the prediction by a factor that grows with depth")
-    if norm.over == "batch":
-        out.append("batch norm: its moments are taken on the batch's sphere (exact at infinite width); for "
-                   "piecewise-linear phi in closed form, else by quadrature")
+    missing = no_prediction(cfg)
+    if norm.over == "batch" and "theory_act_var" not in missing:
+        how = "in closed form (piecewise-linear phi)" if activations.get(cfg.act).negative_slope else \
+            f"by quadrature ({cfg.act} has no closed form there)"
+        out.append(f"batch norm: phi's moments on the batch's sphere, exact at infinite width, {how}")
+    if norm.over == "batch" and not block.stem and "theory_grad_preact_var" not in missing:
+        out.append("plain batch norm (Yang et al. 2019): the gradient grows going down whatever the init, by the "
+                   f"per-layer factor of an infinitely wide network at batch {samples(cfg)} (pi/(pi-1) = 1.467 for "
+                   "ReLU only as the batch grows without bound). Not predicted: the drift of a finite-width network "
+                   "from that state with depth, the larger the more batch/width is (here "
+                   f"{cfg.batch / cfg.width:.2g}); the measured gradients then fall below the prediction by a "
+                   "factor that grows with depth")
     if block.stem and norm.over is None and activations.get(cfg.act).negative_slope is None:
         out.append("residual without a norm: the stream's units are Gaussian only in the wide limit; a smooth "
                    "phi's branch variance is off by O(1/width) per block")
@@ -195,10 +199,14 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> di
         forward = float(cols["theory_act_var"][-1] / cols["theory_act_var"][0])
         backward = float(cols[stream][0] / cols[stream][-1])
     per_layer = 1.0 / max(cfg.depth - 1, 1)
+    missing = no_prediction(cfg)
+
+    def verdict(ratio, column):  # a ratio without a prediction is no verdict, not an overflow
+        return NO_PREDICTION if column in missing else analysis.verdict(ratio, not np.isfinite(ratio))
+
     out = {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "forward_ratio": forward, "backward_ratio": backward,
            "forward_gain_per_layer": forward**per_layer, "backward_gain_per_layer": backward**per_layer,
-           "forward_verdict": analysis.verdict(forward, not np.isfinite(forward)),
-           "backward_verdict": analysis.verdict(backward, not np.isfinite(backward))}
+           "forward_verdict": verdict(forward, "theory_act_var"), "backward_verdict": verdict(backward, stream)}
     norm = blocks.norm(cfg.norm)
     if blocks.block(cfg.block).stem:
         out["alpha"] = config.branch_alpha(cfg)

@@ -367,3 +367,37 @@ def test_skipinit_run_is_the_stem_and_exact_zeros(device):
     for _, seed in frame.groupby("seed"):
         assert np.all(seed["act_var"].to_numpy() == seed["act_var"].iloc[0])
         assert np.all(seed["grad_act_var"].to_numpy() == seed["grad_act_var"].iloc[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where no prediction is made, the summary says so and why
+
+
+def test_batch_norm_over_too_few_values_has_no_prediction_and_says_why():
+    """tanh behind batch norm over 4 values: the sphere's moments have no closed form and the quadrature needs 6
+    values, so no column is predicted, every one named with that reason, and the verdicts are 'no prediction', not
+    an overflow. ReLU over 3 values: the forward has closed forms, but E[1/s^2] diverges, so the gradients have
+    none."""
+    frame, scales = predict.for_config(config.RunConfig(act="tanh", norm="batch", batch=4, depth=5, width=32))
+    assert frame.filter(like="theory_").isna().all().all()
+    assert set(scales["no_prediction"]) == set(predict.THEORY_COLUMNS)
+    assert all("quadrature" in why for why in scales["no_prediction"].values())
+    assert scales["forward_verdict"] == scales["backward_verdict"] == predict.NO_PREDICTION
+
+    frame, scales = predict.for_config(config.RunConfig(act="relu", init="he_normal", norm="batch", batch=3,
+                                                        depth=5, width=32))
+    assert set(scales["no_prediction"]) == set(predict.GRADIENT_COLUMNS)
+    assert all("E[1/s^2]" in why for why in scales["no_prediction"].values())
+    assert frame["theory_act_var"].notna().all() and frame["theory_grad_preact_var"].isna().all()
+    assert scales["forward_verdict"] == "stable" and scales["backward_verdict"] == predict.NO_PREDICTION
+
+
+def test_plain_batch_norm_summary_names_the_drift_it_does_not_predict():
+    """The summary of a plain batch-norm network gives the per-layer factor at its batch and as the batch grows,
+    and says in words that a finite-width network's drift with depth is not predicted."""
+    cfg = config.RunConfig(act="relu", init="he_normal", norm="batch", batch=256, depth=50, width=512)
+    _, scales = predict.for_config(cfg)
+    assert scales["gradient_factor"] == pytest.approx(theory.gradient_factor("relu", "batch", 2.0, samples=256))
+    assert scales["gradient_factor_large_batch"] == pytest.approx(math.pi / (math.pi - 1))
+    assert any("Not predicted: the drift" in note and "batch/width" in note for note in scales["notes"])
+    assert scales["no_prediction"] == {}

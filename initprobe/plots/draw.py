@@ -107,6 +107,11 @@ def new_figure(ncols: int = 2, width_ratios=None, figsize=FIGSIZE) -> tuple[Figu
     return fig, list(axes)
 
 
+def new_grid(nrows: int, ncols: int, width_ratios=None, figsize=FIGSIZE) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios)
+
+
 def isolated(line: np.ndarray) -> np.ndarray:
     """Finite points whose neighbours are both missing."""
     ok = np.isfinite(line)
