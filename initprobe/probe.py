@@ -22,7 +22,7 @@ import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import fused, models, shapes, stats
+from . import devices, fused, models, shapes, stats
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr",
@@ -345,6 +345,11 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
 
+    def weight_grad(l, grad):
+        rec.weight_grad(l, grad)
+        if l % segment == 0:  # the segment's backward is done (its first layer's dL/dW comes last)
+            devices.release_free_memory(x0.device)
+
     def run_segment(x, start):
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
@@ -353,12 +358,13 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
             x = step.x
             if not state["recomputing"]:
                 record(rec, net, l, step, w)
-                w.register_hook(functools.partial(rec.weight_grad, l))
+                w.register_hook(functools.partial(weight_grad, l))
         return x
 
     x = x0
     for start in range(0, depth, segment):
         x = checkpoint(run_segment, x, start, use_reentrant=False)
+        devices.release_free_memory(x0.device)
     state["recomputing"] = True
     backward(x, cotangent)
     n_weights = weight_counts(cfg, rec.fwd.buf.dtype, x0.device)

@@ -508,6 +508,35 @@ def test_checkpointed_cnn_equals_plain(device):
         assert_close(ckpt[name], plain[name], 1e-5, 1e-5 * spread(plain, name, plain.__getitem__), name)
 
 
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("architecture", ["residual", "residual-batch", "plain-layer", "residual-layer-skipinit"])
+def test_checkpointed_residual_and_normalized_probes_equal_plain(device, arch, architecture):
+    """The checkpointed probe recomputes each segment's blocks (norms, branches, the stem) in the backward pass:
+    the same columns as the plain probe, branch_var included (float32, tolerance as above)."""
+    size = dict(depth=12, width=32, batch=8) if arch == "mlp" else dict(depth=8, width=6, batch=3, image_size=6,
+                                                                         padding="circular")
+    cfg = RunConfig(arch=arch, act="relu", init="he_normal", seeds=1, plots=False, device=device.type,
+                    **size, **ARCHITECTURES[architecture])
+    plain = runner.measure(cfg, device, checkpointed=False)[0]
+    ckpt = runner.measure(cfg, device, checkpointed=True)[0]
+    for name in probe.COLUMNS:
+        assert_close(ckpt[name], plain[name], 1e-5, 1e-5 * spread(plain, name, plain.__getitem__), name)
+
+
+@pytest.mark.parametrize("architecture", ["residual", "plain-layer", "residual-layer-skipinit"])
+def test_jacobian_of_residual_and_normalized_networks(device, architecture):
+    """probe.jacobian_singular_values of a residual or layer-normalized network: the singular values of each
+    input's Jacobian of the network written out in the test (direct_forward), by torch.autograd.functional."""
+    cfg = cfg_for(device, "mlp", "tanh", "float64", **ARCHITECTURES[architecture])
+    params, x0, _ = network(cfg, device)
+    got = probe.jacobian_singular_values(cfg, params, activations.torch_fn(cfg.act), x0, n_inputs=3)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda x: direct_forward(cfg, params, x)[0].reshape(-1),
+                                                 x0[i:i + 1]).reshape(cfg.width, -1)
+        want = torch.linalg.svdvals(jac)
+        np.testing.assert_allclose(got[i].cpu().numpy(), want.cpu().numpy(), rtol=1e-9, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ cost of a run
 
 

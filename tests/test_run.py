@@ -255,6 +255,25 @@ def test_bfloat16_small_tanh_net_has_finite_stats(device, tmp_path):
     assert result.summary["first_nonfinite_layer"] is None
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+@pytest.mark.parametrize("architecture", [dict(block="residual", norm="batch"), dict(norm="layer"),
+                                          dict(block="residual", branch_scale="inv_sqrt_depth", checkpoint=True)],
+                         ids=["residual-batch", "plain-layer", "residual-checkpointed"])
+def test_residual_and_normalized_networks_in_every_dtype(device, tmp_path, dtype, architecture):
+    """Every column finite in bfloat16 and float64 (branch_var empty exactly where there is no branch: plain
+    blocks and the residual stem), the dtype recorded, no overflow in the summary."""
+    if device.type == "mps" and dtype != "float32":
+        pytest.skip("MPS has no float64, and bfloat16 matmuls not on every device")
+    cfg = small(device, dtype=dtype, depth=6, act="relu", init="he_normal", out=str(tmp_path / "r"), **architecture)
+    result = runner.run(cfg, root=tmp_path)
+    layers = pd.read_csv(tmp_path / "r" / "layers.csv")
+    no_branch = (layers["layer"] == 1) if cfg.block == "residual" else np.ones(len(layers), dtype=bool)
+    assert layers["branch_var"].isna().to_numpy().tolist() == no_branch.tolist()
+    assert np.isfinite(layers[PLAIN_COLUMNS].drop(columns="saturated_frac").to_numpy(dtype=float)).all()
+    assert strict_json(tmp_path / "r" / "config.json")["config"]["dtype"] == dtype
+    assert result.summary["first_nonfinite_layer"] is None
+
+
 @pytest.mark.slow
 def test_float64_agrees_with_float32_statistically(device, tmp_path):
     """float64 and float32 runs of the same config. torch draws different numbers for different dtypes from the
