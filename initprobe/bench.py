@@ -126,13 +126,7 @@ def overhead(name, options, goal, device, reps=21):
     def naive():
         naive_pass(cfg, params, phi, x0, cotangent)
 
-    bare_t, inst_t = [], []
-    for _ in range(reps):
-        bare_t += timed(bare, device, 1)
-        inst_t += timed(instrumented, device, 1)
-    ratios = [i / b for i, b in zip(inst_t, bare_t)]
-    ratio = round(statistics.median(ratios), 3)  # judged as shown
-    quartiles = statistics.quantiles(ratios, n=4) if reps > 1 else ratios * 3
+    ratio, quartiles, bare_t = paired_ratio(bare, instrumented, device, reps)
     # the reference afterwards, not interleaved: its retained tensors (100s of MB) perturb the passes after it
     naive_ratio = statistics.median(timed(naive, device, 3)) / statistics.median(timed(bare, device, 3))
     bare_s = statistics.median(bare_t)
@@ -140,6 +134,54 @@ def overhead(name, options, goal, device, reps=21):
     note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {bare_s * 1e3:.0f} ms "
             f"({flops / bare_s / 1e9:.1f} GFLOP/s); .item()-per-statistic approach: {naive_ratio:.2f}x")
     return row(f"overhead {name}", ratio, f"<= {goal:.2f}", ratio <= goal, note, "x bare"), flops / bare_s
+
+
+def paired_ratio(bare, instrumented, device, reps):
+    """(median, quartiles) of instrumented / bare over `reps` pairs run back to back, and the bare times. The
+    median is rounded to the 3 decimals a row shows, so that it is judged as shown."""
+    bare_t, inst_t = [], []
+    for _ in range(reps):
+        bare_t += timed(bare, device, 1)
+        inst_t += timed(instrumented, device, 1)
+    ratios = [i / b for i, b in zip(inst_t, bare_t)]
+    quartiles = statistics.quantiles(ratios, n=4) if reps > 1 else ratios * 3
+    return round(statistics.median(ratios), 3), quartiles, bare_t
+
+
+GPT2 = dict(model="hf:gpt2", model_args={"n_layer": 12, "n_embd": 256, "n_head": 4}, seq_len=128, batch=8)
+
+
+def model_overhead(name, options, goal, device, reps=11):
+    """A --model's instrumented pass (module_probe.probe_model: every recorded module's statistics, the one
+    transfer) over the bare forward and backward of the same model, input and cotangent, paired as in overhead()."""
+    from . import any_model, module_probe
+
+    cfg = config.RunConfig(**options, device=str(device), seeds=1)
+    try:
+        make = any_model.factory(cfg)
+    except config.ConfigError as e:  # transformers not installed
+        return row(f"overhead {name}", None, f"<= {goal:.2f}", None, str(e), "x bare")
+    generator = torch.Generator(device=device).manual_seed(0)
+    seeds = any_model.Seeds.draw(generator)
+    model = any_model.build(cfg, make, seeds, device)
+    inp = any_model.make_input(cfg, model, device, generator)
+
+    def bare():
+        out = any_model.primary(any_model.forward(model, inp))[0]
+        probe.backward(out, torch.ones_like(out))
+        model.zero_grad(set_to_none=True)
+
+    def instrumented():
+        probed = module_probe.probe_model(model, inp, cfg.record, torch.Generator(device=device).manual_seed(1),
+                                          seeds.forward)
+        probe.to_host([probed.table])
+
+    ratio, quartiles, bare_t = paired_ratio(bare, instrumented, device, reps)
+    params = sum(p.numel() for p in model.parameters())
+    note = (f"pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; bare {statistics.median(bare_t) * 1e3:.0f} ms; "
+            f"{len(module_probe.select(model, cfg.record))} modules recorded, {params / 1e6:.1f} M parameters, "
+            f"{cfg.model_mode} mode")
+    return row(f"overhead {name}", ratio, f"<= {goal:.2f}", ratio <= goal, note, "x bare")
 
 
 def matmul_throughput(device, n=1024, reps=10):
@@ -262,6 +304,7 @@ def run_all(device: torch.device, quick: bool = False) -> dict:
                                reps=5 if quick else 21)
     cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 11)
     rows += [mlp_row, residual_row, cnn_row]
+    rows.append(model_overhead("hf:gpt2 12x256, 128 tokens, batch 8", GPT2, 1.20, device, reps=3 if quick else 11))
     rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000))
     rows += startup()
     rows += sweep_rows(quick)

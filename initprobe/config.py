@@ -8,7 +8,9 @@ Precedence: command line > config file > defaults. No torch here: a device's pre
 
 import dataclasses
 import math
+import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,11 +36,18 @@ DTYPES = ("float32", "float64", "bfloat16")
 BIASES = ("zeros", "torch_default", "normal")
 FORMATS = ("png", "svg", "pdf")
 ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not given
+MODEL_KIND = "model"  # what a run of --model is, where options say which networks they apply to (Option.scope)
+NETWORKS = ARCHS  # the built-in networks
+MODEL_BATCH = 8  # a --model run's batch when not given: a real model costs far more per input than a probe layer
+MODEL_SEQ_LEN = 128  # token sequence length when not given
+INPUT_KINDS = ("auto", "normal", "tokens")
+MODEL_MODES = ("train", "eval")
+RECORDS = ("params", "blocks")
 JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
 
-NETWORK, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Initializer", "Measurement", "Output"
+NETWORK, MODEL, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Model", "Initializer", "Measurement", "Output"
 RUN, THEORY, PHASE = "run", "theory", "phase"
 ALL = (RUN, THEORY, PHASE)
 
@@ -51,14 +60,16 @@ class Option:
     panel: str
     commands: tuple[str, ...] = (RUN,)
     choices: Callable[[], Sequence[str]] | None = None  # the valid values, aliases included
-    open_choices: bool = False  # init: a registry name, or package.module:function
+    open_choices: str | None = None  # what else a value may be besides a choice ("package.module:function")
+    check: Callable[[object], None] | None = None  # a last check of a value on its own; raises ConfigError
     minimum: float | None = None
     maximum: float | None = None  # exclusive
     flag: str | None = None  # the command-line flag, when not --key-with-dashes
+    metavar: str | None = None  # how the command line's help shows the value, when not its type or choices
     default_text: str | None = None  # what the default means when it is None or depends on other options
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
-    arch: str | None = None  # the architecture the option means something for; None: every one
+    scope: tuple[str, ...] | None = None  # the networks the option means something for (ARCHS, MODEL_KIND); None: all
     block: str | None = None  # the block the option means something for; None: every one
     words: tuple[str, ...] = ()  # a number-or-text option: the texts it takes besides a number (gain: 'auto')
 
@@ -71,8 +82,43 @@ def _names(*values):
     return lambda: values
 
 
-_NET = dict(panel=NETWORK, commands=(RUN, THEORY))
+_NET = dict(panel=NETWORK, commands=(RUN, THEORY), scope=NETWORKS)
 _INIT = dict(panel=INITIALIZER, commands=(RUN, THEORY))
+_MODEL = dict(panel=MODEL, commands=(RUN,), scope=(MODEL_KIND,))
+
+
+def _check_init(name: str) -> None:
+    """A registry name or package.module:function: the registry says what is wrong."""
+    try:
+        inits.get(name)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+
+
+def _check_model(spec: str) -> None:
+    """The form of --model (importing it is the run's business): hf:MODEL_TYPE or package.module:callable."""
+    module, colon, name = spec.partition(":")
+    if not colon:
+        raise ConfigError(f"model must be package.module:callable or hf:MODEL_TYPE, got '{spec}' "
+                          f"(a transformers model type is written hf:{spec})")
+    if module == "hf":
+        if not name:
+            raise ConfigError("model hf: needs a transformers model type, e.g. hf:gpt2")
+        return
+    dotted = module.split(".")
+    if not all(part.isidentifier() for part in dotted) or not name.isidentifier():
+        raise ConfigError(f"model must be package.module:callable or hf:MODEL_TYPE, got '{spec}'")
+
+
+def _check_record(record: str) -> None:
+    """params, blocks, or a regular expression of qualified module names."""
+    if record in RECORDS:
+        return
+    try:
+        re.compile(record)
+    except re.error as e:
+        raise ConfigError(f"record '{record}' is neither {' nor '.join(RECORDS)} nor a regular expression: {e}") \
+            from None
 
 
 @dataclass
@@ -83,12 +129,14 @@ class RunConfig:
     depth: int = option(50, "Number of blocks (layers) l = 1..depth.", **_NET, minimum=1)
     width: int | None = option(None, "Hidden units (MLP) or channels (CNN) of every block.", **_NET, minimum=1,
                                default_text="512 MLP, 64 CNN")
-    input_dim: int | None = option(None, "MLP input size.", **_NET, minimum=1, default_text="width", arch="mlp")
-    in_channels: int = option(3, "CNN input channels.", **_NET, minimum=1, arch="cnn")
-    image_size: int = option(32, "CNN input height and width.", **_NET, minimum=1, arch="cnn")
-    kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **_NET, minimum=1, arch="cnn")
+    input_dim: int | None = option(None, "MLP input size.", **{**_NET, "scope": ("mlp",)}, minimum=1,
+                                   default_text="width")
+    in_channels: int = option(3, "CNN input channels.", **{**_NET, "scope": ("cnn",)}, minimum=1)
+    image_size: int = option(32, "CNN input height and width.", **{**_NET, "scope": ("cnn",)}, minimum=1)
+    kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **{**_NET, "scope": ("cnn",)},
+                              minimum=1)
     padding: str = option("zeros", "CNN padding (circular makes CNN theory exact for wide inputs).", NETWORK,
-                          choices=_names(*PADDINGS), arch="cnn")
+                          choices=_names(*PADDINGS), scope=("cnn",))
     block: str = option("plain", "Block: plain (h = N(W x + b), x = phi(h)) or residual (layer 1 a linear stem, then "
                         "x = x + alpha (W phi(N(x)) + b): pre-activation ResNet blocks).", **_NET,
                         choices=blocks.block_choices, kind="block")
@@ -100,12 +148,42 @@ class RunConfig:
                                        minimum=0, words=("inv_sqrt_depth",), block="residual",
                                        default_text="1")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
-                      choices=activations.choices, kind="activation")
-    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL)
+                      choices=activations.choices, kind="activation", scope=NETWORKS)
+    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS)
+    # a model of the user's instead of the built-in network (any_model.py, module_probe.py)
+    model: str | None = option(None, "Probe a model instead of the built-in network: package.module:callable "
+                               "(called with the --model-arg values, it returns an nn.Module; e.g. "
+                               "torchvision.models:resnet50) or hf:MODEL_TYPE (a Hugging Face transformers model "
+                               "built from its config, randomly initialized, nothing downloaded; e.g. hf:gpt2).",
+                               MODEL, commands=(RUN,), check=_check_model, metavar="MODULE:CALLABLE|hf:TYPE")
+    model_args: dict | None = option(None, "Keyword arguments of the callable, or of the transformers config "
+                                     "(e.g. n_layer=4); values are TOML: numbers, strings, lists. Repeatable.",
+                                     **_MODEL, flag="--model-arg", default_text="none", metavar="KEY=VALUE")
+    input_shape: list[int] | None = option(None, "The input of one example, x ~ N(0, 1) of shape (batch, "
+                                           "*input_shape): C,H,W for images, FEATURES for vectors.", **_MODEL,
+                                           minimum=1, default_text="a transformers model's config (num_channels, "
+                                           "image_size), else required", metavar="C,H,W|FEATURES")
+    input_kind: str = option("auto", "normal: x ~ N(0, 1) of --input-shape; tokens: (batch, --seq-len) ids drawn "
+                             "uniformly from the vocabulary; auto: tokens for a transformers model whose input is "
+                             "input_ids, else normal.", **_MODEL, choices=_names(*INPUT_KINDS))
+    seq_len: int | None = option(None, "Tokens per sequence.", **_MODEL, minimum=1, default_text=str(MODEL_SEQ_LEN))
+    vocab: int | None = option(None, "Vocabulary of the token ids.", **_MODEL, minimum=1,
+                               default_text="the model config's vocab_size")
+    model_mode: str = option("train", "train: batch statistics and dropout as at the first training step; eval: "
+                             "dropout off, norms on their running statistics. (--mode is the fan of he_* and "
+                             "variance_scaling.)", **_MODEL, choices=_names(*MODEL_MODES))
+    record: str = option("params", "Modules recorded: params (every module that owns parameters: Linear, Conv, "
+                         "norms, Embedding), blocks (the items of an nn.ModuleList/nn.Sequential whose output has "
+                         "their input's shape), or a regular expression the whole qualified name matches.",
+                         **_MODEL, choices=_names(*RECORDS), open_choices="a regular expression",
+                         check=_check_record, metavar="params|blocks|REGEX")
     # the initializer: None means "the scheme's own default" (see `initprobe list`)
-    init: str = option("glorot_uniform", "Weight initializer: a registry name (`initprobe list` shows the formulas) "
-                       "or package.module:function, a torch.nn.init-style in-place function of your own.", **_INIT,
-                       choices=inits.choices, open_choices=True, kind="init")
+    init: str | None = option(None, "Weight initializer: a registry name (`initprobe list` shows the formulas) or "
+                              "package.module:function, a torch.nn.init-style in-place function of your own. With "
+                              "--model, 'model' keeps the model's own initialization; any other re-initializes every "
+                              "Linear and Conv weight.", **_INIT, choices=inits.choices,
+                              open_choices="package.module:function", check=_check_init, kind="init",
+                              default_text="glorot_uniform; model with --model")
     gain: float | str | None = option(None, "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; "
                                       "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT, words=("auto",),
                                       default_text="the scheme's own: 1, sqrt(2) for he_*")
@@ -120,12 +198,13 @@ class RunConfig:
                                default_text="0.05")
     bound: float | None = option(None, "Bound of 'uniform'.", **_INIT, minimum=0, default_text="0.05")
     value: float | None = option(None, "Value of 'constant'.", **_INIT, default_text="0.1")
-    bias: str = option("zeros", "Biases: zeros, torch_default (U(+-1/sqrt(fan_in)), as nn.Linear) or normal.",
-                       **_INIT, choices=_names(*BIASES))
+    bias: str = option("zeros", "Biases: zeros, torch_default (U(+-1/sqrt(fan_in)), as nn.Linear) or normal. With "
+                       "--model, the biases of the re-initialized layers (none with --init model).", **_INIT,
+                       choices=_names(*BIASES))
     bias_std: float | None = option(None, "Std of the biases with --bias normal.", **_INIT, minimum=0)
     # the measurement
     batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, commands=(RUN, THEORY),
-                               minimum=1, default_text="256 MLP, 32 CNN")
+                               minimum=1, default_text=f"256 MLP, 32 CNN, {MODEL_BATCH} model")
     seeds: int = option(3, "Independent networks and batches (the bands in the plots).", MEASUREMENT, minimum=1)
     seed: int = option(0, "First seed; the same seed gives the same numbers.", MEASUREMENT, minimum=0,
                        maximum=SEED_LIMIT)
@@ -134,18 +213,25 @@ class RunConfig:
     dtype: str = option("float32", "Network dtype (statistics in float32 at least).", MEASUREMENT,
                         choices=_names(*DTYPES))
     jacobian: bool = option(False, "Also the singular values of the end-to-end input-output Jacobian at 4 inputs "
-                            "(first seed; at most 4096 units): jacobian.csv and a spectrum plot.", MEASUREMENT)
+                            "(first seed; at most 4096 units): jacobian.csv and a spectrum plot.", MEASUREMENT,
+                            scope=NETWORKS)
     checkpoint: bool | None = option(None, "Recompute layers in the backward pass, regenerating weights: memory ~ "
                                      "sqrt(depth), same numbers.", MEASUREMENT,
-                                     default_text="automatic, when the plain probe would not fit")
+                                     default_text="automatic, when the plain probe would not fit", scope=NETWORKS)
     # the output
     out: str | None = option(None, "Directory to create for the results; an existing one is never overwritten.",
-                             OUTPUT, commands=ALL, default_text="run: results/<arch-init-act-depth-width>; "
-                             "theory: print only; phase: results/phase-<act>")
+                             OUTPUT, commands=ALL, default_text="run: results/<arch-init-act-depth-width> or "
+                             "results/<model-init>; theory: print only; phase: results/phase-<act>")
     plots: bool = option(True, "Write plots.", OUTPUT)
     plot_format: str = option("png", "Plot format.", OUTPUT, commands=ALL, choices=_names(*FORMATS), flag="--format")
 
     def __post_init__(self):
+        if self.init is None:
+            self.init = inits.MODEL_OWN if self.model is not None else "glorot_uniform"
+        if self.model is not None:  # the model is its own network: no width; a batch of its own size
+            if self.batch is None:
+                self.batch = MODEL_BATCH
+            return
         defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["mlp"])
         if self.width is None:
             self.width = defaults[0]
@@ -162,13 +248,20 @@ def flag(key: str) -> str:
     return OPTIONS[key].flag or "--" + key.replace("_", "-")
 
 
-def applies(key: str, arch, block=None) -> bool:
-    """Whether option `key` means anything for a network of `arch` and `block` (an MLP has no padding, a plain
-    block no branch scale); block None: any block."""
+def network_kind(model, arch) -> str:
+    """What a run probes, as option scopes name it: MODEL_KIND for a run of --model, else its arch."""
+    return MODEL_KIND if model is not None else arch
+
+
+def applies(key: str, kind, block=None) -> bool:
+    """Whether option `key` means anything for a network of `kind` (network_kind: an MLP has no padding, a --model
+    no depth; None: not known, so every option does) made of `block`s (a plain block has no branch scale; None:
+    any block)."""
     if key not in OPTIONS:
         return True
     opt = OPTIONS[key]
-    return opt.arch in (None, arch) and opt.block in (None, block or opt.block)
+    in_scope = opt.scope is None or kind is None or kind in opt.scope
+    return in_scope and (opt.block is None or block is None or opt.block == block)
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -178,7 +271,8 @@ def asdict(cfg: RunConfig) -> dict:
 def value_types(key: str) -> tuple[type, ...]:
     """The non-None types a key takes (int | None -> (int,))."""
     annotation = FIELDS[key].type
-    return tuple(t for t in typing.get_args(annotation) or (annotation,) if t is not type(None))
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return tuple(t for t in (typing.get_args(annotation) if union else (annotation,)) if t is not type(None))
 
 
 # ---- one value -------------------------------------------------------------------------------------------------
@@ -188,13 +282,30 @@ _IS = {
     int: lambda v: isinstance(v, int) and not isinstance(v, bool),
     float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     str: lambda v: isinstance(v, str),
+    dict: lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),  # a TOML table
 }
 
 
+def _is(kind, value) -> bool:
+    """Whether `value` is of `kind`: a plain type of _IS, or list[T] (a list of T, not empty)."""
+    if typing.get_origin(kind) is list:
+        item, = typing.get_args(kind)
+        return isinstance(value, list) and bool(value) and all(_is(item, v) for v in value)
+    return _IS[kind](value)
+
+
+def type_name(kind) -> str:
+    """'int', 'list of int', 'table' (a dict: a TOML table in files, KEY=VALUE flags on the command line)."""
+    if typing.get_origin(kind) is list:
+        return "list of " + type_name(typing.get_args(kind)[0])
+    return "table (KEY=VALUE)" if kind is dict else kind.__name__
+
+
 def check_value(key: str, value, name: str | None = None):
-    """`value` for `key`, checked on its own (type, finite, bounds, choices) and normalised (ints of float keys
-    become floats, a number in text becomes a number where the key takes one); ConfigError names the key as `name`
-    (default: the key itself; the command line passes its flag). Combinations of keys are validate()'s."""
+    """`value` for `key`, checked on its own (type, finite, bounds, choices, the option's own check) and normalised
+    (ints of float keys become floats, a number in text becomes a number where the key takes one, command-line text
+    becomes a list or a table: see from_text); ConfigError names the key as `name` (default: the key itself; the
+    command line passes its flag). Combinations of keys are validate()'s."""
     try:
         return _check_value(key, value)
     except ConfigError as e:
@@ -210,22 +321,56 @@ def _check_value(key: str, value):
     if value is None and FIELDS[key].default is None:
         return None
     types = value_types(key)
+    value = from_text(key, types, value)
+    if not any(_is(t, value) for t in types):
+        want = " or ".join(type_name(t) for t in types)
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    if float in types and _IS[float](value):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for item in value if isinstance(value, list) else (value,):
+        _check_bounds(key, item)
+    _check_choice(key, value)
+    if OPTIONS[key].check is not None and isinstance(value, str) and value not in _choices(key):
+        OPTIONS[key].check(value)
+    return value
+
+
+def from_text(key: str, types: tuple, value):
+    """The value a key takes, from the text the command line (or `--set`) gives: a number or one of the option's
+    words (gain: 'auto', branch_scale: 'inv_sqrt_depth'), a list of
+    ints from "3,32,32", a table from KEY=VALUE items (each VALUE TOML, else a string). Anything else as it is."""
     words = OPTIONS[key].words
     if words and isinstance(value, str):  # a number or one of its words (gain: 'auto'), the number also as text
         value = _number_or_text(value)
         if isinstance(value, str) and value not in words:
             raise ConfigError(f"{key} must be a number or {' or '.join(repr(w) for w in words)}, got '{value}'"
                               f"{did_you_mean(value, words)}")
-    if not any(_IS[t](value) for t in types):
-        want = " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"{key}: expected {want}, got {value!r}")
-    if float in types and _IS[float](value):
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value}")
-    _check_bounds(key, value)
-    _check_choice(key, value)
+        return value
+    if list[int] in types and isinstance(value, str):
+        return _int_list(key, value)
+    if dict in types and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return _table_of_items(key, value)
     return value
+
+
+def _int_list(key: str, text: str) -> list[int]:
+    parts = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{key}: expected integers separated by commas (e.g. 3,32,32), got '{text}'") from None
+
+
+def _table_of_items(key: str, items) -> dict:
+    table = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"{key}: expected KEY=VALUE, got '{item}'")
+        table[name.strip()] = parse_value(text.strip())
+    return table
 
 
 def _number_or_text(text: str):
@@ -246,21 +391,29 @@ def _check_bounds(key: str, value) -> None:
         raise ConfigError(f"{key} must be below {opt.maximum}, got {value}")
 
 
+def _choices(key: str) -> list:
+    choices = OPTIONS[key].choices
+    return [] if choices is None else list(choices())
+
+
 def _check_choice(key: str, value) -> None:
     opt = OPTIONS[key]
-    if opt.choices is None or not isinstance(value, str):
-        return
-    if opt.open_choices:  # a registry name or module:function: the registry says what is wrong
-        try:
-            inits.get(value)
-        except KeyError as e:
-            raise ConfigError(e.args[0]) from None
-        return
-    valid = list(opt.choices())
+    if opt.choices is None or opt.open_choices is not None or not isinstance(value, str):
+        return  # an open value (a registry name or package.module:function, a regex): the option's check says
+    valid = _choices(key)
     if value not in valid:
         if opt.kind is not None:
             raise ConfigError(unknown(opt.kind, value, valid))
         raise ConfigError(f"{key} must be one of {', '.join(valid)}, got '{value}'{did_you_mean(value, valid)}")
+
+
+def is_axis(key: str, value) -> bool:
+    """Whether a sweep's `value` for `key` is a list of values to cross rather than one value: any list, except
+    that a list-valued key's one value is a list too (input_shape = [3, 32, 32]; an axis is a list of lists)."""
+    if not isinstance(value, list):
+        return False
+    takes_list = any(typing.get_origin(t) is list for t in value_types(key)) if key in FIELDS else False
+    return not takes_list or all(isinstance(v, list) for v in value)
 
 
 def checked(data: dict, where: str = "", name: Callable[[str], str] | None = None) -> dict:
@@ -322,7 +475,8 @@ def file_options(data: dict, where: str) -> dict:
             raise ConfigError(f"{where}'{others[0]}' is outside [run]; put every key under [run] or use no table")
         data = run
     for key, value in data.items():
-        if isinstance(value, dict):
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and not (name in FIELDS and dict in value_types(name)):
             raise ConfigError(f"{where}unknown table [{key}]; a config file holds run options, flat or under [run]")
     return checked(data, where)
 
@@ -352,7 +506,13 @@ def validate(cfg: RunConfig) -> None:
         check_value(key, getattr(cfg, key))
     if cfg.seed + cfg.seeds > SEED_LIMIT:
         raise ConfigError(f"seed + seeds must stay below 2^63, got seed {cfg.seed} with {cfg.seeds} seeds")
-    if cfg.arch == "cnn":
+    _check_scope(cfg)
+    if cfg.model is not None:
+        _check_model_run(cfg)
+    elif inits.get(cfg.init).model_only:
+        raise ConfigError(f"init '{cfg.init}' keeps a --model's own initialization; the built-in network needs a "
+                          "scheme (`initprobe list`)")
+    if cfg.arch == "cnn" and cfg.model is None:
         if cfg.kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
         if cfg.image_size < cfg.kernel_size:
@@ -361,7 +521,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.jacobian:
         _check_jacobian(cfg)
     spec = inits.get(cfg.init)
-    if spec.cnn_only and cfg.arch != "cnn":
+    if spec.cnn_only and cfg.arch != "cnn" and cfg.model is None:
         raise ConfigError(f"init '{cfg.init}' needs a convolution weight; use --arch cnn")
     for key in INIT_OPTIONS:
         if getattr(cfg, key) is not None and key not in spec.defaults:
@@ -372,7 +532,9 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _check_architecture(cfg: RunConfig) -> None:
-    """The block, the norm and the branch scale together with the sizes."""
+    """The block, the norm and the branch scale together with the sizes (a --model run has none of them)."""
+    if cfg.model is not None:
+        return
     block, norm = blocks.block(cfg.block), blocks.norm(cfg.norm)
     if block.stem and cfg.depth < 2:
         raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
@@ -393,6 +555,37 @@ def branch_alpha(cfg: RunConfig) -> float:
     if cfg.branch_scale == "inv_sqrt_depth":
         return 1.0 / math.sqrt(cfg.depth - 1)
     return float(cfg.branch_scale)
+
+
+def _check_scope(cfg: RunConfig) -> None:
+    """The built-in network's options with --model, and the model's options without it, are refused when set
+    (a value other than the default): they would be silently ignored."""
+    kind = network_kind(cfg.model, cfg.arch)
+    for key, opt in OPTIONS.items():
+        if applies(key, kind) or getattr(cfg, key) == FIELDS[key].default:
+            continue
+        if kind == MODEL_KIND:
+            raise ConfigError(f"{key} is an option of the built-in network; a --model run takes the model as it is")
+        if opt.scope == (MODEL_KIND,):
+            raise ConfigError(f"{key} goes with --model")
+
+
+def _check_model_run(cfg: RunConfig) -> None:
+    spec = inits.get(cfg.init)
+    if spec.data_dependent:
+        raise ConfigError(f"init '{cfg.init}' rescales the built-in network layer by layer; it cannot re-initialize "
+                          "a --model")
+    if cfg.gain == "auto":
+        raise ConfigError("gain 'auto' is the gain of --act, which a --model run does not have; give a number")
+    if spec.model_only and cfg.bias != FIELDS["bias"].default:
+        raise ConfigError(f"bias sets the biases of the layers --init re-initializes; init '{cfg.init}' keeps the "
+                          "model's own")
+    if cfg.input_kind == "tokens" and cfg.input_shape is not None:
+        raise ConfigError("input_shape does not apply to input_kind tokens: the input is (batch, seq_len) token ids")
+    if cfg.input_kind == "normal":
+        for key in ("seq_len", "vocab"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key} goes with input_kind tokens, not normal")
 
 
 def _check_jacobian(cfg: RunConfig) -> None:
@@ -435,8 +628,8 @@ def type_text(key: str) -> str:
     if opt.choices is not None:
         names = " | ".join(opt.choices()) if len(opt.choices()) <= 6 else f"an {opt.kind}" if opt.kind[0] in "aeiou" \
             else f"a {opt.kind}"
-        return names + (" or package.module:function" if opt.open_choices else "")
-    return " or ".join(t.__name__ for t in value_types(key))
+        return names + (f" or {opt.open_choices}" if opt.open_choices else "")
+    return " or ".join(type_name(t) for t in value_types(key))
 
 
 def options_markdown() -> str:

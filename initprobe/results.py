@@ -65,6 +65,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def default_name(cfg) -> str:
+    """results/<name>: the built-in network's arch, init, act, depth and width, or a --model's name and init."""
+    if cfg.model is not None:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.init}".replace(":", "."))
     return f"{cfg.arch}-{cfg.init.replace(':', '.')}-{cfg.act}-d{cfg.depth}-w{cfg.width}"
 
 
@@ -184,6 +187,14 @@ def _plain_text(values: np.ndarray) -> bool:
     return all(isinstance(v, str) and v and not any(ch in v for ch in ',"\r\n') for v in set(values.tolist()))
 
 
+TEXT_COLUMNS = {"module": str, "module_type": str}  # a --model's names stay text: "0" is a Sequential's first item
+
+
+def read_layers(source) -> pd.DataFrame:
+    """A layers.csv (a path or an open text), with module names as text however they look."""
+    return pd.read_csv(source, dtype=TEXT_COLUMNS)
+
+
 def read_run(path: str | Path) -> dict:
     """A run directory as {'path', 'config', 'layers', 'histograms', 'summary'}; ConfigError if it is not one."""
     path = Path(path)
@@ -194,7 +205,7 @@ def read_run(path: str | Path) -> dict:
         "jacobian": pd.read_csv(jac_path) if jac_path.is_file() else None,
         "path": path,
         "config": read_json(path / "config.json"),
-        "layers": pd.read_csv(path / "layers.csv"),
+        "layers": read_layers(path / "layers.csv"),
         "histograms": pd.read_csv(hist_path) if hist_path.is_file() else None,
         "summary": read_json(path / "summary.json") if (path / "summary.json").is_file() else {},
     }

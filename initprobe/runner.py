@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import (activations, analysis, blocks, config, devices, environment, inits, models, predict, probe, results,
-               shapes)
+from . import (activations, analysis, any_model, blocks, config, devices, environment, inits, models, module_probe,
+               predict, probe, results, shapes)
 
 
 @dataclass
@@ -117,23 +117,19 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     t0 = time.perf_counter()
     config.validate(cfg)
     device = devices.resolve(cfg.device)
+    make = any_model.factory(cfg) if cfg.model is not None else None  # an import that fails: before any directory
     final, staging = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
         resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment.environment(command, str(device), devices.name(device))}
-        checkpointed, why = use_checkpoint(cfg, device)
         devices.reset_peak_memory(device)
-        frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
-        summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
-                                     blocks.block(cfg.block).stream_gradient)
-        frame = predict.add_theory(frame, cfg)
-        summary["theory"] = predict.summary(frame, cfg)
-        if jac is not None:
-            summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
+        if make is None:
+            frame, hist, summary, jac = probe_network(cfg, device, on_seed)
+        else:
+            frame, hist, summary, jac = probe_any_model(cfg, make, device, on_seed)
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = devices.peak_memory(device)
-        summary["checkpoint"] = {"used": checkpointed, "why": why}
         results.write_run(staging, info, frame, hist, summary, jac)
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
         results.discard(staging)
@@ -144,3 +140,36 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
 
         plots.plot_run(final, cfg.plot_format)
     return RunResult(final, frame, summary, info)
+
+
+def probe_network(cfg: config.RunConfig, device: torch.device, on_seed):
+    """The built-in network: (layers with theory columns, histograms, summary, Jacobian spectrum or None)."""
+    checkpointed, why = use_checkpoint(cfg, device)
+    frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
+    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
+                                 gradient=blocks.block(cfg.block).stream_gradient)
+    frame = predict.add_theory(frame, cfg)
+    summary["theory"] = predict.summary(frame, cfg)
+    if jac is not None:
+        summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
+    summary["checkpoint"] = {"used": checkpointed, "why": why}
+    return frame, hist, summary, jac
+
+
+NO_THEORY = ("no mean-field prediction for a model of your choosing: the theory here is that of the built-in "
+             "networks (i.i.d. weights, one activation, square layers), which attention, norms and branches break")
+
+
+def probe_any_model(cfg: config.RunConfig, make, device: torch.device, on_seed):
+    """A --model: (one row per recorded module call, no histograms, summary, None). The end-to-end ratios compare the
+    first and last call of the model's most repeated module (analysis.compared_layers), from dL/d(output)."""
+    frame, applies, probe_seconds, model_info = module_probe.measure(cfg, make, device, on_seed)
+    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds}, gradient="grad_act_var",
+                                 compared=analysis.compared_layers(frame), applies=applies)
+    first_seed = frame[frame["seed"] == cfg.seed].set_index("layer")["module"]
+    summary["compared_modules"] = [first_seed.get(layer) for layer in summary["compared_layers"]]
+    summary["model"] = {"spec": cfg.model, "args": cfg.model_args or {}, "record": cfg.record,
+                        "mode": cfg.model_mode, **model_info}
+    summary["theory"], summary["theory_note"] = None, NO_THEORY
+    summary["checkpoint"] = {"used": False, "why": "a --model is probed whole"}
+    return frame, histogram_frame({}, []), summary, None

@@ -374,6 +374,136 @@ def test_compare_figures_draw_each_run_in_its_colour_with_its_label(tanh_run, ex
             assert_not_empty(ax)
 
 
+# ------------------------------------------------------------------------ a --model's figures
+
+
+@pytest.fixture(scope="module")
+def model_runs(tmp_path_factory):
+    """Runs of test_models' modules: the residual net (BatchNorm, LayerNorms, an image made tokens) with its own
+    init and with glorot_uniform, 2 seeds each, and an MLP of 40 Linear layers (more modules than an axis names)."""
+    root = tmp_path_factory.mktemp("model_runs")
+
+    def model_run(name, **kwargs):
+        return run(RunConfig(out=str(root / name), device=DEVICE, plots=False, **kwargs)).path
+
+    net = dict(model="test_models:make_net", input_shape=[3, 4, 4], seeds=2)
+    return {"own": model_run("own", **net), "glorot": model_run("glorot", **net, init="glorot_uniform"),
+            "mlp": model_run("mlp", model="test_models:make_mlp", input_shape=[16], seeds=1)}
+
+
+def module_labels(layers: pd.DataFrame) -> list[str]:
+    first = layers[layers["seed"] == layers["seed"].min()].sort_values("layer")
+    return [m if c == 1 else f"{m} #{c}" for m, c in zip(first["module"], first["call"])]
+
+
+def tick_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_model_variance_figure_names_its_modules_every_kth_beyond_the_limit(model_runs):
+    """40 Linear layers, at most MAX_NAMES (32) names an axis: every 2nd named, in forward order; log y, the lines
+    the seed means of act_var and grad_act_var; the verdicts name the modules they compare."""
+    from initprobe.plots.draw import MAX_NAMES, MODEL_NAMES
+
+    run_ = results.read_run(model_runs["mlp"])
+    layers, names = run_["layers"], module_labels(run_["layers"])
+    assert len(names) == 40 and MAX_NAMES == 32
+    fig = run_figures.variance_figure(run_)
+    for ax, column in zip(fig.axes, ("act_var", "grad_act_var")):
+        assert ax.get_yscale() == "log" and ax.get_ylabel()
+        assert tick_labels(ax) == names[::2] and list(ax.get_xticks()) == list(range(1, 41, 2))
+        assert ax.get_xlabel() == "module, in forward order (every 2nd named)"
+        assert legend_texts(ax) == [MODEL_NAMES[column]]
+        assert_line(line_labelled(ax, MODEL_NAMES[column]), *seed_means(layers, column, geometric=True))
+    verdicts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(v.startswith("0 → 78 ×") for v in verdicts) and any(v.startswith("78 → 0 ×") for v in verdicts)
+
+
+def test_model_spp_figure_leaves_out_channel_means_that_are_rounding(model_runs):
+    """BatchNorm's output has channel means 0 by construction; computed in float32 their squares are ~1e-15 of the
+    variance: not drawn, and a note says so. Everything else is the seed mean of its column; the token panel draws
+    the (N, T, C) outputs' token_corr on a linear axis, module names under both panels."""
+    run_ = results.read_run(model_runs["own"])
+    layers = run_["layers"]
+    fig = run_figures.spp_figure(run_)
+    channels, tokens = fig.axes
+    assert channels.get_yscale() == "log" and tokens.get_yscale() == "linear"
+    for ax in fig.axes:
+        assert tick_labels(ax) == module_labels(layers)
+    x, want = seed_means(layers, "chan_sq_mean", geometric=True)
+    bn = module_labels(layers).index("bn")
+    assert want[bn] < 1e-10 * seed_means(layers, "chan_var", geometric=True)[1][bn]  # rounding, not a signal
+    want[bn] = np.nan
+    assert_line(line_labelled(channels, NAMES["chan_sq_mean"]), x, want)
+    assert_line(line_labelled(channels, NAMES["chan_var"]), *seed_means(layers, "chan_var", geometric=True))
+    assert any("0 up to rounding at 1 module" in t.get_text() for t in channels.texts)
+    assert_line(line_labelled(tokens, NAMES["token_corr"]), *seed_means(layers, "token_corr", geometric=False))
+    assert np.isfinite(seed_means(layers, "token_corr", geometric=False)[1]).sum() == 11  # every row after bn
+
+
+def weight_panel_checks(ax, layers) -> None:
+    """A --model's weight panel: points (unlike modules are no progression), no 'underflow' for the norms'
+    constant gamma = 1 (variance 0), which a note counts instead."""
+    constant = int((layers[layers["seed"] == layers["seed"].min()]["weight_var"] == 0).sum())
+    assert constant == 3  # bn and the two blocks' LayerNorms
+    assert not any("underflow" in t.get_text() for t in ax.texts)
+    assert any(f"Var(W) = 0 at {constant} modules" in t.get_text() for t in ax.texts)
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in ax.get_lines())
+
+
+def test_model_weight_figure_draws_weights_as_points_and_counts_constant_ones(model_runs):
+    run_ = results.read_run(model_runs["own"])
+    layers = run_["layers"]
+    grads, weights = run_figures.weight_grad_figure(run_).axes
+    weight_panel_checks(weights, layers)
+    x, want = seed_means(layers, "weight_var", geometric=True)
+    assert_line(weights.get_lines()[0], x, np.where(want > 0, want, np.nan))
+    assert_line(line_labelled(grads, "$\\mathrm{Var}(\\partial L/\\partial W)$"),
+                *seed_means(layers, "weight_grad_var", geometric=True))
+    for ax in (grads, weights):
+        assert ax.get_yscale() == "log" and tick_labels(ax) == module_labels(layers)
+
+
+def test_overlay_of_two_inits_of_one_model(model_runs, tmp_path, monkeypatch):
+    """plot RUN RUN of one model's own init and glorot_uniform: module names on x, each run its label and the seed
+    means of its columns, the weights as points with the constant ones counted."""
+    drawn = {}
+    monkeypatch.setattr(compare_figures, "save", lambda fig, path, fmt: drawn.setdefault(path.stem, fig) and path)
+    dirs = [model_runs["own"], model_runs["glorot"]]
+    plots.plot_compare(dirs, tmp_path / "both")
+    assert set(drawn) == {"compare_variance", "compare_weight_grad"}
+    fig = drawn["compare_variance"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["the model's own init", "glorot_uniform (gain 1)"]
+    for ax, column in zip(fig.axes, ("act_var", "grad_act_var")):
+        assert ax.get_yscale() == "log"
+        for run_dir, label in zip(dirs, ["the model's own init", "glorot_uniform (gain 1)"]):
+            layers = pd.read_csv(run_dir / "layers.csv")
+            assert tick_labels(ax) == module_labels(layers)
+            assert_line(line_labelled(ax, label), *seed_means(layers, column, geometric=True))
+    weight_panel_checks(drawn["compare_weight_grad"].axes[1], pd.read_csv(dirs[0] / "layers.csv"))
+
+
+def test_a_model_figure_makes_room_for_its_names_and_its_title():
+    """Module names stand upright under the axes: the figure grows by the longest one shown (BERT's run to 42
+    characters), so the panels keep their height. A title longer than the figure is wide (a model's arguments)
+    breaks between its ' · ' pieces, and inside a piece only if that alone is too long; nothing is lost."""
+    from matplotlib.figure import Figure
+
+    from initprobe.plots.draw import FIGSIZE, NAME_INCHES, TITLE_CHARS_PER_INCH, model_figsize, wrapped
+
+    assert model_figsize(["wte", "encoder.layer.0.attention.output.LayerNorm"]) == (FIGSIZE[0],
+                                                                                  FIGSIZE[1] + 42 * NAME_INCHES)
+    fig = Figure(figsize=FIGSIZE)
+    width = int(FIGSIZE[0] * TITLE_CHARS_PER_INCH)
+    args = ", ".join(f"argument_{i}={i}" for i in range(12))
+    title = f"hf:bert ({args}) · the model's own init · record params · 2 seeds"
+    lines = wrapped(fig, title).split("\n")
+    assert len(lines) == 3 and all(len(line) <= width for line in lines)
+    assert lines[-1] == "the model's own init · record params · 2 seeds"
+    assert " ".join(lines[:2]) == f"hf:bert ({args})"
+    assert wrapped(fig, "a · b\nc") == "a · b\nc"
+
+
 # ------------------------------------------------------------------------ correlation and Jacobian figures
 
 

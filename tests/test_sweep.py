@@ -599,10 +599,12 @@ def test_profiles_of_residual_and_normalized_runs_add_the_spp_rows():
     plain_or_stem = (layers["run_id"] == "a") | (layers["layer"] == 1)
     layers.loc[plain_or_stem, "branch_var"] = np.nan
     runs = pd.DataFrame(cells, columns=["run_id", "block", "norm"]).assign(status="ok")
-    layers, rows = sweep_figures.profile_rows(layers, runs)
-    assert [q for q, _ in rows] == ["act_var", "stream_grad_var", "chan_sq_mean", "chan_var", "branch_var"]
+    spp = sweep_figures.spp_rows(layers, runs)
+    assert [q for q, _ in spp] == ["chan_sq_mean", "chan_var", "branch_var"]
+    layers = sweep_figures.mark_residual(layers, runs)
     groups = sweep_figures.assign_groups(runs, ["block", "norm"])
-    fig = sweep_figures.profiles_figure(layers, groups, "t", rows=rows)
+    fig = sweep_figures.profiles_figure(layers, groups, "t", spp=spp)
+    rows = [("act_var", ""), ("gradient", ""), *spp]
     panels = [ax for ax in fig.axes if ax.get_lines()]
     legend_ax = next(ax for ax in fig.axes if ax.get_legend() is not None and not ax.get_lines())
     assert len(panels) == 5 and len(fig.axes) == 6
@@ -611,7 +613,7 @@ def test_profiles_of_residual_and_normalized_runs_add_the_spp_rows():
     for ax, (quantity, _) in zip(panels, rows):
         assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
         for rid, block, _ in cells:
-            column = {"stream_grad_var": "grad_act_var" if block == "residual" else "grad_preact_var"}.get(
+            column = {"gradient": "grad_act_var" if block == "residual" else "grad_preact_var"}.get(
                 quantity, quantity)
             own = layers[layers["run_id"] == rid]
             if column == "branch_var":
@@ -623,12 +625,6 @@ def test_profiles_of_residual_and_normalized_runs_add_the_spp_rows():
             values = own.pivot(index="layer", columns="seed", values=column)
             np.testing.assert_array_equal(found[0].get_xdata(), values.index)
             np.testing.assert_allclose(found[0].get_ydata(), np.exp(np.log(values).mean(axis=1)), rtol=1e-12)
-
-
-def test_legend_columns_fit_the_figure():
-    assert sweep_figures.legend_columns(["x", "y"], 6.4) == 2
-    long = ["norm=none, branch_scale=inv_sqrt_depth"] * 4  # 38 characters: 3.65 inches an entry
-    assert sweep_figures.legend_columns(long, 6.4) == 1 and sweep_figures.legend_columns(long, 12.0) == 3
 
 
 def test_ratio_heatmaps_colour_the_log_ratio_of_each_cell():

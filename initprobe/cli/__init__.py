@@ -66,8 +66,9 @@ def run(ctx: typer.Context, **values):
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i, refresh=True),
                             command=_command())
     out.print(tables.summary(result.summary, result.path))
-    out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
-                                                          f"{cfg.depth}"))
+    if result.summary["theory"] is not None:  # a --model has none: the summary's caption says why
+        out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
+                                                              f"{cfg.depth}"))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})", markup=False)
 

@@ -6,6 +6,7 @@ A command is a function `fn(ctx, **values)`; `with_options` gives it the signatu
 """
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -41,18 +42,24 @@ def run_option(key: str) -> inspect.Parameter:
     if types == (bool,):
         decls = [f"{config.flag(key)}/--no-{config.flag(key)[2:]}"]
         kind = bool
-    elif opt.choices is not None and not opt.open_choices:
+    elif opt.choices is not None and opt.open_choices is None:
         kind = _choices_type(opt.choices())
-    elif opt.choices is not None:  # open: a registry name or package.module:function
+    elif opt.choices is not None:  # open: a registry name or package.module:function, a regex
         kind = str
         kwargs["autocompletion"] = _complete(opt.choices())
     elif opt.words:  # a number or one of its words (gain: 'auto'); config.check_value reads the number
         kind = str
         kwargs["autocompletion"] = _complete(opt.words)
+    elif dict in types:  # a table: repeated KEY=VALUE, made a dict by config.check_value
+        kind = list[str]
+    elif str in types or any(typing.get_origin(t) is list for t in types):
+        kind = str  # a list of ints: "3,32,32"; config.check_value reads it
     else:
         kind = types[0]
     if opt.envvar:
         kwargs["envvar"] = opt.envvar
+    if opt.metavar:
+        kwargs["metavar"] = opt.metavar
     annotation = Annotated[Optional[kind] if default is None else kind, typer.Option(*decls, **kwargs)]
     return inspect.Parameter(key, _KW, default=default, annotation=annotation)
 

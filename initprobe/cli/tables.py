@@ -14,16 +14,20 @@ def summary(summary: dict, path) -> Table:
     table = Table(title=escape(f"initprobe — {path}"), show_header=True)
     for col in ("direction", "end-to-end ratio", "gain per layer", "verdict"):
         table.add_column(col, overflow="fold")
-    backward = summary.get("backward_column") or "grad_preact_var"  # residual blocks: dL/dx, the stream's
-    for direction, key in (("forward (act_var)", "forward"), (f"backward ({backward})", "backward")):
+    gradient = summary.get("gradient_column", "grad_preact_var")
+    for direction, key in (("forward (act_var)", "forward"), (f"backward ({gradient})", "backward")):
         v = summary[f"{key}_verdict"]
         table.add_row(direction, number(summary[f"{key}_ratio"]), number(summary[f"{key}_gain_per_layer"]),
                       f"[{VERDICT_COLOURS.get(v, 'white')}]{v}[/]")
     first = [f"{d} at layer {summary[f'first_nonfinite_{d}']}" for d in ("forward", "backward")
              if summary.get(f"first_nonfinite_{d}") is not None]
-    table.caption = escape(f"first non-finite: {', '.join(first) or 'none'} · "
-                           f"probe {summary['timings']['probe_seconds']:.2f} s · stable band "
-                           f"[{number(summary['stable_band'][0])}, {number(summary['stable_band'][1])}]")
+    lines = [f"first non-finite: {', '.join(first) or 'none'} · probe {summary['timings']['probe_seconds']:.2f} s · "
+             f"stable band [{number(summary['stable_band'][0])}, {number(summary['stable_band'][1])}]"]
+    if summary.get("model"):
+        (low, high), (a, b) = summary["compared_layers"], summary["compared_modules"]
+        lines += [f"compared: {a} (layer {low}) -> {b} (layer {high}); gain per repeat",
+                  f"{summary['model']['input']} -> {summary['model']['output']}", summary.get("theory_note", "")]
+    table.caption = escape("\n".join(line for line in lines if line))
     return table
 
 
@@ -160,7 +164,8 @@ def initializers() -> Table:
     for name, spec in inits.INITS.items():
         aliases = ", ".join(a for a, c in inits.ALIASES.items() if c == name)
         options = ", ".join(f"{k}={number(v)}" for k, v in spec.defaults.items()) or "-"
-        table.add_row(name + (" (cnn)" if spec.cnn_only else ""), aliases, escape(spec.formula), escape(options))
+        flags = " (cnn)" if spec.cnn_only else " (--model)" if spec.model_only else ""
+        table.add_row(name + flags, aliases, escape(spec.formula), escape(options))
     table.caption = "Also: package.module:function, a torch.nn.init-style in-place function of your own."
     return table
 

@@ -31,16 +31,34 @@ def width_text(cfg: dict) -> str:
     return f"width {cfg.get('width', '?')}"
 
 
+def model_text(cfg: dict) -> str:
+    """'hf:gpt2 (n_layer=12, n_embd=256)': a --model and its arguments."""
+    args = ", ".join(f"{k}={v}" for k, v in (cfg.get("model_args") or {}).items())
+    return f"{cfg['model']} ({args})" if args else str(cfg["model"])
+
+
+def network_parts(cfg: dict, params: dict) -> dict[str, str]:
+    """The label's pieces that say what was probed: a --model, how it was initialized and recorded, or the built-in
+    network's init, act, arch, depth and width."""
+    if cfg.get("model"):
+        init = "the model's own init" if cfg.get("init") == "model" else init_text(cfg, params)
+        parts = {"model": model_text(cfg), "init": init, "record": f"record {cfg.get('record', 'params')}"}
+        if cfg.get("model_mode") == "eval":
+            parts["mode"] = "eval mode"
+        return parts
+    act = str(cfg.get("act", "?"))
+    if act == "leaky_relu" and cfg.get("slope") is not None:
+        act += f" (slope {_num(cfg['slope'])})"
+    return {"init": init_text(cfg, params), "act": act, "arch": str(cfg.get("arch", "mlp")).upper(),
+            "depth": f"depth {cfg.get('depth', '?')}", "width": width_text(cfg)}
+
+
 def label_parts(config_dict: dict) -> dict[str, str]:
     """The pieces of a run's label, by key, so that an overlay can keep only those that differ. The first
     seed is a piece too, though `label` leaves it out: two runs may differ only in it."""
     cfg, params = _split_config(config_dict)
-    act = str(cfg.get("act", "?"))
-    if act == "leaky_relu" and cfg.get("slope") is not None:
-        act += f" (slope {_num(cfg['slope'])})"
-    parts = {"init": init_text(cfg, params), "act": act, "arch": str(cfg.get("arch", "mlp")).upper(),
-             "depth": f"depth {cfg.get('depth', '?')}", "width": width_text(cfg)}
-    if cfg.get("block", "plain") != "plain" or cfg.get("norm", "none") != "none":
+    parts = network_parts(cfg, params)
+    if not cfg.get("model") and (cfg.get("block", "plain") != "plain" or cfg.get("norm", "none") != "none"):
         parts["block"] = block_text(cfg)
     if cfg.get("bias") not in (None, "zeros"):
         parts["bias"] = f"bias std {_num(cfg['bias_std'])}" if cfg.get("bias_std") else f"bias {cfg['bias']}"
@@ -83,8 +101,8 @@ def join_parts(parts: dict[str, str]) -> str:
     """'init · act · ARCH depth D × width W · block · extras · seeds', leaving out what `parts` does not hold."""
     net = " × ".join(parts[k] for k in ("depth", "width") if k in parts)
     net = " ".join(p for p in (parts.get("arch"), net) if p)
-    pieces = [parts.get("init"), parts.get("act"), net, parts.get("block"), parts.get("bias"), parts.get("dtype"),
-              parts.get("seeds")]
+    pieces = [parts.get("model"), parts.get("init"), parts.get("act"), net, parts.get("block"), parts.get("record"),
+              parts.get("mode"), parts.get("bias"), parts.get("dtype"), parts.get("seeds")]
     return " · ".join(p for p in pieces if p)
 
 
@@ -123,9 +141,13 @@ def verdict_text(summary: dict, direction: str) -> str:
     if verdict is None:
         return ""
     ratio = _as_float(summary.get(f"{direction}_ratio"))
+    between = "end to end"
+    if summary.get("compared_modules"):  # a --model: the first and last call of its most repeated module
+        first, last = summary["compared_modules"]
+        between = f"{first} → {last}" if direction == "forward" else f"{last} → {first}"
     if not np.isfinite(ratio):
-        return f"end to end: {verdict} (inf/nan)"
-    return f"end to end ×{ratio:.3g}: {verdict}"
+        return f"{between}: {verdict} (inf/nan)"
+    return f"{between} ×{ratio:.3g}: {verdict}"
 
 
 

@@ -1,13 +1,14 @@
 """A sweep's comparison figures (its figures/ folder; sweep/report.py embeds them in report.html).
 
 - profiles: small multiples, rows = forward activation variance (act_var) and backward gradient variance
-  (grad_preact_var) per layer; columns = the values of arch / act / depth that the sweep varies (one column if it
-  varies none); one line per remaining varying keys (the init, usually): geometric mean over seeds, band min..max
-  over seeds, log y; colours and dash patterns both cycle, so lines that coincide stay visible. Runs that differ
-  only in `seed` are pooled. The title names what every run shares (arch, act, init, depth, width, seeds).
-  A sweep with residual or normalized runs gets the signal propagation plot's rows too (chan_sq_mean, chan_var,
-  and branch_var with residual runs), and with residual runs the backward row is each run's stream gradient
-  (grad_act_var for residual blocks).
+  (grad_preact_var; a --model's grad_act_var) per layer; columns = the values of model / arch / act / depth that the
+  sweep varies (one column if it varies none); one line per remaining varying keys (the init, usually): geometric
+  mean over seeds, band min..max over seeds, log y; colours and dash patterns both cycle, so lines that coincide
+  stay visible. Runs that differ only in `seed` are pooled. The title names what every run shares (arch, act,
+  init, depth, width, seeds). A sweep with residual or normalized runs gets the signal propagation plot's rows too
+  (chan_sq_mean, chan_var, and branch_var with residual runs), its backward row each run's stream gradient
+  (grad_act_var for residual blocks); with a single column, forward and backward side by side with the legend, the
+  SPP panels underneath.
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
   diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
@@ -29,20 +30,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .. import config, formatting, results
+from .. import config, formatting, inits, results
 
-COLUMN_KEYS = ("arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
+COLUMN_KEYS = ("model", "arch", "act", "depth")  # the columns of the small multiples / heatmaps, when varied
 POOLED_KEYS = ("seed",)  # runs differing only in these are pooled (their seeds are seeds of one line)
-CONTEXT_KEYS = ("arch", "act", "init", "depth", "width", "seeds")  # named in the titles when the same in every run
+CONTEXT_KEYS = ("model", "arch", "act", "init", "depth", "width", "seeds")  # in the titles when the same in every run
 ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN_KEYS
 DASHES = ("-", "--", "-.", ":")
-QUANTITIES = (("act_var", "forward\nactivation variance act_var"),
-              ("grad_preact_var", "backward\ngradient variance grad_preact_var"))
-# with residual runs, the backward row is the gradient that reaches layer 1 (blocks.Block.stream_gradient)
-STREAM_GRADIENT = ("stream_grad_var", "backward\ngrad_act_var (residual),\ngrad_preact_var (plain)")
+GRADIENT = "gradient"  # the backward row's values: gradient_of(layers)
 SPP_ROWS = (("chan_sq_mean", "SPP: average channel\nsquared mean chan_sq_mean"),
             ("chan_var", "SPP: average channel\nvariance chan_var"),
             ("branch_var", "SPP: residual branch\nvariance branch_var"))
+WRAPPED_COLUMNS = 3  # a one-column sweep's rows beyond the first two: side by side, as Brock et al.'s Figure 1
 DPI = 110
 
 
@@ -54,39 +53,40 @@ def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], ti
     ok = runs[runs["status"] == "ok"]
     if layers is None or not len(ok):
         return {}
-    layers, rows = profile_rows(layers, ok)
+    layers = mark_residual(layers, ok)
     groups, context = assign_groups(ok, varying), describe_fixed(ok, varying)
     every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
     every_groups = one_column_if_sparse(assign_groups(every, varying))
     fig_dir.mkdir(exist_ok=True)
     paths = {"profiles": fig_dir / "profiles.png", "ratios": fig_dir / "ratios.png"}
-    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context, rows), paths["profiles"]),
+    spp = spp_rows(layers, ok)
+    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context, spp), paths["profiles"]),
                         lambda: _save_png(ratios_figure(every, every_groups, title, context), paths["ratios"])])
     return {name: path.read_bytes() for name, path in paths.items()}
 
 
-def _residual_ids(runs: pd.DataFrame) -> set:
+def residual_ids(runs: pd.DataFrame) -> set:
     return set(runs.loc[runs["block"] == "residual", "run_id"]) if "block" in runs else set()
 
 
-def profile_rows(layers: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, tuple]:
-    """(layers, the rows of the small multiples): forward act_var and the backward gradient; with residual or
-    normalized runs also the SPP rows (branch_var with residual runs). With residual runs the backward row is
-    each run's stream gradient, a column of its own: dL/dx for residual blocks (their dL/dh is one branch's
-    share), dL/dh for plain ones; has_branch marks the rows with a branch (not plain blocks, not stems)."""
-    residual = _residual_ids(runs)
-    normalized = "norm" in runs and (runs["norm"].fillna("none") != "none").any()
-    if not residual and not normalized:
-        return layers, QUANTITIES
-    rows = [QUANTITIES[0], QUANTITIES[1]]
-    if residual:
-        is_residual = layers["run_id"].isin(residual)
-        layers = layers.assign(stream_grad_var=np.where(is_residual, layers["grad_act_var"],
-                                                        layers["grad_preact_var"]),
-                               has_branch=is_residual & (layers["layer"] > 1))
-        rows[1] = STREAM_GRADIENT
-    rows += [r for r in SPP_ROWS if r[0] != "branch_var" or residual]
-    return layers, tuple(rows)
+def mark_residual(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """layers with `residual` (the row is a residual network's: its backward ratio is of dL/dx, dL/dh being one
+    branch's share) and `has_branch` (a residual block's row, not the stem's) where the sweep has residual runs."""
+    residual = residual_ids(runs)
+    if not residual:
+        return layers
+    is_residual = layers["run_id"].isin(residual)
+    return layers.assign(residual=is_residual, has_branch=is_residual & (layers["layer"] > 1))
+
+
+def spp_rows(layers: pd.DataFrame, runs: pd.DataFrame) -> tuple:
+    """The signal propagation plot's rows of the small multiples: with residual or normalized runs (branch_var with
+    residual runs), none otherwise."""
+    residual = bool(residual_ids(runs))
+    normalized = "norm" in runs and (runs["norm"].dropna() != "none").any()
+    if not (residual or normalized) or "chan_sq_mean" not in layers:
+        return ()
+    return tuple(r for r in SPP_ROWS if r[0] != "branch_var" or residual)
 
 
 def _save_png(fig: Figure, path: Path) -> None:
@@ -103,6 +103,16 @@ def _present(value) -> bool:
     return not (value is None or (isinstance(value, float) and math.isnan(value)))
 
 
+def _block(row):
+    block = row.get("block")
+    return block if _present(block) else None
+
+
+def _network_kind(row) -> str:
+    model = row.get("model")
+    return config.network_kind(model if _present(model) else None, row.get("arch"))
+
+
 def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     """run_id -> (column, line) labels. Columns: the varied keys among arch/act/depth; lines: the other varied
     keys (init first, shown by value; the rest as key=value), `seed` pooled."""
@@ -113,9 +123,10 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
         col_keys += [k for k in rest if k != "init" and (per_column[k].nunique(dropna=False) <= 1).all()]
     line_keys = sorted((k for k in rest if k not in col_keys), key=lambda k: k != "init")
 
-    def label(row, keys, named):
-        parts = [(formatting.value(row[k]) if k in named else f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, row.get("arch"), row.get("block"))]
+    def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
+        parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
+                  f"{k}={formatting.value(row[k])}") for k in keys
+                 if _present(row[k]) and config.applies(k, _network_kind(row), _block(row))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -128,13 +139,14 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
 def describe_fixed(runs: pd.DataFrame, varying: list[str]) -> str:
     """`arch=mlp, act=tanh, depth=100, width=512, 3 seeds`: the CONTEXT_KEYS with one value in every run."""
     parts = []
+    kinds = {_network_kind(row) for _, row in runs.iterrows()}
     for key in CONTEXT_KEYS:
-        if key in varying or key not in runs:
+        if key in varying or key not in runs or not all(config.applies(key, kind) for kind in kinds):
             continue
         values = runs[key].dropna().unique()
         if len(values) == 1:
             shown = formatting.value(values[0])
-            parts.append(f"{shown} seeds" if key == "seeds" else f"{key}={shown}")
+            parts.append(f"{shown} seed{'s' * (shown != '1')}" if key == "seeds" else f"{key}={shown}")
     return ", ".join(parts)
 
 
@@ -166,9 +178,9 @@ def _colours(lines: list[str]) -> dict:
 def profiles(data: pd.DataFrame, quantity: str) -> dict:
     """{(column, line): per-layer frame} of geometric mean, min and max over seeds of the positive finite values of
     `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line. Rows
-    of branch_var without a branch (plain blocks, stems: profile_rows's has_branch) are left out, not masked."""
+    of branch_var without a branch (plain blocks, stems: mark_residual's has_branch) are left out, not masked."""
     if quantity == "branch_var":
-        data = data[data["has_branch"]]
+        data = data[data["has_branch"]] if "has_branch" in data else data.iloc[:0]
     values = data[["column", "line", "layer", quantity]].copy()
     v = values[quantity].to_numpy(dtype=float)
     good = np.isfinite(v) & (v > 0)
@@ -181,7 +193,30 @@ def profiles(data: pd.DataFrame, quantity: str) -> dict:
     return {key: frame.reset_index() for key, frame in per.reset_index(["layer"]).groupby(level=[0, 1])}
 
 
-WRAPPED_COLUMNS = 3  # a one-column sweep's rows beyond the first two: side by side, as Brock et al.'s Figure 1
+def gradient_of(layers: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The gradient variance each row's backward ratio reads, and its column name(s): grad_preact_var for the
+    built-in network's plain layers, grad_act_var for its residual ones (mark_residual: dL/dh is one branch's share)
+    and for a --model's modules (which have no h)."""
+    nan = pd.Series(np.nan, index=layers.index)
+    built_in = layers["grad_preact_var"] if "grad_preact_var" in layers else nan
+    model = layers["module"].notna() if "module" in layers else pd.Series(False, index=layers.index)
+    residual = layers["residual"].fillna(False).astype(bool) if "residual" in layers else \
+        pd.Series(False, index=layers.index)
+    stream = model | residual
+    if not stream.any():
+        return built_in, "grad_preact_var"
+    if stream.all():
+        return layers["grad_act_var"], "grad_act_var"
+    kinds = ", ".join(k for k, present in (("residual", residual.any()), ("models", model.any())) if present)
+    names = ["grad_preact_var (plain)", f"grad_act_var ({kinds})"]
+    return built_in.where(~stream, layers["grad_act_var"]), " or ".join(names)
+
+
+def legend_columns(labels: list[str], width_inches: float) -> int:
+    """As many legend columns (at most 4) as labels of this length fit across the figure: at font size 9 a character
+    is about 0.075 inch, and a line sample and the gaps about 5 characters more."""
+    fit = int(width_inches / (0.075 * (max(len(label) for label in labels) + 5)))
+    return max(1, min(len(labels), 4, fit))
 
 
 def profile_axes(fig: Figure, rows, columns) -> tuple[dict, object]:
@@ -199,8 +234,12 @@ def profile_axes(fig: Figure, rows, columns) -> tuple[dict, object]:
 
 
 def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "",
-                    rows=QUANTITIES) -> Figure:
+                    spp=()) -> Figure:
+    """The small multiples: forward and backward rows, and the `spp` rows (spp_rows) under them."""
     data = layers.merge(groups, on="run_id")
+    data[GRADIENT], gradient = gradient_of(data)
+    rows = (("act_var", "forward\nactivation variance act_var"),
+            (GRADIENT, "backward\ngradient variance\n" + gradient.replace(" or ", " or\n")), *spp)
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
     dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
@@ -250,18 +289,11 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
         spare.axis("off")
         spare.legend(handles, [textwrap.fill(line, 34) for line in lines], loc="center", fontsize=9, frameon=False)
     else:
-        fig.legend(handles, lines, loc="outside lower center", ncols=legend_columns(lines, figsize[0]), fontsize=9,
-                   frameon=False)
+        fig.legend(handles, lines, loc="outside lower center", ncols=legend_columns(lines, fig.get_figwidth()),
+                   fontsize=9, frameon=False)
     fig.suptitle(_title(fig, f"{title}: per-layer variance", context,
                         "geometric mean over seeds, band min..max over seeds"), fontsize=10)
     return fig
-
-
-def legend_columns(lines: list[str], width: float) -> int:
-    """As many legend entries side by side (at most 4) as fit in `width` inches at fontsize 9 (about 0.075 inch a
-    character, and 0.8 inch for the handle and the gap)."""
-    entry = 0.8 + 0.075 * max((len(line) for line in lines), default=0)
-    return max(1, min(len(lines), 4, int(width // entry)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,11 +330,21 @@ def _annotation(value: float) -> str:
     return f"{value:.2g}"
 
 
+def ratio_names(runs: pd.DataFrame) -> tuple[str, str]:
+    """What the heatmaps show: the built-in network's first and last layer, or, where a run probed a --model, the
+    layers its summary compared (the first and last call of its most repeated module)."""
+    if "model" in runs and runs["model"].map(_present).any():
+        return ("forward ratio\nact_var, last / first compared layer",
+                "backward ratio\ngradient variance, first / last compared layer")
+    if residual_ids(runs):  # the summary's backward ratio is of each run's stream gradient
+        return ("forward ratio\nact_var[depth] / act_var[1]", "backward ratio, gradient[1] / gradient[depth]\n"
+                "(grad_act_var residual, grad_preact_var plain)")
+    return "forward ratio\nact_var[depth] / act_var[1]", "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]"
+
+
 def ratios_figure(runs: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
-    backward = "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]"
-    if _residual_ids(runs):  # the summary's backward ratio is of each run's stream gradient
-        backward = "backward ratio, gradient[1] / gradient[depth]\n(grad_act_var residual, grad_preact_var plain)"
-    tables = {"forward ratio\nact_var[depth] / act_var[1]": ratio_table(runs, groups, "forward_ratio"),
+    forward, backward = ratio_names(runs)
+    tables = {forward: ratio_table(runs, groups, "forward_ratio"),
               backward: ratio_table(runs, groups, "backward_ratio")}
     logs = {}
     for name, table in tables.items():

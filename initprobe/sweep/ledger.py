@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import results
-from .spec import Sweep, run_label
+from .spec import Sweep, run_label, shown
 
 SUMMARY_COLUMNS = ("forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict", "first_nonfinite_layer",
                    "first_nonfinite_forward", "first_nonfinite_backward", "forward_gain_per_layer",
@@ -77,7 +77,8 @@ class Ledger:
             value = summary.get("timings", {}).get(col) if col == "probe_seconds" else summary.get(col)
             row[col] = _float(value) if col.endswith(("ratio", "layer", "seconds")) and value is not None else value
         row.update(wall_seconds=wall, error=error, path=f"runs/{rid}" if status == "ok" else "")
-        row.update({k: v for k, v in cfg.items() if k not in keys and k != "out"})
+        fixed = {k: v for k, v in cfg.items() if k not in keys and k != "out"}
+        row.update({k: v if shown(self.configs[rid], k) else None for k, v in fixed.items()})
         return row
 
     def _ok_row(self, rid: str, wall: float | None) -> dict:
@@ -127,7 +128,7 @@ class Ledger:
             return
         parts = []
         for rid, text in texts.items():
-            layers = pd.read_csv(io.StringIO(text))
+            layers = results.read_layers(io.StringIO(text))
             for i, key in enumerate(keys):
                 layers.insert(i, key, rid if key == "run_id" else getattr(self.configs[rid], key))
             parts.append(layers)
@@ -157,6 +158,6 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 def load_layers(sweep_dir: str | Path) -> pd.DataFrame:
     """The combined layers.csv of a sweep directory (one row per run, seed and layer)."""
-    return pd.read_csv(Path(sweep_dir) / "layers.csv")
+    return results.read_layers(Path(sweep_dir) / "layers.csv")
 
 

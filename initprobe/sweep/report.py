@@ -23,7 +23,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     meta = results.read_json(sweep_dir / "sweep.json")
     runs_path, layers_path = sweep_dir / "runs.csv", sweep_dir / "layers.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["run_id", "status"])
-    layers = pd.read_csv(layers_path) if layers_path.is_file() else None
+    layers = results.read_layers(layers_path) if layers_path.is_file() else None
     pngs = sweep_figures.draw(layers, runs, meta.get("varying", []), meta.get("name", sweep_dir.name),
                               sweep_dir / "figures")
     path = sweep_dir / "report.html"

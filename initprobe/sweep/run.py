@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .. import environment, results, shapes
+from .. import config, environment, results, shapes
 from ..config import ConfigError, RunConfig
 from . import backends, ledger as ledger_mod
 from .ledger import Ledger
@@ -132,7 +133,11 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 
 def work(cfg: RunConfig) -> int:
     """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
-    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute)."""
+    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute). A
+    --model's size is known only once it is built: its input's elements, every seed, stand in for it."""
+    if cfg.model is not None:
+        per_input = math.prod(cfg.input_shape) if cfg.input_shape else cfg.seq_len or config.MODEL_SEQ_LEN
+        return cfg.seeds * (cfg.batch or config.MODEL_BATCH) * per_input
     return cfg.seeds * shapes.multiply_adds(cfg)
 
 

@@ -146,7 +146,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
             options[key.removeprefix("sweep.")] = (value, loc)
             continue
         key = key.removeprefix("base.").removeprefix("grid.").replace("-", "_")
-        if isinstance(value, list):  # an axis of every run
+        if config.is_axis(key, value):  # an axis of every run
             base.pop(key, None)
             grid[key] = (value, loc)
             for point in extra:
@@ -159,7 +159,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
 
     opts = _check_options(options, bad)
     base = _check_table(base, bad, axes=False)
-    grid = {k: (v if isinstance(v, list) else [v], loc) for k, (v, loc) in _check_table(grid, bad, True).items()}
+    grid = {k: (v if config.is_axis(k, v) else [v], loc) for k, (v, loc) in _check_table(grid, bad, True).items()}
     extra = [_check_table(p, bad, axes=True) for p in extra]
     for key, (_, loc) in grid.items():
         if key in base:
@@ -240,7 +240,7 @@ def _check_table(entries: dict, bad, axes: bool) -> dict:
             else:
                 bad(loc, f"unknown key{did_you_mean(key, config.FIELDS)}")
             continue
-        if axes and isinstance(value, list):
+        if axes and config.is_axis(key, value):
             if not value:
                 bad(loc, "empty list: an axis needs at least one value")
                 continue
@@ -248,7 +248,7 @@ def _check_table(entries: dict, bad, axes: bool) -> dict:
             if all(c is not _BAD for c in checked):
                 out[key] = (checked, loc)
         else:
-            if isinstance(value, list):
+            if config.is_axis(key, value):
                 bad(loc, f"a list in [base] (lists of values to cross go in [grid]): {value!r}")
                 continue
             checked = _check_value(key, value, loc, bad)
@@ -275,8 +275,8 @@ def _expand(base: dict, grid: dict, extra: list[dict]) -> list[tuple[dict, str]]
     if grid or not extra:
         runs += [({**fixed, **combo}, "grid point " + _describe(combo)) for combo in _product(grid)]
     for i, point in enumerate(extra):
-        scalars = {k: v for k, (v, _) in point.items() if not isinstance(v, list)}
-        lists = {k: e for k, e in point.items() if isinstance(e[0], list)}
+        scalars = {k: v for k, (v, _) in point.items() if not config.is_axis(k, v)}
+        lists = {k: e for k, e in point.items() if config.is_axis(k, e[0])}
         for combo in _product(lists):
             values = {**scalars, **combo}
             runs.append(({**fixed, **values}, f"point[{i}] " + _describe(values)))
@@ -307,15 +307,31 @@ def _resolve(values: dict, plots: bool) -> RunConfig:
 
 def run_id(cfg: RunConfig) -> str:
     """Stable directory name: readable prefix + first 12 hex of sha256 of the canonical config JSON (sorted keys,
-    without `out` and `plots`, which do not change the numbers)."""
-    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID}
+    without `out` and `plots`, which do not change the numbers, and, for a built-in network, without the --model
+    options: its id does not depend on options it never reads)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID and not _unused_model_key(cfg, k)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
-    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.act}-{cfg.init.replace(':', '.')}-{cfg.arch}-d{cfg.depth}")
-    return f"{prefix}-{digest}"
+    if cfg.model is None:
+        readable = f"{cfg.act}-{cfg.init}-{cfg.arch}-d{cfg.depth}"
+    else:
+        readable = f"{cfg.model}-{cfg.init}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", readable.replace(":", ".")) + f"-{digest}"
+
+
+def _unused_model_key(cfg: RunConfig, key: str) -> bool:
+    return cfg.model is None and (key == "model" or config.OPTIONS[key].scope == (config.MODEL_KIND,))
+
+
+def shown(cfg: RunConfig, key: str) -> bool:
+    """Whether runs.csv gives a run's value of `key`: every option but those across the built-in/--model line from
+    the run (a --model run's depth and act, a built-in run's record), which it never reads."""
+    kind = config.network_kind(cfg.model, cfg.arch)
+    across = kind == config.MODEL_KIND or (key in config.OPTIONS and config.OPTIONS[key].scope == (config.MODEL_KIND,))
+    return config.applies(key, kind) or not across
 
 
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
     """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, cfg.arch, cfg.block)]
+             if getattr(cfg, k) is not None and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.block)]
     return " ".join(shown) or "run"
