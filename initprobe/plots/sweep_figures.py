@@ -212,6 +212,21 @@ def gradient_of(layers: pd.DataFrame) -> tuple[pd.Series, str]:
     return built_in.where(~stream, layers["grad_act_var"]), " or ".join(names)
 
 
+def lines_low_on_the_left(ax) -> bool:
+    """Whether every line drawn in the left 40% of the panel stays in its lower half (log y), so that a note fits in
+    the upper left corner without hiding them."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = np.log10(ax.get_ylim()) if ax.get_yscale() == "log" else (None, None)
+    if y0 is None or not y1 > y0:
+        return False
+    heights = []
+    for line in ax.get_lines():
+        x, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+        left = (x <= x0 + 0.4 * (x1 - x0)) & np.isfinite(y) & (y > 0)
+        heights.extend((np.log10(y[left]) - y0) / (y1 - y0))
+    return bool(heights) and max(heights) < 0.5
+
+
 def legend_columns(labels: list[str], width_inches: float) -> int:
     """As many legend columns (at most 4) as labels of this length fit across the figure: at font size 9 a character
     is about 0.075 inch, and a line sample and the gaps about 5 characters more."""
@@ -268,14 +283,16 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
                 if len(masked):
                     where = f"layer {masked.min()}" if len(masked) == 1 else \
                         f"{len(masked)} layers in {masked.min()}..{masked.max()}"
-                    notes.append(textwrap.fill(f"{line}: inf/nan/0 masked at {where}", 60))
+                    notes.append(textwrap.fill(f"{line}: inf/nan/0 masked at {where}", 42))
             if drawn:
                 ax.set_yscale("log")
             else:
                 ax.text(0.5, 0.5, "no finite positive values", ha="center", va="center", transform=ax.transAxes)
             if notes:
-                ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
-                        color="0.3", bbox={"boxstyle": "square,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
+                low = lines_low_on_the_left(ax)
+                ax.text(0.02, 0.98 if low else 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
+                        va="top" if low else "bottom", color="0.3",
+                        bbox={"boxstyle": "square,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0 and columns != [ONE_COLUMN]:
