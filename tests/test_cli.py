@@ -458,6 +458,15 @@ def test_activation_is_a_choice_and_the_help_lists_the_names(capsys, monkeypatch
     assert set(shown.group(1).replace(" ", "").split("|")) == set(activations.choices())
 
 
+def test_help_lists_the_block_norm_and_branch_scale_options(capsys, monkeypatch):
+    """run --help and theory --help show --block and --norm with their registries' names as choices, and
+    --branch-scale with the word it takes besides a number."""
+    for command in ("run", "theory"):
+        shown = help_text(capsys, monkeypatch, [command, "--help"]).replace(" ", "")
+        assert "--block<plain|residual>" in shown and "--norm<none|batch|layer>" in shown, command
+        assert "--branch-scale" in shown and "inv_sqrt_depth" in shown, command
+
+
 def completions(capsys, monkeypatch, words: str) -> list[str]:
     """What bash completion offers after `words` (the last one is being typed; a trailing space starts a new one),
     through click's own protocol as the shell calls it: _INITPROBE_COMPLETE=complete_bash, the words in

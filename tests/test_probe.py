@@ -179,6 +179,20 @@ def test_residual_and_normalized_probes_match_a_direct_computation(device, arch,
         assert np.isnan(branch).all()
 
 
+@pytest.mark.parametrize("arch", ["mlp", CNN])
+@pytest.mark.parametrize("architecture", ["plain", "plain-batch", "residual", "residual-layer-skipinit"])
+def test_channel_statistics_add_up_to_the_second_moment(device, arch, architecture, path):
+    """chan_var + chan_sq_mean = act_var + act_mean^2: with equal channel sizes both are E[(x^l)^2], so the probe's
+    columns, however it sums them, agree to float64 rounding (relative 1e-12, a few hundred ulps over the sums)."""
+    cfg = cfg_for(device, arch, "relu", "float64", **ARCHITECTURES.get(architecture, {}))
+    params, x0, cotangent = network(cfg, device)
+    stats_, _ = probe.probe(cfg, params, activations.torch_fn(cfg.act), x0, cotangent,
+                            activations.get(cfg.act).saturation(cfg.slope))
+    got = dict(zip(probe.COLUMNS, probe.to_host([stats_])[0].T))
+    np.testing.assert_allclose(got["chan_var"] + got["chan_sq_mean"], got["act_var"] + got["act_mean"] ** 2,
+                               rtol=1e-12)
+
+
 def assert_probe_matches_direct(cfg) -> np.ndarray:
     """The probe's columns of cfg's network (float64) against direct_columns; returns the probe's."""
     device = torch.device(cfg.device)

@@ -52,7 +52,7 @@ COLOURS = {
     "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
     "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
     "preact_corr": "#bcbd22", "chan_sq_mean": "#e6550d", "chan_var": "#3182bd", "token_corr": "#756bb1",
-    "branch_var": "#d95f02",
+    "branch_var": "#1b9e77",
 }
 POINTS = ("weight_var",)  # a --model's weights belong to unlike modules, not to a progression: points, no line
 FORWARD = ("act_var", "preact_var")
