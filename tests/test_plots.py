@@ -263,6 +263,10 @@ def test_spp_figure_of_a_residual_run_has_the_branch_panel(residual_run):
     assert np.isnan(line_labelled(fig.axes[2], NAMES["branch_var"]).get_ydata()[0])
 
 
+def test_a_residual_run_gets_every_figure(residual_run, monkeypatch):
+    assert figures_made(residual_run, monkeypatch) == RUN_PLOTS
+
+
 def test_skipinit_branches_are_named_zero_by_construction(tmp_path):
     """alpha = 0: the branch panel says every branch is 0 because alpha is, instead of drawing nothing or marking
     an underflow; dL/dh likewise in the variance figure."""

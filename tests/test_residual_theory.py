@@ -334,6 +334,7 @@ def test_plain_batch_norm_gradient_grows_by_the_finite_batch_factor_not_pi_over_
 # A run end to end: initprobe's own networks and theory_* columns
 
 RUNS = {
+    "residual-relu": (dict(block="residual", act="relu", init="he_normal"), CASES["residual-relu"]),  # doubling
     "residual-batch-relu": (dict(block="residual", norm="batch", act="relu", init="he_normal"),
                             CASES["residual-batch-relu"]),
     "residual-relu-inv-sqrt-depth": (dict(block="residual", act="relu", init="he_normal",
