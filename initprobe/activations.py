@@ -65,6 +65,7 @@ class Activation:
     gain_formula: str | None = None  # the gain as `initprobe list` writes it, where it depends on the slope
     odd: bool = False  # phi(-x) = -phi(x): the zero-correlation fixed point of theory
     negative_slope: Callable | None = None  # piecewise linear, phi = x (x > 0), a x (x < 0): a as f(slope)
+    takes_slope: bool = False  # phi depends on the `slope` option
 
     def gain(self, slope: float = 0.01) -> float:
         """PyTorch's gain where it defines one, else the gain that keeps a unit Gaussian's second moment."""
@@ -147,7 +148,7 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("leaky_relu", "x if x>0 else slope*x", lambda x, s: np.where(x > 0, x, s * x),
                    lambda x, s: np.where(x > 0, 1.0, s), _torch("F.leaky_relu", negative_slope=None),
                    lambda s: math.sqrt(2.0 / (1.0 + s * s)), gain_formula="sqrt(2/(1+slope^2))",
-                   negative_slope=lambda s: s),
+                   negative_slope=lambda s: s, takes_slope=True),
         Activation("elu", "x if x>0 else exp(x)-1", lambda x, s: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
                    lambda x, s: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))), _torch("F.elu")),
         Activation("selu", "lambda*(x if x>0 else alpha*(exp(x)-1))",

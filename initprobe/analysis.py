@@ -129,7 +129,27 @@ def ranking(runs: pd.DataFrame) -> pd.DataFrame:
     ok = (runs["status"] == "ok").to_numpy() if "status" in runs else np.ones(len(runs), bool)
     score = np.where(np.isfinite(score) & ok, score, math.inf)
     columns = [c for c in ("label", "forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict",
-                           "status", "error", "run_id") if c in runs]
+                           "final_test_accuracy", "status", "error", "run_id") if c in runs]
     ranked = runs[columns].assign(score=score).sort_values("score", kind="stable").reset_index(drop=True)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     return ranked
+
+
+def training_summary(metrics: pd.DataFrame, diverged: dict, chance: float) -> dict:
+    """The outcome of training, from metrics.csv's rows (step, seed, train_loss, train_accuracy, test_loss,
+    test_accuracy) and each seed's first non-finite step (`diverged`: seed -> step or None). Per seed: its last
+    record and diverged_at. Over the seeds: the means of the final accuracies, where a diverged network counts as
+    `chance` (its logits are nan: it predicts nothing), and of the final train loss of those that did not diverge
+    (nan if none)."""
+    last = metrics.sort_values("step", kind="stable").groupby("seed").tail(1).set_index("seed").sort_index()
+    seeds = [{"seed": int(seed), "last_step": int(row["step"]), "diverged_at": diverged.get(seed),
+              **{key: float(row[key]) for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}}
+             for seed, row in last.iterrows()]
+    ok = [s for s in seeds if s["diverged_at"] is None]
+
+    def mean(key: str) -> float:
+        return float(np.mean([s[key] if s["diverged_at"] is None else chance for s in seeds]))
+
+    return {"final_test_accuracy": mean("test_accuracy"), "final_train_accuracy": mean("train_accuracy"),
+            "final_train_loss": float(np.mean([s["train_loss"] for s in ok])) if ok else math.nan,
+            "diverged_seeds": len(seeds) - len(ok), "chance_accuracy": chance, "seeds": seeds}

@@ -303,6 +303,49 @@ def sweep_rows(quick: bool = False):
     ]
 
 
+TRAIN = dict(depth=20, width=128, batch=64, act="tanh")  # initprobe train's default network
+
+
+def training_rows(device, reps: int = 21) -> list[dict]:
+    """What a recorded training step costs beside a plain one (train.recorded_step: the probe's statistics and the
+    activation percentiles; then the held-out evaluation, which comes with every record), on train's default
+    network and digits-sized random data, timed in interleaved pairs as `overhead` does. On the CPU with one
+    thread, as `initprobe train` runs there."""
+    from . import data as datasets, train
+
+    cfg = config.TrainConfig(**TRAIN, device=str(device))
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1438, cfg.input_dim, device=device, generator=gen)
+    y = torch.randint(10, (1438,), device=device, generator=gen)
+    data = datasets.Data("random", x, y, x[:359], y[:359], 10, 1.0, 0.0, 0.1)
+    net, _ = train.build(cfg, data, 0, device)
+    phi, sat = activations.torch_fn(cfg.act), activations.get(cfg.act).saturation()
+    batch, labels = x[:cfg.batch], y[:cfg.batch]
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        plain_t, recorded_t, eval_t = [], [], []
+        for _ in range(reps):
+            plain_t += timed(lambda: train.plain_step(cfg, net, phi, batch, labels), device, 1)
+            recorded_t += timed(lambda: train.recorded_step(cfg, net, phi, sat, batch, labels), device, 1)
+            eval_t += timed(lambda: train.evaluate(cfg, net, phi, data.x_test, data.y_test), device, 1)
+    finally:
+        torch.set_num_threads(previous)
+    ratio = statistics.median(r / p for r, p in zip(recorded_t, plain_t))
+    with_eval = statistics.median((r + e) / p for r, e, p in zip(recorded_t, eval_t, plain_t))
+    every = config.TRAIN_FIELDS["record_every"].default
+    plain_ms = statistics.median(plain_t) * 1e3
+    return [
+        row("train: recorded step vs plain step", round(ratio, 2), "-", None,
+            f"depth {cfg.depth}, width {cfg.width}, batch {cfg.batch}: plain {plain_ms:.1f} ms (forward, backward, no "
+            "hook); recorded: run's statistics and the activation percentiles", "x plain"),
+        row("  with the held-out evaluation", round(with_eval, 2), "-", None,
+            f"{len(data.y_test)} examples; recorded every {every} steps, training costs "
+            f"{(with_eval - 1) / every:.1%} more than plain steps alone", "x plain"),
+    ]
+
+
 def run_all(device: torch.device, quick: bool = False) -> dict:
     kept = keep_freed_memory()  # for every measurement in this process, the sweeps' forked workers included
     rows = []
@@ -316,6 +359,7 @@ def run_all(device: torch.device, quick: bool = False) -> dict:
         rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000), name)
     rows += startup()
     rows += sweep_rows(quick)
+    rows += training_rows(device, reps=5 if quick else 21)
     peak = matmul_throughput(device)
     return {"device": str(device), "torch": torch.__version__, "cpu_count": os.cpu_count(), "freed_memory_kept": kept,
             "matmul_gflops": round(peak / 1e9, 1), "bare_fraction_of_matmul": round(mlp_flops / peak, 3),

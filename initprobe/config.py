@@ -1,12 +1,13 @@
 """Run configuration: one dataclass whose fields are the run options, each declared once with what every view of it
 needs (help text, help panel, the commands that take it, its choices and bounds). Validation, config files, sweep
-files, the command-line options of `run`, `theory` and `phase`, `initprobe list` and docs/options.md all read these
-declarations.
+files, the command-line options of `run`, `theory`, `phase` and `train`, `initprobe list` and docs/options.md all
+read these declarations. `TrainConfig` adds the options of `initprobe train` to the run options it takes.
 
 Precedence: command line > config file > defaults. No torch here: a device's presence is checked by the runner.
 """
 
 import dataclasses
+import importlib.util
 import math
 import re
 import sys
@@ -70,8 +71,9 @@ class Option:
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
     scope: tuple[str, ...] | None = None  # the networks the option means something for (ARCHS, MODEL_KIND); None: all
-    block: str | None = None  # the block the option means something for; None: every one
-    words: tuple[str, ...] = ()  # a number-or-text option: the texts it takes besides a number (gain: 'auto')
+    act_flag: str | None = None  # the activation registry's flag without which it means nothing; None: every one
+    block: str | None = None  # the block the option means something for (blocks.py); None: every one
+    words: tuple[str, ...] = ()  # text a number option also takes ('auto')
 
 
 def option(default, help: str, panel: str, **kwargs):
@@ -149,7 +151,8 @@ class RunConfig:
                                        default_text="1")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
                       choices=activations.choices, kind="activation", scope=NETWORKS)
-    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS)
+    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS,
+                          act_flag="takes_slope")
     # a model of the user's instead of the built-in network (any_model.py, module_probe.py)
     model: str | None = option(None, "Probe a model instead of the built-in network: package.module:callable "
                                "(called with the --model-arg values, it returns an nn.Module; e.g. "
@@ -185,8 +188,8 @@ class RunConfig:
                               open_choices="package.module:function", check=_check_init, kind="init",
                               default_text="glorot_uniform; model with --model")
     gain: float | str | None = option(None, "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; "
-                                      "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT, words=("auto",),
-                                      default_text="the scheme's own: 1, sqrt(2) for he_*")
+                                      "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT,
+                                      default_text="the scheme's own: 1, sqrt(2) for he_*", words=("auto",))
     scale: float | None = option(None, "variance_scaling's scale.", **_INIT, minimum=0, default_text="1")
     mode: str | None = option(None, "Fan of he_* and variance_scaling.", **_INIT, choices=lambda: inits.MODES,
                               default_text="fan_in")
@@ -244,8 +247,145 @@ OPTIONS: dict[str, Option] = {name: f.metadata["option"] for name, f in FIELDS.i
 INIT_OPTIONS = ("gain", "scale", "mode", "distribution", "std", "bound", "value")
 
 
+# ---- training: `initprobe train` --------------------------------------------------------------------------------
+
+TRAIN = "train"
+DATA, TRAINING = "Data", "Training"
+DATASETS = ("digits", "teacher")
+OPTIMIZERS = ("sgd", "adam")
+# run's alone: the spectrum at init; checkpointing (training holds the whole network anyway); a --model and its
+# options (train trains the built-in network, with a readout of its own)
+# train's network is plain blocks without a norm (train.forward); residual blocks and norms are run's and theory's
+NOT_TRAINED = ("jacobian", "checkpoint", "model", "block", "norm", "branch_scale") + \
+    tuple(k for k, o in OPTIONS.items() if o.scope == (MODEL_KIND,))
+FROM_DATA = ("input_dim", "in_channels", "image_size")  # the data's shape sets them
+TRAIN_ARCH_DEFAULTS = {"mlp": (128, 64), "cnn": (16, 64)}  # (width, batch): a default train in well under a minute
+DIGITS_SHAPE = (1, 8, 8)  # scikit-learn's digits: 8x8 grey images (an MLP reads them as 64 numbers)
+TEACHER_DEFAULTS = {"teacher_dim": 16, "teacher_depth": 3, "teacher_width": 64, "classes": 10,
+                    "teacher_examples": 16384}
+TEACHER_OPTIONS = tuple(TEACHER_DEFAULTS)
+SGD_MOMENTUM = 0.9
+
+
+def _for_training(key: str, default, **changes):
+    """Run option `key` as `train` declares it: the run option's own declaration, with another default (and the
+    help or default text that changes with it)."""
+    return field(default=default, metadata={"option": dataclasses.replace(OPTIONS[key], **changes)})
+
+
+_TRAIN = dict(commands=(TRAIN,))
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """`initprobe train`: the network of a run, a linear readout to the classes, minibatch training, and the run's
+    statistics recorded every `record_every` steps on the batch being trained on. Every run option but NOT_TRAINED
+    is also a train option, except FROM_DATA, which the data sets."""
+
+    depth: int = _for_training("depth", 20)
+    width: int | None = _for_training("width", None, default_text="128 MLP, 16 CNN")
+    in_channels: int | None = _for_training("in_channels", None)
+    image_size: int | None = _for_training("image_size", None)
+    batch: int | None = _for_training("batch", None, help="Examples per training minibatch (each recorded step's "
+                                      "statistics are taken on one).", default_text="64")
+    seeds: int = _for_training("seeds", 3, help="Independent networks and orders of the training data (the bands "
+                               "in the plots).")
+    out: str | None = _for_training("out", None, default_text="results/train-<arch-init-act-depth-width-data>")
+    # the data
+    data: str = option("digits", "digits: scikit-learn's bundled 8x8 handwritten digits (needs the train extra), "
+                       "standardized, a fixed fifth of each class held out; teacher: Gaussian inputs labelled by a "
+                       "random deep tanh network (MLP only).", DATA, **_TRAIN, choices=_names(*DATASETS))
+    classes: int | None = option(None, "Classes of the teacher's labels (digits have 10).", DATA, **_TRAIN, minimum=2,
+                                 default_text="10")
+    teacher_dim: int | None = option(None, "Teacher: input size.", DATA, **_TRAIN, minimum=1, default_text="16")
+    teacher_depth: int | None = option(None, "Teacher: tanh layers.", DATA, **_TRAIN, minimum=1, default_text="3")
+    teacher_width: int | None = option(None, "Teacher: units per layer.", DATA, **_TRAIN, minimum=1,
+                                       default_text="64")
+    teacher_examples: int | None = option(None, "Teacher: training examples (a quarter as many are held out).",
+                                          DATA, **_TRAIN, minimum=4, default_text="16384")
+    # the training
+    optimizer: str = option("sgd", "sgd (with momentum) or adam.", TRAINING, **_TRAIN, choices=_names(*OPTIMIZERS))
+    lr: float | str = option("auto", "Learning rate: a number, or auto, which falls with depth: sgd "
+                             "0.1 (1 - momentum) min(1, 10/depth, 300/depth^2), adam 0.001 min(1, 10/depth, "
+                             "300/depth^2).", TRAINING, **_TRAIN, minimum=0, words=("auto",))
+    momentum: float | None = option(None, "SGD momentum (adam has its own).", TRAINING, **_TRAIN, minimum=0, maximum=1,
+                                    default_text="0.9 with sgd")
+    steps: int = option(500, "Optimizer steps.", TRAINING, **_TRAIN, minimum=1)
+    record_every: int = option(25, "Record the per-layer statistics and evaluate on the held-out data every K steps "
+                               "(and at step 0, before any update, and at the last step).", TRAINING, **_TRAIN,
+                               minimum=1)
+
+    def __post_init__(self):
+        width, batch = TRAIN_ARCH_DEFAULTS.get(self.arch, TRAIN_ARCH_DEFAULTS["mlp"])
+        self.width = width if self.width is None else self.width
+        self.batch = batch if self.batch is None else self.batch
+        shape = data_shape(self)
+        for key in FROM_DATA:  # the data's, or (keys of the other arch) the run option's default
+            if getattr(self, key) is None:
+                setattr(self, key, shape.get(key, FIELDS[key].default))
+        super().__post_init__()
+
+
+def data_shape(cfg: TrainConfig) -> dict:
+    """The network options the data sets (FROM_DATA): what one example looks like."""
+    if cfg.data == "teacher":
+        return {"input_dim": teacher(cfg)["teacher_dim"]}
+    channels, size, _ = DIGITS_SHAPE
+    return {"in_channels": channels, "image_size": size} if cfg.arch == "cnn" else {"input_dim": channels * size**2}
+
+
+def teacher(cfg: TrainConfig) -> dict:
+    """The teacher's sizes, its defaults filled in."""
+    return {k: TEACHER_DEFAULTS[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in TEACHER_OPTIONS}
+
+
+def momentum(cfg: TrainConfig) -> float:
+    """SGD's momentum (0.9 unless set); 0 for adam, which has its own moments."""
+    if cfg.optimizer != "sgd":
+        return 0.0
+    return SGD_MOMENTUM if cfg.momentum is None else cfg.momentum
+
+
+def learning_rate(cfg: TrainConfig) -> float:
+    """cfg.lr, or for 'auto' a step that falls with depth. The largest stable step of deep tanh and ReLU networks
+    (width 128, digits) shrinks like 1/depth (the neural tangent kernel grows like depth at criticality) and, beyond
+    about 30 layers, faster, like 1/depth^2 (depth nears the width: finite-width effects). SGD's step is written
+    for its effective size lr / (1 - momentum), which is what the stability bound limits; adam's is a hundredth of
+    SGD's effective step (docs/training.md, "The learning rate")."""
+    if cfg.lr != "auto":
+        return float(cfg.lr)
+    by_depth = min(1.0, 10.0 / cfg.depth, 300.0 / cfg.depth**2)
+    if cfg.optimizer == "adam":
+        return 1e-3 * by_depth
+    return 0.1 * (1.0 - momentum(cfg)) * by_depth
+
+
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name not in NOT_TRAINED + FROM_DATA}
+# every declared option, for what does not depend on the command (flag, type, bounds, choices); a key both commands
+# take is the run option's declaration
+DECLARED = {**FIELDS, **{k: f for k, f in TRAIN_FIELDS.items() if k not in FIELDS}}
+DECLARED_OPTIONS: dict[str, Option] = {name: f.metadata["option"] for name, f in DECLARED.items()}
+CONFIGS = {RUN: RunConfig, TRAIN: TrainConfig}  # the config of each command that runs networks
+
+
+def command_fields(command: str) -> dict:
+    """The options `command` takes, in declaration order (train: its own declarations of the keys it changes)."""
+    if command == TRAIN:
+        return TRAIN_FIELDS
+    return {k: f for k, f in FIELDS.items() if command in OPTIONS[k].commands}
+
+
+def commands(key: str) -> tuple[str, ...]:
+    """The commands that take option `key`."""
+    return DECLARED_OPTIONS[key].commands + ((TRAIN,) if key in TRAIN_FIELDS and key in FIELDS else ())
+
+
+def command_of(cfg: RunConfig) -> str:
+    return TRAIN if isinstance(cfg, TrainConfig) else RUN
+
+
 def flag(key: str) -> str:
-    return OPTIONS[key].flag or "--" + key.replace("_", "-")
+    return DECLARED_OPTIONS[key].flag or "--" + key.replace("_", "-")
 
 
 def network_kind(model, arch) -> str:
@@ -253,15 +393,46 @@ def network_kind(model, arch) -> str:
     return MODEL_KIND if model is not None else arch
 
 
-def applies(key: str, kind, block=None) -> bool:
+def applies(key: str, kind, act=None, block=None) -> bool:
     """Whether option `key` means anything for a network of `kind` (network_kind: an MLP has no padding, a --model
-    no depth; None: not known, so every option does) made of `block`s (a plain block has no branch scale; None:
-    any block)."""
-    if key not in OPTIONS:
+    no depth; None: not known, so every option does) with activation `act` (tanh has no slope; None or a name not
+    in the registry: not held against the option) made of `block`s (a plain block has no branch scale; None: any)."""
+    opt = DECLARED_OPTIONS.get(key)
+    if opt is None:
         return True
-    opt = OPTIONS[key]
-    in_scope = opt.scope is None or kind is None or kind in opt.scope
-    return in_scope and (opt.block is None or block is None or opt.block == block)
+    if opt.scope is not None and kind is not None and kind not in opt.scope:
+        return False
+    if opt.block is not None and isinstance(block, str) and block != opt.block:
+        return False
+    if opt.act_flag is None or not isinstance(act, str):
+        return True
+    try:
+        return bool(getattr(activations.get(act), opt.act_flag))
+    except KeyError:
+        return True
+
+
+def inapplicable(cfg: RunConfig) -> list[str]:
+    """The options of `cfg`'s command that mean nothing for its network (what it is, --model or an arch, its
+    activation and its block)."""
+    kind = network_kind(cfg.model, cfg.arch)
+    return [key for key in command_fields(command_of(cfg)) if not applies(key, kind, cfg.act, cfg.block)]
+
+
+def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigError:
+    """Why option `key` (called `name` in the message) means nothing for `cfg`'s network."""
+    opt, kind, name = DECLARED_OPTIONS[key], network_kind(cfg.model, cfg.arch), name or key
+    if kind == MODEL_KIND:
+        return ConfigError(f"{name} is an option of the built-in network; a --model run takes the model as it is")
+    if opt.scope == (MODEL_KIND,):
+        return ConfigError(f"{name} goes with --model")
+    if not applies(key, kind):
+        archs = ", ".join(f"'{a}'" for a in opt.scope)
+        return ConfigError(f"{name} does not apply to arch '{cfg.arch}' (only to {archs})")
+    if not applies(key, kind, block=cfg.block):
+        return ConfigError(f"{name} does not apply to block '{cfg.block}' (only to '{opt.block}')")
+    those = [n for n, a in activations.ACTIVATIONS.items() if getattr(a, opt.act_flag)]
+    return ConfigError(f"{name} does not apply to activation '{cfg.act}' (only to {', '.join(those)})")
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -270,7 +441,7 @@ def asdict(cfg: RunConfig) -> dict:
 
 def value_types(key: str) -> tuple[type, ...]:
     """The non-None types a key takes (int | None -> (int,))."""
-    annotation = FIELDS[key].type
+    annotation = DECLARED[key].type
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
     return tuple(t for t in (typing.get_args(annotation) if union else (annotation,)) if t is not type(None))
 
@@ -316,9 +487,9 @@ def check_value(key: str, value, name: str | None = None):
 
 
 def _check_value(key: str, value):
-    if key not in OPTIONS:
-        raise ConfigError(f"unknown key '{key}'{did_you_mean(key, OPTIONS)}")
-    if value is None and FIELDS[key].default is None:
+    if key not in DECLARED:
+        raise ConfigError(f"unknown key '{key}'{did_you_mean(key, DECLARED)}")
+    if value is None and DECLARED[key].default is None:
         return None
     types = value_types(key)
     value = from_text(key, types, value)
@@ -332,22 +503,17 @@ def _check_value(key: str, value):
     for item in value if isinstance(value, list) else (value,):
         _check_bounds(key, item)
     _check_choice(key, value)
-    if OPTIONS[key].check is not None and isinstance(value, str) and value not in _choices(key):
-        OPTIONS[key].check(value)
+    if DECLARED_OPTIONS[key].check is not None and isinstance(value, str) and value not in _choices(key):
+        DECLARED_OPTIONS[key].check(value)
     return value
 
 
 def from_text(key: str, types: tuple, value):
-    """The value a key takes, from the text the command line (or `--set`) gives: a number or one of the option's
-    words (gain: 'auto', branch_scale: 'inv_sqrt_depth'), a list of
-    ints from "3,32,32", a table from KEY=VALUE items (each VALUE TOML, else a string). Anything else as it is."""
-    words = OPTIONS[key].words
-    if words and isinstance(value, str):  # a number or one of its words (gain: 'auto'), the number also as text
-        value = _number_or_text(value)
-        if isinstance(value, str) and value not in words:
-            raise ConfigError(f"{key} must be a number or {' or '.join(repr(w) for w in words)}, got '{value}'"
-                              f"{did_you_mean(value, words)}")
-        return value
+    """The value a key takes, from the text the command line (or `--set`) gives: a number or 'auto' (gain, lr), a
+    list of ints from "3,32,32", a table from KEY=VALUE items (each VALUE TOML, else a string). Anything else as it
+    is."""
+    if str in types and float in types and isinstance(value, str):  # gain, lr: a number or 'auto', also as text
+        return _number_or_text(value)
     if list[int] in types and isinstance(value, str):
         return _int_list(key, value)
     if dict in types and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -381,7 +547,7 @@ def _number_or_text(text: str):
 
 
 def _check_bounds(key: str, value) -> None:
-    opt = OPTIONS[key]
+    opt = DECLARED_OPTIONS[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if opt.minimum is not None and value < opt.minimum:
@@ -392,12 +558,15 @@ def _check_bounds(key: str, value) -> None:
 
 
 def _choices(key: str) -> list:
-    choices = OPTIONS[key].choices
+    choices = DECLARED_OPTIONS[key].choices
     return [] if choices is None else list(choices())
 
 
 def _check_choice(key: str, value) -> None:
-    opt = OPTIONS[key]
+    opt = DECLARED_OPTIONS[key]
+    if opt.words and isinstance(value, str) and value not in opt.words:
+        words = " or ".join(f"'{w}'" for w in opt.words)
+        raise ConfigError(f"{key} must be a number or {words}, got '{value}'")
     if opt.choices is None or opt.open_choices is not None or not isinstance(value, str):
         return  # an open value (a registry name or package.module:function, a regex): the option's check says
     valid = _choices(key)
@@ -412,22 +581,24 @@ def is_axis(key: str, value) -> bool:
     that a list-valued key's one value is a list too (input_shape = [3, 32, 32]; an axis is a list of lists)."""
     if not isinstance(value, list):
         return False
-    takes_list = any(typing.get_origin(t) is list for t in value_types(key)) if key in FIELDS else False
+    takes_list = any(typing.get_origin(t) is list for t in value_types(key)) if key in DECLARED else False
     return not takes_list or all(isinstance(v, list) for v in value)
 
 
-def checked(data: dict, where: str = "", name: Callable[[str], str] | None = None) -> dict:
-    """`data` with keys normalised (dashes allowed) and each value checked; unknown keys and bad values are named
-    (as name(key), default the key), prefixed with `where`. Kept as a dict of what was given, so that defaults which
-    depend on other keys (width, batch) resolve last."""
+def checked(data: dict, where: str = "", name: Callable[[str], str] | None = None, keys: dict | None = None) -> dict:
+    """`data` with keys normalised (dashes allowed) and each value checked; keys not in `keys` (default: the run
+    options) and bad values are named (as name(key), default the key), prefixed with `where`. Kept as a dict of what
+    was given, so that defaults which depend on other keys (width, batch) resolve last."""
+    keys = FIELDS if keys is None else keys
     values = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         try:
-            values[key] = check_value(key, value, name(key) if name and key in OPTIONS else None)
+            if key not in keys:
+                raise ConfigError(f"unknown key '{raw_key}'{did_you_mean(key, keys)}")
+            values[key] = check_value(key, value, name(key) if name else None)
         except ConfigError as e:
-            message = str(e) if key in OPTIONS else f"unknown key '{raw_key}'{did_you_mean(key, OPTIONS)}"
-            raise ConfigError(where + message) from None
+            raise ConfigError(where + str(e)) from None
     return values
 
 
@@ -464,8 +635,9 @@ def read_toml(path: str | Path) -> dict:
     return parse_toml(read_text(path), path)
 
 
-def file_options(data: dict, where: str) -> dict:
-    """The run options of a config file: its keys, either all at the top level or all under one [run] table."""
+def file_options(data: dict, where: str, keys: dict | None = None) -> dict:
+    """The options of a config file (`keys`, default the run options): its keys, either all at the top level or all
+    under one [run] table."""
     if "run" in data:
         run = data["run"]
         if not isinstance(run, dict):
@@ -476,16 +648,26 @@ def file_options(data: dict, where: str) -> dict:
         data = run
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if isinstance(value, dict) and not (name in FIELDS and dict in value_types(name)):
+        if isinstance(value, dict) and not (name in DECLARED and dict in value_types(name)):
             raise ConfigError(f"{where}unknown table [{key}]; a config file holds run options, flat or under [run]")
-    return checked(data, where)
+    return checked(data, where, keys=keys)
 
 
-def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None) -> RunConfig:
+def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None,
+         command: str = RUN) -> RunConfig:
     """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides` (their keys named in
-    messages as override_name(key): the command line's flags); validated."""
-    given = file_options(read_toml(path), f"{path}: ") if path is not None else {}
-    cfg = RunConfig(**{**given, **checked(overrides or {}, name=override_name)})
+    messages as override_name(key): the command line's flags); validated. A RunConfig, or the config of `command`
+    (CONFIGS) with the options it takes. An option given that does not apply to the network (kernel_size for an
+    MLP, slope for tanh) is refused, even at its default value."""
+    keys = command_fields(command)
+    given = file_options(read_toml(path), f"{path}: ", keys) if path is not None else {}
+    overridden = checked(overrides or {}, name=override_name, keys=keys)
+    cfg = CONFIGS.get(command, RunConfig)(**{**given, **overridden})
+    for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
+        if key in overridden:
+            raise _not_applying(key, cfg, override_name(key) if override_name else None)
+        if key in given:
+            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
     validate(cfg)
     return cfg
 
@@ -501,9 +683,10 @@ def parse_value(text: str):
 # ---- the whole config ------------------------------------------------------------------------------------------
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ConfigError with one clear line for anything that cannot run."""
-    for key in FIELDS:
-        check_value(key, getattr(cfg, key))
+    """Raise ConfigError with one clear line for anything that cannot run, or that sets an option the network
+    ignores (away from its default)."""
+    for f in fields(cfg):
+        check_value(f.name, getattr(cfg, f.name))
     if cfg.seed + cfg.seeds > SEED_LIMIT:
         raise ConfigError(f"seed + seeds must stay below 2^63, got seed {cfg.seed} with {cfg.seeds} seeds")
     _check_scope(cfg)
@@ -529,6 +712,28 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} does not apply to init '{cfg.init}' (it takes {takes})")
     if (cfg.bias == "normal") != (cfg.bias_std is not None):
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
+    if isinstance(cfg, TrainConfig):
+        _check_training(cfg)
+
+
+def _check_training(cfg: TrainConfig) -> None:
+    for key in NOT_TRAINED:
+        if getattr(cfg, key) != FIELDS[key].default:
+            raise ConfigError(f"{key} is an option of run, not of train")
+    for key, value in data_shape(cfg).items():
+        if getattr(cfg, key) != value:
+            raise ConfigError(f"{key} is the data's: {value} for {cfg.data}, got {getattr(cfg, key)}")
+    if cfg.data != "teacher":
+        given = [k for k in TEACHER_OPTIONS if getattr(cfg, k) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} goes with data = teacher, not {cfg.data}")
+    elif cfg.arch == "cnn":
+        raise ConfigError("data = teacher is for an MLP (its inputs are vectors); arch = cnn learns data = digits "
+                          "(1x8x8 images)")
+    if cfg.optimizer != "sgd" and cfg.momentum is not None:
+        raise ConfigError(f"momentum is sgd's; {cfg.optimizer} has its own moments")
+    if cfg.data == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("the digits data needs `pip install initprobe[train]` (scikit-learn, which ships them)")
 
 
 def _check_architecture(cfg: RunConfig) -> None:
@@ -539,8 +744,6 @@ def _check_architecture(cfg: RunConfig) -> None:
     if block.stem and cfg.depth < 2:
         raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
                           f"2..depth, got depth {cfg.depth}")
-    if not block.stem and cfg.branch_scale != FIELDS["branch_scale"].default:
-        raise ConfigError(f"branch_scale applies to residual blocks, not to --block {cfg.block}; add --block residual")
     positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
     if norm.standardizes and norm.group_size(cfg.width, cfg.batch, positions) < 2:
         over, flag_, got = ("the batch", "--batch", cfg.batch) if norm.over == "batch" else \
@@ -558,16 +761,13 @@ def branch_alpha(cfg: RunConfig) -> float:
 
 
 def _check_scope(cfg: RunConfig) -> None:
-    """The built-in network's options with --model, and the model's options without it, are refused when set
-    (a value other than the default): they would be silently ignored."""
-    kind = network_kind(cfg.model, cfg.arch)
-    for key, opt in OPTIONS.items():
-        if applies(key, kind) or getattr(cfg, key) == FIELDS[key].default:
-            continue
-        if kind == MODEL_KIND:
-            raise ConfigError(f"{key} is an option of the built-in network; a --model run takes the model as it is")
-        if opt.scope == (MODEL_KIND,):
-            raise ConfigError(f"{key} goes with --model")
+    """An option set (a value other than its default) for a network it means nothing for is refused: it would be
+    silently ignored. The built-in network's options with --model, the model's without it, the CNN's for an MLP
+    (and the other way round), slope for an activation it does not shape."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for key in inapplicable(cfg):
+        if getattr(cfg, key) != defaults[key]:
+            raise _not_applying(key, cfg)
 
 
 def _check_model_run(cfg: RunConfig) -> None:
@@ -613,34 +813,67 @@ def init_params(cfg: RunConfig) -> dict:
 
 # ---- describing the options --------------------------------------------------------------------------------------
 
-def default_text(key: str) -> str:
-    opt, default = OPTIONS[key], FIELDS[key].default
+def default_text(key: str, command: str = RUN) -> str:
+    """The default of option `key` as `command` declares it, in words where it is None or depends on other options."""
+    declared = command_fields(command).get(key, DECLARED[key])
+    opt, default = declared.metadata["option"], declared.default
     if opt.default_text is not None:
         return opt.default_text
     return "-" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def type_text(key: str) -> str:
-    """'tanh | relu | ...' for choices, else the type ('int', 'float or str')."""
-    opt = OPTIONS[key]
-    if opt.words:
-        return "a number or " + " or ".join(opt.words)
+    """'tanh | relu | ...' for choices, else the type ('int', 'float or auto')."""
+    opt = DECLARED_OPTIONS[key]
     if opt.choices is not None:
         names = " | ".join(opt.choices()) if len(opt.choices()) <= 6 else f"an {opt.kind}" if opt.kind[0] in "aeiou" \
             else f"a {opt.kind}"
         return names + (f" or {opt.open_choices}" if opt.open_choices else "")
-    return " or ".join(type_name(t) for t in value_types(key))
+    types = [type_name(t) for t in value_types(key) if not (opt.words and t is str)]
+    return " or ".join(types + list(opt.words))
+
+
+def described(key: str) -> tuple[str, str]:
+    """(default, meaning) of option `key` for every command that takes it: the run option's, and train's where its
+    declaration differs."""
+    default, meaning = default_text(key), DECLARED_OPTIONS[key].help
+    if key in FIELDS and key in TRAIN_FIELDS:
+        if default_text(key, TRAIN) != default:
+            default += f"; train: {default_text(key, TRAIN)}"
+        if TRAIN_FIELDS[key].metadata["option"].help != meaning:
+            meaning += f" Train: {TRAIN_FIELDS[key].metadata['option'].help}"
+    return default, meaning
+
+def _applies_markdown() -> str:
+    """Which options mean something only for some networks, from their declarations."""
+    def keys(scope):
+        return ", ".join(f"`{k}`" for k, o in OPTIONS.items() if o.scope == scope)
+
+    by_arch = "; ".join(f"the {arch.upper()}'s {keys((arch,))}" for arch in ARCHS if keys((arch,)))
+    by_act = "; ".join(f"`{k}` only for " + ", ".join(n for n, a in activations.ACTIVATIONS.items()
+                                                      if getattr(a, o.act_flag))
+                       for k, o in OPTIONS.items() if o.act_flag)
+    return (f"Some options mean something only for some networks. The built-in network's ({keys(NETWORKS)}, and "
+            f"those of one arch: {by_arch}) mean nothing for a --model, whose own ({keys((MODEL_KIND,))}) mean "
+            f"nothing for the built-in network; {by_act}. `run`, `theory`, `phase` and `train` refuse one given for "
+            "another network; a sweep sets it to its default in the runs whose network ignores it, so those runs "
+            "collapse into one.")
 
 
 def options_markdown() -> str:
-    """docs/options.md: every run option, from the declarations above (a test keeps the file equal to this)."""
-    lines = ["# Run options", "",
+    """docs/options.md: every option of run, theory, phase and train, from the declarations above (a test keeps the
+    file equal to this)."""
+    lines = ["# Options", "",
              "Generated from `initprobe/config.py` (the one place each option is declared): the same keys go in "
              "config files (flat or under `[run]`, dashes or underscores) and in a sweep's `[base]`, `[grid]` and "
-             "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table.",
+             "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table. "
+             f"`train` takes every run option except {', '.join(NOT_TRAINED)} and {', '.join(FROM_DATA)} (the data "
+             "sets these), and adds its own (the Data and Training panels of `initprobe train --help`).",
+             "", _applies_markdown(),
              "", "| key | flag | commands | takes | default | meaning |", "|---|---|---|---|---|---|"]
-    for key, opt in OPTIONS.items():
+    for key in DECLARED:
         flags = flag(key) if value_types(key) != (bool,) else f"{flag(key)} / --no-{flag(key)[2:]}"
-        cells = [f"`{key}`", f"`{flags}`", ", ".join(opt.commands), type_text(key), default_text(key), opt.help]
+        default, meaning = described(key)
+        cells = [f"`{key}`", f"`{flags}`", ", ".join(commands(key)), type_text(key), default, meaning]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -42,12 +42,19 @@ def make_layer(cfg: config.RunConfig, l: int, seed: int, device) -> tuple[torch.
     dtype = DTYPES[cfg.dtype]
     w = torch.empty(weight_shape(cfg, n_in, n_out), device=device, dtype=dtype)
     b = torch.empty(n_out, device=device, dtype=dtype)
+    return init_(cfg, w, b, gen)
+
+
+@torch.no_grad()
+def init_(cfg: config.RunConfig, w, b, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight w and bias b initialized in place as `cfg` says, from `generator`. A data-dependent init (lsuv) starts
+    orthogonal (build() rescales it on a batch)."""
     spec = inits.get(cfg.init)
     if spec.data_dependent:
-        inits.orthogonal_(w, generator=gen)
+        inits.orthogonal_(w, generator=generator)
     else:
-        spec.fn(w, generator=gen, **config.init_params(cfg))
-    init_bias_(b, w, cfg, gen)
+        spec.fn(w, generator=generator, **config.init_params(cfg))
+    init_bias_(b, w, cfg, generator)
     return w, b
 
 
@@ -142,3 +149,23 @@ def make_input(cfg: config.RunConfig, batch: int, device, generator) -> torch.Te
     else:
         shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     return torch.randn(shape, device=device, dtype=DTYPES[cfg.dtype], generator=generator)
+
+
+def make_readout(cfg: config.RunConfig, classes: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained network's linear readout from the last block to `classes` logits, initialized like the blocks
+    (the same scheme and biases, from a generator seeded with `seed`). Its weight is (classes, width) for the MLP and
+    (classes, width, 1, 1) for the CNN, which reads each channel's mean over the positions: with a 1x1 kernel the
+    fans are the Linear's, and a CNN-only init (delta_orthogonal) applies too. A data-dependent init leaves it
+    orthogonal, as lsuv starts (there is no batch to rescale it on)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (classes, cfg.width) if cfg.arch == "mlp" else (classes, cfg.width, 1, 1)
+    w = torch.empty(shape, device=device, dtype=DTYPES[cfg.dtype])
+    b = torch.empty(classes, device=device, dtype=DTYPES[cfg.dtype])
+    return init_(cfg, w, b, gen)
+
+
+def readout(cfg: config.RunConfig, x, w, b):
+    """Logits (batch, classes) of the last block's output x: W x + b (the CNN's x averaged over positions first)."""
+    if cfg.arch == "cnn":
+        x = x.mean(dim=(2, 3))  # (batch, width)
+    return F.linear(x, w.flatten(1), b)

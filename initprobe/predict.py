@@ -89,13 +89,15 @@ def samples(cfg: config.RunConfig) -> int:
     return cfg.batch * shapes.positions(cfg)
 
 
-def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict[str, np.ndarray]:
-    """theory_* columns (THEORY_COLUMNS), one value per layer, for these second moments E[(W^l)^2]: the recursion
-    of the config's architecture (theory.predict, theory.residual, theory.normalized); nan where no_prediction()
-    names a reason."""
+def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q,
+            input_corr: float = 0.0) -> dict[str, np.ndarray]:
+    """theory_* columns (THEORY_COLUMNS), one value per layer, for these second moments E[(W^l)^2], and inputs with
+    E[x0^2] = input_q and mean correlation input_corr between two of them (a run's x0 ~ N(0, 1): 1 and 0): the
+    recursion of the config's architecture (theory.predict, theory.residual, theory.normalized); nan where
+    no_prediction() names a reason."""
     fan_in, fan_out = fans(cfg)
     n = samples(cfg)
-    common = dict(bias_var=bias_variance(cfg), input_q=INPUT_Q, slope=cfg.slope, n_terms=n)
+    common = dict(bias_var=bias_variance(cfg), input_q=input_q, input_corr=input_corr, slope=cfg.slope, n_terms=n)
     norm = blocks.norm(cfg.norm)
     if blocks.block(cfg.block).stem:
         out = theory.residual(cfg.act, weight_sq_mean, fan_in, fan_out, config.branch_alpha(cfg), norm, samples=n,
@@ -103,7 +105,7 @@ def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict[str, np.n
     elif norm.standardizes:
         out = theory.normalized(cfg.act, weight_sq_mean, fan_in, fan_out, norm, samples=n, **common)
     else:
-        out = theory.predict(cfg.act, weight_sq_mean, fan_in, fan_out, input_corr=0.0, samples=n, **common)
+        out = theory.predict(cfg.act, weight_sq_mean, fan_in, fan_out, samples=n, **common)
         out["theory_preact_corr"] = out.pop("theory_corr")
     depth = len(weight_sq_mean)
     out = {k: out.get(k, np.full(depth, np.nan)) for k in THEORY_COLUMNS}
@@ -158,33 +160,34 @@ def measured_second_moment(frame: pd.DataFrame) -> pd.Series:
     return frame.groupby("layer")[WEIGHT_MOMENT].mean().sort_index()
 
 
-def add_theory(frame: pd.DataFrame, cfg: config.RunConfig) -> pd.DataFrame:
+def add_theory(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q,
+               input_corr: float = 0.0) -> pd.DataFrame:
     """The run's layers with theory_* columns, predicted from each layer's measured E[W^2] averaged over the seeds
     (so lsuv, orthogonal or a user's init are predicted from the weights they actually produced). One prediction
     serves every seed: seeds' second moments differ by O(1/width), far below what the statistics resolve, and the
-    quadrature is the costly part of a small run."""
+    quadrature is the costly part of a small run. Inputs as in columns()."""
     moment = measured_second_moment(frame)
-    theory_cols = pd.DataFrame(columns(cfg, moment.to_numpy()), index=moment.index)
+    theory_cols = pd.DataFrame(columns(cfg, moment.to_numpy(), input_q, input_corr), index=moment.index)
     return frame.join(theory_cols, on="layer")
 
 
-def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict:
+def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q) -> dict:
     """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one), for these
     second moments E[(W^l)^2]. q* is the fixed point the recursion reaches from the network's own q^1 (layer 1's
     sigma_w^2 E[x0^2] + sigma_b^2), which decides it where every q is a fixed point (relu, sigma_w^2 = 2).
     Residual and normalized networks have no fixed point: architecture_scales."""
     if not is_plain(cfg):
-        return architecture_scales(cfg, weight_sq_mean)
+        return architecture_scales(cfg, weight_sq_mean, input_q)
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
     sigma_w2 = float(fan_in[l] * weight_sq_mean[l])
     sigma_b2 = float(bias_variance(cfg)[l])
-    q1 = float(fan_in[0] * weight_sq_mean[0] * INPUT_Q + bias_variance(cfg)[0])
+    q1 = float(fan_in[0] * weight_sq_mean[0] * input_q + bias_variance(cfg)[0])
     out = theory.depth_scales(cfg.act, sigma_w2, sigma_b2, cfg.slope, start=q1)
     return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, **out}
 
 
-def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> dict:
+def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q) -> dict:
     """What the prediction of a residual or normalized network says end to end, for these E[(W^l)^2]: the square
     layers' sigma_w^2 and sigma_b^2, the predicted forward ratio act_var[depth]/act_var[1] and backward ratio of
     the gradient that carries the signal down (blocks.Block.stream_gradient), their per-layer gains and verdicts
@@ -193,7 +196,7 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> di
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
     sigma_w2, sigma_b2 = float(fan_in[l] * weight_sq_mean[l]), float(bias_variance(cfg)[l])
-    cols = columns(cfg, weight_sq_mean)
+    cols = columns(cfg, weight_sq_mean, input_q)
     stream = "theory_" + blocks.block(cfg.block).stream_gradient
     with np.errstate(divide="ignore", invalid="ignore"):
         forward = float(cols["theory_act_var"][-1] / cols["theory_act_var"][0])
@@ -239,21 +242,57 @@ def deviation(frame: pd.DataFrame) -> dict:
     return out
 
 
-def summary(frame: pd.DataFrame, cfg: config.RunConfig) -> dict:
+def summary(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q) -> dict:
     """summary.json's "theory": {"nominal": the scheme's scales (None, with "nominal_note", where it has no
     formula), "realized": the scales of the weights this run drew (their E[W^2] averaged over the seeds),
     "max_relative_deviation": of the measurement from the realized network's theory_* columns}; for residual or
     normalized networks also "architecture" (describe), "notes" (what the prediction leaves out) and
     "no_prediction" (theory_* columns without one, and why)."""
     nominal = expected_second_moment(cfg)
-    out = {"nominal": None if nominal is None else scales(cfg, nominal)}
+    out = {"nominal": None if nominal is None else scales(cfg, nominal, input_q)}
     if nominal is None:
         out["nominal_note"] = nominal_note(cfg)
-    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy())
+    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy(), input_q)
     out["max_relative_deviation"] = deviation(frame)
     if not is_plain(cfg):
         out.update(architecture=describe(cfg), notes=notes(cfg), no_prediction=no_prediction(cfg))
     return out
+
+
+BACKWARD_THEORY = ("theory_grad_preact_var", "theory_grad_act_var", "theory_weight_grad_var")
+
+
+def from_top_gradient(frame: pd.DataFrame) -> pd.DataFrame:
+    """The backward predictions of `frame` (made for a unit-variance cotangent at the top) for the gradient that
+    reached the top of this network, a loss's: the backward recursion is linear in E[(dL/dx^depth)^2], so each
+    is scaled by the measured grad_act_var at the top layer over its prediction (means over the seeds)."""
+    top = frame[frame["layer"] == frame["layer"].max()]
+    ratio = top["grad_act_var"].mean() / top["theory_grad_act_var"].mean()
+    return frame.assign(**{c: frame[c] * ratio for c in BACKWARD_THEORY if c in frame})
+
+
+TRAINABLE_DEPTHS = 6.0  # Schoenholz et al. 2017: a network trains while its depth is below about 6 xi_c
+
+
+def trainability(theory_summary: dict, depth: int) -> dict:
+    """Whether mean-field theory expects a network of `depth` layers to train (Schoenholz et al. 2017): depth
+    below TRAINABLE_DEPTHS xi_c, the depth over which the correlation of two inputs relaxes to its fixed point, so
+    that the last layer can still tell inputs apart (and gradients neither vanish nor explode). From the scheme's
+    nominal scales (summary()'s "nominal"), else the realized network's; "unknown" where xi_c is not a number."""
+    source = "nominal" if theory_summary.get("nominal") else "realized"
+    found = theory_summary[source]
+    six = TRAINABLE_DEPTHS * found["xi_c"]
+    predicted = "unknown" if math.isnan(six) else "trainable" if depth < six else "untrainable"
+    return {"from": source, "sigma_w2": found["sigma_w2"], "sigma_b2": found["sigma_b2"], "xi_q": found["xi_q"],
+            "xi_c": found["xi_c"], "six_xi_c": six, "depth": depth, "predicted": predicted}
+
+
+def trainability_curves(act: str, sigma_w2: np.ndarray, sigma_b2: float, slope: float = 0.01) -> pd.DataFrame:
+    """xi_q, xi_c and TRAINABLE_DEPTHS xi_c along sigma_w2 at one sigma_b2: the curves a trainability heatmap draws
+    over its cells."""
+    rows = [theory.depth_scales(act, w, sigma_b2, slope) for w in sigma_w2]
+    return pd.DataFrame({"sigma_w2": sigma_w2, "xi_q": [r["xi_q"] for r in rows], "xi_c": [r["xi_c"] for r in rows],
+                         "six_xi_c": [TRAINABLE_DEPTHS * r["xi_c"] for r in rows]})
 
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:

@@ -305,21 +305,27 @@ def recorder(depth, dtype, device, saturation, phi, hist_layers=()) -> Recorder:
     return cls(depth, stat_dtype(dtype), device, saturation, phi, hist_layers)
 
 
-def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
+def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=(), keep_grads=False):
     """Statistics (depth, len(COLUMNS)) on the device, and histogram inputs {(quantity, l): tensor}.
     `params` are the layers' (weight, bias), weights as leaves that require grad.
 
-    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
+    Loss L = sum(cotangent * x^depth): the gradient at the top is the cotangent, a unit-variance one for a run.
+    `cotangent` may also be a function of x^depth that returns it (training: dL/dx^depth of the real loss, which
+    needs x^depth). With `keep_grads` every dL/dW stays in its weight's .grad (an optimizer steps with them);
+    without, each is freed once read, so memory holds one layer's worth."""
     net = models.Net.of(cfg, phi)
     rec = recorder(len(params), x0.dtype, x0.device, saturation, phi, hist_layers)
-    rec.leaves = [w for w, _ in params]
+    rec.leaves = None if keep_grads else [w for w, _ in params]
     x = x0
     for l, (w, b) in enumerate(params):
         w.grad = None
         x = record(rec, net, l, net.layer(l, x, w, b), w)
-    backward(x, cotangent)
-    for l in range(len(params)):
-        rec.take_weight_grad(l)
+    backward(x, cotangent(x) if callable(cotangent) else cotangent)
+    for l, (w, _) in enumerate(params):
+        if keep_grads:
+            rec.weight_grad(l, w.grad)
+        else:
+            rec.take_weight_grad(l)
     n_weights = weight_counts(cfg, rec.fwd.buf.dtype, x0.device)
     return rec.columns(x0.shape[0], x.numel(), n_weights, net.alpha), rec.kept
 

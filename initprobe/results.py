@@ -196,12 +196,14 @@ def read_layers(source) -> pd.DataFrame:
 
 
 def read_run(path: str | Path) -> dict:
-    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary'}; ConfigError if it is not one."""
+    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary', 'jacobian', 'metrics'} (the last two
+    None where the run has none: metrics.csv is a training run's); ConfigError if it is not one."""
     path = Path(path)
     if not (path / "layers.csv").is_file() or not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a run directory (no layers.csv/config.json)")
-    hist_path, jac_path = path / "histograms.csv", path / "jacobian.csv"
+    hist_path, jac_path, metrics_path = path / "histograms.csv", path / "jacobian.csv", path / "metrics.csv"
     return {
+        "metrics": pd.read_csv(metrics_path) if metrics_path.is_file() else None,
         "jacobian": pd.read_csv(jac_path) if jac_path.is_file() else None,
         "path": path,
         "config": read_json(path / "config.json"),

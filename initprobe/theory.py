@@ -485,7 +485,7 @@ def _residual_backward(over, q, k, a0, scale, samples, mo):
 
 
 def normalized(act, weight_sq, fan_in, fan_out, norm, bias_var=0.0, input_q=1.0, samples=256, slope=0.01,
-               n_terms=1) -> dict[str, np.ndarray]:
+               n_terms=1, input_corr=0.0) -> dict[str, np.ndarray]:
     """Per-layer predictions of a plain network with a norm: a^l = W^l x^{l-1} + b^l, h^l = N(a^l), x^l = phi(h^l).
 
     The forward pass is pinned: h has unit variance at every layer (up to eps). Layer norm: h ~ N(0, 1); the
@@ -506,7 +506,8 @@ def normalized(act, weight_sq, fan_in, fan_out, norm, bias_var=0.0, input_q=1.0,
     mean1, sq1, dsq1 = gauss.moments(1.0)
     mo = None if per_example else batch_moments(act, samples, slope)
     x_sq = np.concatenate([[input_q], np.full(depth - 1, sq1 if per_example else mo["d"])])  # E[(x^{l-1})^2]
-    x_cross = np.zeros(depth)  # E[x^{l-1}_a x^{l-1}_b]: the input's 0, then the layers'
+    x_cross = np.zeros(depth)  # E[x^{l-1}_a x^{l-1}_b]: the input's, then the layers'
+    x_cross[0] = input_q * input_corr
     a_var, a_corr = np.empty(depth), np.empty(depth)
     with np.errstate(all="ignore"):
         for l in range(depth):

@@ -84,7 +84,8 @@ ERRORS = {  # id: (argv, substrings the one line must contain)
     "cnn-batch-norm-of-one-value": (["run", "--arch", "cnn", "--norm", "batch", "--image-size", "1",
                                      "--kernel-size", "1", *TINY, "--batch", "1"], ["--norm batch", "positions"]),
     "residual-without-blocks": (["run", "--block", "residual", *TINY, "--depth", "1"], ["residual", "depth"]),
-    "branch-scale-on-plain-blocks": (["run", "--branch-scale", "0.5", *TINY], ["branch_scale", "--block residual"]),
+    "branch-scale-on-plain-blocks": (["run", "--branch-scale", "0.5", *TINY],
+                                     ["--branch-scale", "block 'plain'", "'residual'"]),
     "branch-scale-negative": (["run", "--block", "residual", "--branch-scale", "-1", *TINY],
                               ["--branch-scale", "non-negative"]),
     "branch-scale-unknown-word": (["run", "--block", "residual", "--branch-scale", "inv_sqrt", *TINY],
@@ -321,7 +322,7 @@ def loaded_by(args, cwd) -> tuple[str, set]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["sweep", "--help"], ["theory", "--help"],
-                                  ["list"]], ids=" ".join)
+                                  ["train", "--help"], ["list"]], ids=" ".join)
 def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args):
     """What keeps them instant: none of the heavy modules is imported to print help or the registries (numpy is
     allowed: list computes the gains of the activations PyTorch has none for)."""

@@ -517,7 +517,7 @@ ERRORS = {  # id: (argv, substrings of the one line)
     "input-rejected": (MODEL + ["--input-shape", "5,4,4"], ["Net rejected its input", "(8, 5, 4, 4)"]),
     "input-shape-needed": (MODEL, ["--input-shape"]),
     "depth-with-model": (MODEL + ["--depth", "3"], ["depth", "--model"]),
-    "model-arg-without-model": (["--model-arg", "n=1"], ["model_args", "--model"]),
+    "model-arg-without-model": (["--model-arg", "n=1"], ["--model-arg", "--model"]),
     "model-without-colon": (["--model", "gpt2"], ["hf:gpt2"]),
     "bad-model-arg": (MODEL + ["--model-arg", "novalue"], ["KEY=VALUE"]),
     "bad-input-shape": (MODEL + ["--input-shape", "3,x"], ["--input-shape", "3,x"]),

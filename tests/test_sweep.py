@@ -695,3 +695,97 @@ def test_process_backend_a_killed_worker_fails_only_its_own_run(tmp_path, monkey
     ok = runs.drop("killer_init:die_")
     assert ok["status"].eq("ok").all()  # before it, or in flight with it (retried alone)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(ok["run_id"])  # no staging folder left
+
+
+# --- sweeps of train runs -------------------------------------------------------------------------------------------
+
+TRAIN_SWEEP = """
+[sweep]
+command = "train"
+[base]
+act = "tanh"
+init = "variance_scaling"
+distribution = "normal"
+width = 8
+batch = 8
+seeds = 1
+steps = 4
+record_every = 2
+[grid]
+scale = [0.5, 2.0]
+depth = [2, 4]
+"""
+
+
+def test_train_keys_belong_to_train_sweeps(tmp_path):
+    """A train sweep takes train's options (steps) and not run's alone (jacobian); a run sweep refuses train's."""
+    s = sweep.load_sweep(write(tmp_path, TRAIN_SWEEP))
+    assert len(s.points) == 4 and all(p.steps == 4 for p in s.points)
+    assert all(rid.startswith("train-") for rid in s.run_ids)
+    with pytest.raises(ConfigError, match="base.jacobian: unknown key"):
+        sweep.load_sweep(write(tmp_path, TRAIN_SWEEP.replace("[grid]", "jacobian = true\n[grid]")))
+    with pytest.raises(ConfigError, match="base.steps: unknown key"):
+        sweep.load_sweep(write(tmp_path, TINY + "steps = 3\n"))
+
+
+@pytest.fixture(scope="module")
+def train_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    result = sweep.run_sweep(sweep.load_sweep(write(tmp, TRAIN_SWEEP)), out_dir=tmp / "out", backend="local")
+    return result
+
+
+@pytest.mark.slow
+def test_a_train_sweep_records_each_runs_outcome_and_trainability(train_sweep):
+    """runs.csv: each run's final accuracy and mean-field trainability, as its summary.json has them; layers.csv has
+    every recorded step; the report adds the trainability heatmap, with the depth scales over the sigma_w^2 it
+    spans."""
+    runs = read_runs(train_sweep.path)
+    assert set(runs["status"]) == {"ok"} and len(runs) == 4
+    for _, row in runs.iterrows():
+        summary = sweep_report.results.read_json(train_sweep.path / row["path"] / "summary.json")
+        assert row["final_test_accuracy"] == pytest.approx(summary["final_test_accuracy"])
+        assert row["six_xi_c"] == pytest.approx(summary["trainability"]["six_xi_c"])
+        assert row["predicted"] == summary["trainability"]["predicted"]
+        assert row["sigma_w2"] == pytest.approx(row["scale"])  # variance_scaling, fan_in: sigma_w^2 is the scale
+    assert sorted(pd.read_csv(train_sweep.path / "layers.csv")["step"].unique()) == [0, 2, 4]
+    assert (train_sweep.path / "figures" / "trainability.png").stat().st_size > 10_000
+    assert "Trainability" in train_sweep.report.read_text()
+    curves = sweep_report.trainability_curves(runs)
+    assert curves["sigma_w2"].min() < 0.5 and curves["sigma_w2"].max() > 2.0  # the outer cells' edges
+
+
+def test_trainability_heatmap_colours_each_cells_mean_accuracy_and_draws_the_depth_scales():
+    """Cells are (sigma_w^2, depth), coloured by the mean final accuracy of their runs (two seeds pooled here); the
+    curves are the depth scales given (predict.trainability_curves); depth is on a log axis."""
+    from initprobe import predict
+
+    cells = [(w, d, s) for w in (0.5, 1.0, 2.0) for d in (3, 30) for s in (0, 1)]
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(len(cells))], "status": "ok",
+                         "sigma_w2": [w for w, _, _ in cells], "depth": [d for _, d, _ in cells],
+                         "seed": [s for _, _, s in cells], "final_test_accuracy": np.linspace(0.1, 0.9, len(cells))})
+    curves = predict.trainability_curves("tanh", np.linspace(0.3, 2.5, 5), 0.05)
+    ax = sweep_figures.trainability_figure(runs, ["sigma_w2", "depth", "seed"], "t", curves).axes[0]
+    want = runs.pivot_table(index="depth", columns="sigma_w2", values="final_test_accuracy").to_numpy()
+    np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).reshape(want.shape), want)
+    drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    np.testing.assert_allclose(next(v for k, v in drawn.items() if k.startswith(r"$6")), curves["six_xi_c"])
+    np.testing.assert_allclose(next(v for k, v in drawn.items() if k.startswith(r"$\xi_q")), curves["xi_q"])
+    assert ax.get_yscale() == "log" and ax.get_xlabel().startswith(r"$\sigma_w^2$")
+
+
+@pytest.mark.slow
+def test_a_train_sweep_gives_the_same_numbers_on_the_process_backend(tmp_path, train_sweep):
+    s = sweep.load_sweep(write(tmp_path, TRAIN_SWEEP))
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
+    assert result.failed == 0
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), numeric_layers(train_sweep.path),
+                                  check_exact=True)
+
+
+def test_trainability_heatmap_axes_are_sigma_w2_and_depth_where_both_vary_else_the_swept_keys():
+    runs = pd.DataFrame({"depth": [10, 10, 20, 20], "sigma_w2": [1.0, 2.0, 1.0, 2.0], "scale": [1.0, 2.0, 1.0, 2.0],
+                         "init": ["a", "b", "a", "b"], "seed": [0, 1, 0, 1]})
+    assert sweep_figures.heatmap_axes(runs, ["scale", "depth"]) == ("sigma_w2", "depth")
+    one_depth = runs[runs["depth"] == 10]  # an init's sigma_w^2 is no axis of its own: the init is
+    assert sweep_figures.heatmap_axes(one_depth, ["init", "seed"]) == (None, "init")

@@ -31,6 +31,25 @@ def summary(summary: dict, path) -> Table:
     return table
 
 
+def training(summary: dict, path) -> Table:
+    """A training run's outcome per seed, with the mean, chance and what mean-field theory predicted."""
+    table = Table(title=escape(f"initprobe train — {path}"))
+    for col in ("seed", "last step", "diverged at", "train loss", "train accuracy", "test loss", "test accuracy"):
+        table.add_column(col, overflow="fold")
+    for s in summary["seeds"]:
+        diverged = "-" if s["diverged_at"] is None else f"[red]{s['diverged_at']}[/]"
+        table.add_row(str(s["seed"]), str(s["last_step"]), diverged, *[number(s[k]) for k in (
+            "train_loss", "train_accuracy", "test_loss", "test_accuracy")])
+    trainable = summary["trainability"]
+    table.caption = escape(
+        f"mean final test accuracy {number(summary['final_test_accuracy'])} (chance "
+        f"{number(summary['chance_accuracy'])}) · mean field: 6 xi_c = {number(trainable['six_xi_c'])} "
+        f"(sigma_w^2 = {number(trainable['sigma_w2'])}, sigma_b^2 = {number(trainable['sigma_b2'])}) vs depth "
+        f"{trainable['depth']}: predicted {trainable['predicted']} · trained in "
+        f"{summary['timings']['train_seconds']:.1f} s") + "\n[dim]train loss and accuracy: the last step's minibatch[/]"
+    return table
+
+
 SCALE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "q*": "q_star", "chi_1": "chi_1", "xi_q": "xi_q",
                  "xi_c": "xi_c", "gradient scale": "xi_grad"}
 # what a residual or normalized network's prediction says instead (predict.architecture_scales)
@@ -130,17 +149,21 @@ def layers(frame, columns=PLAIN_LAYER_COLUMNS) -> Table:
 
 
 def ranking(ranked, name: str) -> Table:
+    """The ranking of a sweep's runs; a train sweep's also show each run's final test accuracy."""
+    trained = "final_test_accuracy" in ranked
     table = Table(title=escape(f"Sweep {name} — ranked by |log10 forward ratio| + |log10 backward ratio| "
-                               "(0 is ideal)"))
-    for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
+                               f"(0 is ideal){' at step 0' if trained else ''}"))
+    for col in ("rank", "run", "forward ratio", "backward ratio", "score", *(["final test accuracy"] * trained)):
         table.add_column(col, overflow="fold")
     for _, r in ranked.iterrows():
         label = escape(str(r.get("label", r.get("run_id"))))
         if r.get("status") == "failed":
-            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]))
+            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]),
+                          *(["-"] * trained))
             continue
+        accuracy = [number(r["final_test_accuracy"])] if trained else []
         table.add_row(str(r["rank"]), label, number(r["forward_ratio"]), number(r["backward_ratio"]),
-                      number(r["score"]))
+                      number(r["score"]), *accuracy)
     return table
 
 
@@ -195,11 +218,12 @@ def block_table() -> Table:
 
 
 def option_table() -> Table:
-    table = Table(title="Run options (config keys; on the command line --key-with-dashes)")
+    table = Table(title="Options (config keys; on the command line --key-with-dashes)")
     for col in ("key", "commands", "takes", "default", "meaning"):
         table.add_column(col, overflow="fold")
-    for key, opt in config.OPTIONS.items():
-        table.add_row(key, ", ".join(opt.commands), escape(config.type_text(key)), escape(config.default_text(key)),
-                      escape(opt.help))
+    for key in config.DECLARED:
+        default, meaning = config.described(key)
+        table.add_row(key, ", ".join(config.commands(key)), escape(config.type_text(key)), escape(default),
+                      escape(meaning))
     return table
 

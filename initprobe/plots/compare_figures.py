@@ -1,9 +1,11 @@
 """Overlays of several runs (`initprobe plot RUN RUN ...`): each run in its colour, labelled by what differs."""
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -12,6 +14,10 @@ from .draw import (BACKWARD, FIGSIZE, FORWARD, column_name, constant_note, draw_
                    log_limits, mark_trouble, model_figsize, module_names, new_figure, save, seed_matrix, series_style,
                    set_layer_axis, set_log_axis, wrapped)
 from .labels import distinguishing_labels
+
+LEGEND_COLUMNS = 3
+MIN_LINE = 20  # characters: a legend line is not wrapped narrower than this
+
 
 def run_colours(n: int) -> list:
     if n <= 10:
@@ -66,14 +72,34 @@ def legend_handle(column: str, style: str, layers) -> Line2D:
                   label=column_name(column, layers))
 
 
+def run_legend(fig: Figure, handles: list) -> None:
+    """The runs' legend below the panels, in the most columns (at most LEGEND_COLUMNS) that fit the figure's width;
+    labels too wide even alone are wrapped at their spaces, narrower until they fit. Measured, not guessed: a
+    label's width depends on its text and the font, and a legend wider than the figure is cut off at both edges."""
+    room, renderer = fig.bbox.width * 0.98, FigureCanvasAgg(fig).get_renderer()
+    texts = [h.get_label() for h in handles]
+    ncols, chars = min(len(handles), LEGEND_COLUMNS), max(len(t) for t in texts)
+    while True:
+        legend = fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=9, frameon=False)
+        width = legend.get_window_extent(renderer).width
+        if width <= room or (ncols == 1 and chars <= MIN_LINE):
+            return
+        legend.remove()
+        if ncols > 1:
+            ncols -= 1
+            continue
+        chars = max(MIN_LINE, min(chars - 1, int(chars * room / width)))
+        for h, text in zip(handles, texts):
+            h.set_label(textwrap.fill(text, chars, break_long_words=False))
+
+
 def compare_figure(runs, labels, common, panels, width_ratios=None) -> Figure:
     names = shared_names(runs)
     fig, axes = new_figure(len(panels), width_ratios, model_figsize(names) if names else FIGSIZE)
     colours = run_colours(len(runs))
     for ax, (columns, title, direction) in zip(axes, panels):
         compare_panel(ax, runs, labels, colours, columns, title, direction)
-    handles = [Line2D([], [], color=c, lw=2.5, label=name) for c, name in zip(colours, labels)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 3), fontsize=9, frameon=False)
+    run_legend(fig, [Line2D([], [], color=c, lw=2.5, label=name) for c, name in zip(colours, labels)])
     fig.suptitle(wrapped(fig, f"{len(runs)} runs" + (f" · {common}" if common else "")))
     return fig
 

@@ -136,19 +136,25 @@ def _as_float(value) -> float:
 
 
 def verdict_text(summary: dict, direction: str) -> str:
-    """'end to end ×0.48: stable' from the summary, or '' for a run without one."""
+    """'end to end ×0.48: stable' from the summary, or '' for a run without one. A ratio that is not a number
+    says what made it: an overflow (from the first non-finite layer), or variances of exactly 0 (0/0)."""
     verdict = summary.get(f"{direction}_verdict")
     if verdict is None:
         return ""
-    ratio = _as_float(summary.get(f"{direction}_ratio"))
+    ratio, key = _as_float(summary.get(f"{direction}_ratio")), f"first_nonfinite_{direction}"
     between = "end to end"
     if summary.get("compared_modules"):  # a --model: the first and last call of its most repeated module
         first, last = summary["compared_modules"]
         between = f"{first} → {last}" if direction == "forward" else f"{last} → {first}"
-    if not np.isfinite(ratio):
-        return f"{between}: {verdict} (inf/nan)"
-    return f"{between} ×{ratio:.3g}: {verdict}"
-
+    if np.isfinite(ratio):
+        return f"{between} ×{ratio:.3g}: {verdict}"
+    if summary.get(key) is not None:
+        return f"{between}: {verdict} (inf/nan from layer {summary[key]})"
+    if np.isinf(ratio):  # x / 0, every statistic finite
+        return f"{between} ×{ratio:.3g}: {verdict}"
+    if key in summary:  # every statistic finite, yet no ratio
+        return f"{between}: {verdict} (0/0: variances of exactly 0)"
+    return f"{between}: {verdict} (inf/nan)"
 
 
 def scales_text(scales: dict) -> str:

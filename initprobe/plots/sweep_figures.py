@@ -18,6 +18,7 @@ Non-finite and non-positive values (overflow, exact zeros) cannot be drawn on a 
 figures say where they are. matplotlib's object API only (no pyplot state).
 """
 
+import functools
 import io
 import math
 import textwrap
@@ -28,7 +29,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from .. import config, formatting, inits, results
 
@@ -45,24 +46,35 @@ WRAPPED_COLUMNS = 3  # a one-column sweep's rows beyond the first two: side by s
 DPI = 110
 
 
-def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], title: str, fig_dir: Path) -> dict:
-    """profiles.png and ratios.png into fig_dir (two processes where there are two cores, forking.run_shared);
-    returns {name: PNG bytes}, empty where no run is ok."""
+def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], title: str, fig_dir: Path,
+         curves: pd.DataFrame | None = None) -> dict:
+    """profiles.png and ratios.png into fig_dir (two processes where there are two cores, forking.run_shared), and
+    for a sweep of train runs trainability.png first (with the mean-field `curves`, if given); returns {name: PNG
+    bytes}, empty where no run is ok. A train sweep's profiles and ratios are those of step 0."""
     from .. import forking
 
     ok = runs[runs["status"] == "ok"]
     if layers is None or not len(ok):
         return {}
+    if "step" in layers:
+        layers = layers[layers["step"] == 0]
     layers = mark_residual(layers, ok)
     groups, context = assign_groups(ok, varying), describe_fixed(ok, varying)
     every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
     every_groups = one_column_if_sparse(assign_groups(every, varying))
     fig_dir.mkdir(exist_ok=True)
-    paths = {"profiles": fig_dir / "profiles.png", "ratios": fig_dir / "ratios.png"}
     spp = spp_rows(layers, ok)
-    forking.run_shared([lambda: _save_png(profiles_figure(layers, groups, title, context, spp), paths["profiles"]),
-                        lambda: _save_png(ratios_figure(every, every_groups, title, context), paths["ratios"])])
+    figures = {"profiles": lambda: profiles_figure(layers, groups, title, context, spp),
+               "ratios": lambda: ratios_figure(every, every_groups, title, context)}
+    if "final_test_accuracy" in runs:
+        figures = {"trainability": lambda: trainability_figure(every, varying, title, curves, context), **figures}
+    paths = {name: fig_dir / f"{name}.png" for name in figures}
+    forking.run_shared([functools.partial(_save_made, make, paths[name]) for name, make in figures.items()])
     return {name: path.read_bytes() for name, path in paths.items()}
+
+
+def _save_made(make, path: Path) -> None:
+    _save_png(make(), path)
 
 
 def residual_ids(runs: pd.DataFrame) -> set:
@@ -126,7 +138,7 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
         parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
                   f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, _network_kind(row), _block(row))]
+                 if _present(row[k]) and config.applies(k, _network_kind(row), row.get("act"), _block(row))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -425,3 +437,110 @@ def _cell_runs(runs: pd.DataFrame, groups: pd.DataFrame, table: pd.DataFrame, i:
     return runs[runs["run_id"].isin(ids)]
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainability (a sweep of `initprobe train` runs)
+
+
+HEATMAP_Y = "depth"
+HEATMAP_X = "sigma_w2"  # the init's nominal sigma_w^2 (runs.csv, from each run's summary.json), when it varies
+CURVE_STYLES = {"six_xi_c": ("--", r"$6\,\xi_c$: trainable below (Schoenholz et al. 2017)"),
+                "xi_q": (":", r"$\xi_q$")}
+
+
+def heatmap_axes(runs: pd.DataFrame, varying: list[str]) -> tuple[str | None, str | None]:
+    """(x key, y key) of the trainability heatmap: sigma_w2 across and depth up where both vary (Schoenholz et al.'s
+    axes), else the keys the sweep varies, in its order (None where there is no second)."""
+    def varies(key):
+        return key in runs and runs[key].nunique(dropna=True) > 1
+
+    y = HEATMAP_Y if varies(HEATMAP_Y) else None
+    x = HEATMAP_X if y and varies(HEATMAP_X) else None
+    others = [k for k in varying if k not in (x, y) and k not in POOLED_KEYS and varies(k)]
+    if y is None and others:
+        y = others.pop(0)
+    if x is None and others:
+        x = others.pop(0)
+    return x, y
+
+
+def _edges(centres: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges around sorted cell centres: midpoints (geometric on a log axis), the ends half a step out."""
+    c = np.log(centres) if log else centres.astype(float)
+    if len(c) == 1:
+        mid, ends = np.array([]), (c[0] - 0.5, c[0] + 0.5)
+    else:
+        mid = (c[1:] + c[:-1]) / 2
+        ends = (c[0] - (c[1] - c[0]) / 2, c[-1] + (c[-1] - c[-2]) / 2)
+    edges = np.concatenate([[ends[0]], mid, [ends[1]]])
+    return np.exp(edges) if log else edges
+
+
+def _axis_values(runs: pd.DataFrame, key: str | None) -> tuple[list, np.ndarray, bool]:
+    """(the key's values in order, their coordinates, whether numeric). A missing key: one cell at 0."""
+    if key is None:
+        return [None], np.array([0.0]), True
+    values = _order(runs[key].dropna())
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        values = sorted(values)
+        return values, np.asarray(values, dtype=float), True
+    return values, np.arange(len(values), dtype=float), False
+
+
+def accuracy_table(runs: pd.DataFrame, x: str | None, y: str | None, xs: list, ys: list) -> np.ndarray:
+    """(len(ys), len(xs)) mean final test accuracy of the ok runs in each cell; nan where none is."""
+    ok = runs[runs["status"] == "ok"]
+    table = np.full((len(ys), len(xs)), np.nan)
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            here = ok[((ok[x] == xv) if x else True) & ((ok[y] == yv) if y else True)]
+            if len(here):
+                table[i, j] = pd.to_numeric(here["final_test_accuracy"], errors="coerce").mean()
+    return table
+
+
+def trainability_figure(runs: pd.DataFrame, varying: list[str], title: str, curves: pd.DataFrame | None = None,
+                        context: str = "") -> Figure:
+    """Final test accuracy over the two heatmap axes, each cell annotated, with the mean-field depth scales
+    (`curves`: sigma_w2 against six_xi_c and xi_q, predict.trainability_curves) drawn over it when the axes are
+    sigma_w2 and depth. Depth is drawn on a log axis."""
+    x, y = heatmap_axes(runs, varying)
+    xs, xc, x_numeric = _axis_values(runs, x)
+    ys, yc, y_numeric = _axis_values(runs, y)
+    y_log = y == HEATMAP_Y and yc.min() > 0
+    table = accuracy_table(runs, x, y, xs, ys)
+    fig = Figure(layout="constrained", figsize=(max(6.4, 1.6 + 0.75 * len(xs)), max(4.2, 1.8 + 0.4 * len(ys))))
+    ax = fig.subplots()
+    x_edges = _edges(xc, False) if x_numeric else np.arange(len(xs) + 1) - 0.5
+    y_edges = _edges(yc, y_log) if y_numeric else np.arange(len(ys) + 1) - 0.5
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
+    image = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(table), cmap=cmap, vmin=0.0, vmax=1.0)
+    for i, yv in enumerate(yc):
+        for j, xv in enumerate(xc):
+            text = "-" if np.isnan(table[i, j]) else f"{table[i, j]:.2f}"
+            ax.text(xv, yv, text, ha="center", va="center", fontsize=7.5,
+                    color="white" if not np.isnan(table[i, j]) and table[i, j] < 0.6 else "black")
+    if y_log:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticks(yc if y else [], [formatting.value(v) for v in ys] if y else [])
+    ax.set_xticks(xc if x else [], [formatting.value(v) for v in xs] if x else [],
+                  rotation=0 if len(xs) <= 10 else 45)
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(y_edges[0], y_edges[-1])
+    if curves is not None and x == HEATMAP_X and y == HEATMAP_Y:
+        for column, (style, name) in CURVE_STYLES.items():
+            values = curves[column].to_numpy(dtype=float)
+            if not (values > y_edges[0]).any():
+                name += f" (under {formatting.value(round(y_edges[0], 1))} everywhere: below the axis)"
+            ax.plot(curves["sigma_w2"], values, style, color="white", lw=2.2, label=name)
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.85, facecolor="0.3", labelcolor="white")
+    ax.set_xlabel(r"$\sigma_w^2$ = fan_in $E[W^2]$ (the init's formula)" if x == HEATMAP_X else (x or ""))
+    ax.set_ylabel(f"{y} (log scale)" if y_log else (y or ""))
+    bar = fig.colorbar(image, ax=ax, shrink=0.9)
+    bar.set_label("final test accuracy (mean over the cell's runs)", fontsize=8)
+    fig.suptitle(_title(fig, f"{title}: trainability", context, "final held-out accuracy of each cell's runs; '-': "
+                        "no finished run"), fontsize=10)
+    return fig
