@@ -364,7 +364,8 @@ def test_fused_kernels_are_built_where_they_compile(serial_kernels):
 
 
 def kernel_sums(kernels, h, x, lo, hi, grads):
-    """(layer()'s seven values, moments()'s four) from `kernels` (a _fused module), called through fused.py."""
+    """(layer()'s values: fused.LAYER_VALUES of them, the channel statistics last; moments()'s four) from `kernels` (a
+    _fused module), called through fused.py."""
     layer_out = torch.zeros(1, fused.LAYER_VALUES, dtype=torch.float64)
     moments_out = torch.zeros(1, 4, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
@@ -380,8 +381,9 @@ def direct_sums(h, x, lo, hi, grads):
     lo_t, hi_t = torch.tensor(lo, dtype=h.dtype), torch.tensor(hi, dtype=h.dtype)
     h64, x64 = h.double().reshape(h.shape[0], -1), x.double()
     unit = F.normalize(h64, dim=1).sum(dim=0)
+    var, mean = torch.var_mean(x64, dim=0, correction=0)  # each channel (column) over the batch
     layer = [h64.sum(), h64.pow(2).sum(), unit.pow(2).sum(), ((h < lo_t) | (h > hi_t)).sum(), x64.sum(),
-             (x64 - x64.mean()).pow(2).sum(), (x64 != 0).sum()]
+             (x64 - x64.mean()).pow(2).sum(), (x64 != 0).sum(), mean.square().mean(), var.mean()]
     moments = [v for g in grads for v in (g.double().sum(), g.double().pow(2).sum())]
     return np.array([float(v) for v in layer]), np.array([float(v) for v in moments])
 
@@ -405,8 +407,9 @@ def test_kernels_compiled_without_openmp_give_the_same_sums(serial_kernels, dtyp
     built = {"serial": serial_kernels, **({"installed": fused._fused} if fused.built() else {})}
     # what rounding scales with: sums of magnitudes, the row count for the pairs' squared norm, none for counts
     h64, x64 = h.double(), x.double()
+    second = float(x64.pow(2).mean())  # the channel statistics' sums are of squares, each at most E[x^2]
     scale_layer = np.array([float(h64.abs().sum()), float(h64.pow(2).sum()), 37.0, 0.0, float(x64.abs().sum()),
-                            float((x64 - x64.mean()).pow(2).sum()), 0.0])
+                            float((x64 - x64.mean()).pow(2).sum()), 0.0, second, second])
     scale_moments = np.array([float(v) for g in grads for v in (g.double().abs().sum(), g.double().pow(2).sum())])
     for name, kernels in built.items():
         got_layer, got_moments = kernel_sums(kernels, h, x, lo, hi, grads)
