@@ -19,6 +19,8 @@ import torch
 from . import activations, config, models, probe, shapes
 
 MLP = dict(arch="mlp", depth=50, width=512, batch=256, act="tanh")
+RESIDUAL_BN = dict(arch="mlp", depth=50, width=512, batch=256, act="relu", init="he_normal", block="residual",
+                   norm="batch")
 CNN = dict(arch="cnn", depth=20, width=64, image_size=32, batch=32, act="tanh")
 
 
@@ -59,9 +61,7 @@ def _sync(device):
 
 
 def bare_pass(cfg, params, phi, x0, cotangent):
-    x = x0
-    for w, b in params:
-        x = phi(models.block(cfg, x, w, b))
+    x = models.Net.of(cfg, phi).forward(params, x0)
     probe.backward(x, cotangent)
     for w, _ in params:
         w.grad = None
@@ -70,11 +70,11 @@ def bare_pass(cfg, params, phi, x0, cotangent):
 
 def naive_pass(cfg, params, phi, x0, cotangent):
     """The common approach, for reference: a .item() per layer and statistic (a host sync each on a GPU)."""
-    x, outs = x0, []
-    for w, b in params:
-        h = models.block(cfg, x, w, b)
+    net, x, outs = models.Net.of(cfg, phi), x0, []
+    for l, (w, b) in enumerate(params):
+        step = net.layer(l, x, w, b)
+        h, x = step.h, step.x
         h.retain_grad()
-        x = phi(h)
         outs.append((h, x))
         vals = [h.mean().item(), h.var().item(), x.mean().item(), x.var().item(), w.var().item()]
         with torch.no_grad():
@@ -193,22 +193,28 @@ def matmul_throughput(device, n=1024, reps=10):
 DEPTH_SCRIPT = """
 import json, sys, time, torch
 from initprobe import config, devices, runner
-cfg = config.RunConfig(depth={depth}, width=256, batch=128, act="tanh", seeds=1, checkpoint=True, device="cpu")
+cfg = config.RunConfig(depth={depth}, width=256, batch=128, seeds=1, checkpoint=True, device="cpu", **{options})
 base = devices.peak_memory(torch.device("cpu"))
 t = time.perf_counter()
 frame, _, seconds, _ = runner.measure(cfg, torch.device("cpu"), checkpointed=True)
 peak = devices.peak_memory(torch.device("cpu"))
-finite = bool(frame[["act_var", "grad_preact_var"]].notna().all().all())
+finite = bool(frame[["act_var", "grad_act_var"]].notna().all().all())
 print(json.dumps({{"peak": peak, "base": base, "seconds": seconds, "finite": finite}}))
 """
+DEEP_NETWORKS = {  # name: (what its depth counts, options) of the checkpointed networks measured over depth
+    "MLP": ("layer", dict(act="tanh")),
+    # 1/sqrt(depth - 1) branches keep 10,000 blocks finite; batch norm's small tensors fragment the heap most
+    "residual BN-ReLU MLP": ("block", dict(act="relu", init="he_normal", block="residual", norm="batch",
+                                           branch_scale="inv_sqrt_depth")),
+}
 
 
-def depth_memory(depths=(1000, 4000, 10000)):
-    """Peak RSS of checkpointed tanh MLPs (width 256, batch 128), each in a fresh process."""
+def depth_memory(depths=(1000, 4000, 10000), name="MLP"):
+    """Peak RSS of checkpointed MLPs (width 256, batch 128, DEEP_NETWORKS[name]), each in a fresh process."""
     out = {}
     for depth in depths:
-        res = subprocess.run([sys.executable, "-c", DEPTH_SCRIPT.format(depth=depth)], capture_output=True,
-                             text=True, check=True)
+        script = DEPTH_SCRIPT.format(depth=depth, options=repr(DEEP_NETWORKS[name][1]))
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         out[depth] = json.loads(res.stdout.strip().splitlines()[-1])
     deep = out[max(depths)]
     growth = {d: v["peak"] - v["base"] for d, v in out.items()}
@@ -216,10 +222,11 @@ def depth_memory(depths=(1000, 4000, 10000)):
     ok = growth[lo] > 0 and growth[hi] > 0  # no growth above the imports' peak: nothing to fit
     exponent = round(math.log(growth[hi] / growth[lo]) / math.log(hi / lo), 2) if ok else math.nan
     peak_gib = round(deep["peak"] / 2**30, 3)  # each value judged as shown
+    unit = DEEP_NETWORKS[name][0]
     return [
-        row(f"{hi}-layer MLP peak memory", peak_gib, "< 1", peak_gib < 1,
+        row(f"{hi}-{unit} {name} peak memory", peak_gib, "< 1", peak_gib < 1,
             f"checkpointed, {deep['seconds']:.0f} s probe, finite: {deep['finite']}", "GiB"),
-        row("memory growth exponent", exponent, "~0.5 (sqrt), < 0.75", exponent < 0.75,
+        row(f"  {name}: memory growth exponent", exponent, "~0.5 (sqrt), < 0.75", exponent < 0.75,
             ", ".join(f"depth {d}: +{g / 2**20:.0f} MiB" for d, g in growth.items()), "log-log slope"),
     ]
 
@@ -343,10 +350,13 @@ def run_all(device: torch.device, quick: bool = False) -> dict:
     kept = keep_freed_memory()  # for every measurement in this process, the sweeps' forked workers included
     rows = []
     mlp_row, mlp_flops = overhead("MLP 50x512, batch 256", MLP, 1.10, device)
+    residual_row, _ = overhead("residual BN-ReLU MLP 50x512, batch 256", RESIDUAL_BN, 1.15, device,
+                               reps=5 if quick else 21)
     cnn_row, _ = overhead("CNN 20x64ch 32x32, batch 32", CNN, 1.15, device, reps=3 if quick else 11)
-    rows += [mlp_row, cnn_row]
+    rows += [mlp_row, residual_row, cnn_row]
     rows.append(model_overhead("hf:gpt2 12x256, 128 tokens, batch 8", GPT2, 1.20, device, reps=3 if quick else 11))
-    rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000))
+    for name in DEEP_NETWORKS:
+        rows += depth_memory((500, 2000) if quick else (1000, 4000, 10000), name)
     rows += startup()
     rows += sweep_rows(quick)
     rows += training_rows(device, reps=5 if quick else 21)

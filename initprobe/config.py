@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import activations, inits
+from . import activations, blocks, inits
 from .names import did_you_mean, unknown
 
 
@@ -72,6 +72,7 @@ class Option:
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
     scope: tuple[str, ...] | None = None  # the networks the option means something for (ARCHS, MODEL_KIND); None: all
     act_flag: str | None = None  # the activation registry's flag without which it means nothing; None: every one
+    block: str | None = None  # the block the option means something for (blocks.py); None: every one
     words: tuple[str, ...] = ()  # text a number option also takes ('auto')
 
 
@@ -133,11 +134,21 @@ class RunConfig:
     input_dim: int | None = option(None, "MLP input size.", **{**_NET, "scope": ("mlp",)}, minimum=1,
                                    default_text="width")
     in_channels: int = option(3, "CNN input channels.", **{**_NET, "scope": ("cnn",)}, minimum=1)
-    image_size: int = option(32, "CNN input height and width.", NETWORK, minimum=1, scope=("cnn",))
+    image_size: int = option(32, "CNN input height and width.", **{**_NET, "scope": ("cnn",)}, minimum=1)
     kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **{**_NET, "scope": ("cnn",)},
                               minimum=1)
     padding: str = option("zeros", "CNN padding (circular makes CNN theory exact for wide inputs).", NETWORK,
                           choices=_names(*PADDINGS), scope=("cnn",))
+    block: str = option("plain", "Block: plain (h = N(W x + b), x = phi(h)) or residual (layer 1 a linear stem, then "
+                        "x = x + alpha (W phi(N(x)) + b): pre-activation ResNet blocks).", **_NET,
+                        choices=blocks.block_choices, kind="block")
+    norm: str = option("none", "Normalization N: none, batch (each unit or channel over the batch, train mode) or "
+                       "layer (each example over its units; CNN: over C, H, W); gamma 1, beta 0, eps 1e-5.", **_NET,
+                       choices=blocks.norm_choices, kind="norm")
+    branch_scale: float | str = option(1.0, "Residual branch scale alpha: a number (0 is SkipInit: the identity "
+                                       "after the stem), or 'inv_sqrt_depth' for 1/sqrt(depth - 1).", **_NET,
+                                       minimum=0, words=("inv_sqrt_depth",), block="residual",
+                                       default_text="1")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
                       choices=activations.choices, kind="activation", scope=NETWORKS)
     slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS,
@@ -195,8 +206,8 @@ class RunConfig:
                        choices=_names(*BIASES))
     bias_std: float | None = option(None, "Std of the biases with --bias normal.", **_INIT, minimum=0)
     # the measurement
-    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, minimum=1,
-                               default_text=f"256 MLP, 32 CNN, {MODEL_BATCH} model")
+    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, commands=(RUN, THEORY),
+                               minimum=1, default_text=f"256 MLP, 32 CNN, {MODEL_BATCH} model")
     seeds: int = option(3, "Independent networks and batches (the bands in the plots).", MEASUREMENT, minimum=1)
     seed: int = option(0, "First seed; the same seed gives the same numbers.", MEASUREMENT, minimum=0,
                        maximum=SEED_LIMIT)
@@ -244,7 +255,9 @@ DATASETS = ("digits", "teacher")
 OPTIMIZERS = ("sgd", "adam")
 # run's alone: the spectrum at init; checkpointing (training holds the whole network anyway); a --model and its
 # options (train trains the built-in network, with a readout of its own)
-NOT_TRAINED = ("jacobian", "checkpoint", "model") + tuple(k for k, o in OPTIONS.items() if o.scope == (MODEL_KIND,))
+# train's network is plain blocks without a norm (train.forward); residual blocks and norms are run's and theory's
+NOT_TRAINED = ("jacobian", "checkpoint", "model", "block", "norm", "branch_scale") + \
+    tuple(k for k, o in OPTIONS.items() if o.scope == (MODEL_KIND,))
 FROM_DATA = ("input_dim", "in_channels", "image_size")  # the data's shape sets them
 TRAIN_ARCH_DEFAULTS = {"mlp": (128, 64), "cnn": (16, 64)}  # (width, batch): a default train in well under a minute
 DIGITS_SHAPE = (1, 8, 8)  # scikit-learn's digits: 8x8 grey images (an MLP reads them as 64 numbers)
@@ -380,14 +393,16 @@ def network_kind(model, arch) -> str:
     return MODEL_KIND if model is not None else arch
 
 
-def applies(key: str, kind, act=None) -> bool:
+def applies(key: str, kind, act=None, block=None) -> bool:
     """Whether option `key` means anything for a network of `kind` (network_kind: an MLP has no padding, a --model
     no depth; None: not known, so every option does) with activation `act` (tanh has no slope; None or a name not
-    in the registry: not held against the option)."""
+    in the registry: not held against the option) made of `block`s (a plain block has no branch scale; None: any)."""
     opt = DECLARED_OPTIONS.get(key)
     if opt is None:
         return True
     if opt.scope is not None and kind is not None and kind not in opt.scope:
+        return False
+    if opt.block is not None and isinstance(block, str) and block != opt.block:
         return False
     if opt.act_flag is None or not isinstance(act, str):
         return True
@@ -398,10 +413,10 @@ def applies(key: str, kind, act=None) -> bool:
 
 
 def inapplicable(cfg: RunConfig) -> list[str]:
-    """The options of `cfg`'s command that mean nothing for its network (what it is, --model or an arch, and its
-    activation)."""
+    """The options of `cfg`'s command that mean nothing for its network (what it is, --model or an arch, its
+    activation and its block)."""
     kind = network_kind(cfg.model, cfg.arch)
-    return [key for key in command_fields(command_of(cfg)) if not applies(key, kind, cfg.act)]
+    return [key for key in command_fields(command_of(cfg)) if not applies(key, kind, cfg.act, cfg.block)]
 
 
 def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigError:
@@ -414,6 +429,8 @@ def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigEr
     if not applies(key, kind):
         archs = ", ".join(f"'{a}'" for a in opt.scope)
         return ConfigError(f"{name} does not apply to arch '{cfg.arch}' (only to {archs})")
+    if not applies(key, kind, block=cfg.block):
+        return ConfigError(f"{name} does not apply to block '{cfg.block}' (only to '{opt.block}')")
     those = [n for n, a in activations.ACTIVATIONS.items() if getattr(a, opt.act_flag)]
     return ConfigError(f"{name} does not apply to activation '{cfg.act}' (only to {', '.join(those)})")
 
@@ -683,6 +700,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
         if cfg.image_size < cfg.kernel_size:
             raise ConfigError(f"image_size {cfg.image_size} is too small for kernel_size {cfg.kernel_size}")
+    _check_architecture(cfg)
     if cfg.jacobian:
         _check_jacobian(cfg)
     spec = inits.get(cfg.init)
@@ -716,6 +734,30 @@ def _check_training(cfg: TrainConfig) -> None:
         raise ConfigError(f"momentum is sgd's; {cfg.optimizer} has its own moments")
     if cfg.data == "digits" and importlib.util.find_spec("sklearn") is None:
         raise ConfigError("the digits data needs `pip install initprobe[train]` (scikit-learn, which ships them)")
+
+
+def _check_architecture(cfg: RunConfig) -> None:
+    """The block, the norm and the branch scale together with the sizes (a --model run has none of them)."""
+    if cfg.model is not None:
+        return
+    block, norm = blocks.block(cfg.block), blocks.norm(cfg.norm)
+    if block.stem and cfg.depth < 2:
+        raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
+                          f"2..depth, got depth {cfg.depth}")
+    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
+    if norm.standardizes and norm.group_size(cfg.width, cfg.batch, positions) < 2:
+        over, flag_, got = ("the batch", "--batch", cfg.batch) if norm.over == "batch" else \
+            ("its units", "--width", cfg.width)
+        where = " and positions" if cfg.arch == "cnn" else ""
+        raise ConfigError(f"--norm {cfg.norm} standardizes over {over}{where}, and one value has no variance: got "
+                          f"{flag_} {got}")
+
+
+def branch_alpha(cfg: RunConfig) -> float:
+    """The residual branches' alpha: branch_scale, 'inv_sqrt_depth' resolved to 1/sqrt(depth - 1)."""
+    if cfg.branch_scale == "inv_sqrt_depth":
+        return 1.0 / math.sqrt(cfg.depth - 1)
+    return float(cfg.branch_scale)
 
 
 def _check_scope(cfg: RunConfig) -> None:
@@ -754,6 +796,9 @@ def _check_jacobian(cfg: RunConfig) -> None:
                           f"{n_in} -> {cfg.width * spatial}; use a smaller --width or --image-size")
     if cfg.checkpoint:
         raise ConfigError("--jacobian needs the whole network in memory; drop --checkpoint")
+    if blocks.norm(cfg.norm).over == "batch":
+        raise ConfigError("--jacobian takes each input's own Jacobian; with --norm batch every output depends on the "
+                          "whole batch, so there is none: use --norm layer or none")
 
 
 def init_params(cfg: RunConfig) -> dict:

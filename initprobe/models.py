@@ -1,4 +1,5 @@
-"""The probed network (docs/architecture.md): `depth` Linear or Conv2d blocks, as plain (weight, bias) tensors.
+"""The probed network (docs/architecture.md): `depth` Linear or Conv2d layers, as plain (weight, bias) tensors, put
+together into plain or residual blocks with an optional norm by `Net` (the blocks: initprobe/blocks.py).
 
 Layer l (1-based in files and plots) is `params[l - 1]` here. Each layer's weights are drawn from a generator
 of its own, seeded from the run's seed, so any layer can be made again on demand: the checkpointed probe
@@ -7,11 +8,13 @@ numbers as the plain path.
 """
 
 import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import activations, config, inits
+from . import activations, blocks, config, inits
 from .shapes import layer_sizes, weight_shape
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -65,6 +68,54 @@ def block(cfg: config.RunConfig, x, w, b):
     return F.conv2d(x, w, b, padding=p)
 
 
+class Step(NamedTuple):
+    """What one layer's forward made: `out` the weight layer's output (W x + b; a residual block's branch before
+    alpha), `h` the input of phi (the stem's own output x^1: it has no phi), `x` the layer's output x^l, `branch`
+    a residual block's W phi(h) + b (None for plain blocks and the stem)."""
+
+    out: torch.Tensor
+    h: torch.Tensor
+    x: torch.Tensor
+    branch: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Net:
+    """The blocks of a config around its layers' weights: `layer(l, x, w, b)` is layer index l's forward."""
+
+    cfg: config.RunConfig
+    phi: Callable
+    norm: Callable | None  # None: no norm
+    alpha: float  # the residual branches' scale
+    residual: bool
+
+    @classmethod
+    def of(cls, cfg: config.RunConfig, phi: Callable) -> "Net":
+        return cls(cfg, phi, blocks.norm(cfg.norm).torch_fn(), config.branch_alpha(cfg), blocks.block(cfg.block).stem)
+
+    def is_stem(self, l: int) -> bool:
+        return self.residual and l == 0
+
+    def layer(self, l: int, x, w, b) -> Step:
+        if self.is_stem(l):
+            x = block(self.cfg, x, w, b)
+            return Step(x, x, x, None)
+        if self.residual:
+            # without a norm h is a copy of x, a tensor of its own: dL/dh is then the branch's share of dL/dx alone
+            h = self.norm(x) if self.norm else x.clone()
+            branch = block(self.cfg, self.phi(h), w, b)
+            return Step(branch, h, torch.add(x, branch, alpha=self.alpha), branch)
+        out = block(self.cfg, x, w, b)
+        h = self.norm(out) if self.norm else out
+        return Step(out, h, self.phi(h), None)
+
+    def forward(self, params, x):
+        """x^depth for input x (no statistics)."""
+        for l, (w, b) in enumerate(params):
+            x = self.layer(l, x, w, b).x
+        return x
+
+
 @torch.no_grad()
 def build(cfg: config.RunConfig, seeds: list[int], device, lsuv_input=None) -> list[tuple]:
     """All layers' (weight, bias), weights as leaves that require grad (biases need none)."""
@@ -80,11 +131,13 @@ def needs_batch(cfg: config.RunConfig) -> bool:
 
 
 def lsuv_rescale_(cfg, params, x):
-    phi = activations.torch_fn(cfg.act, cfg.slope)
+    """Each weight layer's output (W x + b: the pre-activation of a plain block before its norm, a residual block's
+    branch before alpha, the stem) rescaled to unit variance on the batch x."""
+    net = Net.of(cfg, activations.torch_fn(cfg.act, cfg.slope))
 
     def forward_one(l, x):
-        h = block(cfg, x, *params[l])
-        return h, phi(h)
+        step = net.layer(l, x, *params[l])
+        return step.out, step.x
 
     inits.lsuv_([w for w, _ in params], forward_one, x)
 

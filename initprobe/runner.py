@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import (activations, analysis, any_model, config, devices, environment, inits, models, module_probe, predict,
-               probe, results, shapes)
+from . import (activations, analysis, any_model, blocks, config, devices, environment, inits, models, module_probe,
+               predict, probe, results, shapes)
 
 
 @dataclass
@@ -26,11 +26,13 @@ class RunResult:
 
 
 def estimated_bytes(cfg: config.RunConfig) -> int:
-    """Memory of the plain probe: every weight, plus the pre-activation and output autograd keeps per layer."""
+    """Memory of the plain probe: every weight, plus the tensors autograd keeps per layer (a plain block's
+    pre-activation and output; a residual block's and a norm's more: blocks.py)."""
     weights = sum(shapes.weight_sizes(cfg))
     per_input = cfg.width * shapes.positions(cfg)
     element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
-    return (weights + 2 * cfg.depth * cfg.batch * per_input) * element
+    saved = blocks.block(cfg.block).saved_per_layer + blocks.norm(cfg.norm).saved_per_layer
+    return (weights + saved * cfg.depth * cfg.batch * per_input) * element
 
 
 def use_checkpoint(cfg: config.RunConfig, device: torch.device) -> tuple[bool, str]:
@@ -144,7 +146,8 @@ def probe_network(cfg: config.RunConfig, device: torch.device, on_seed):
     """The built-in network: (layers with theory columns, histograms, summary, Jacobian spectrum or None)."""
     checkpointed, why = use_checkpoint(cfg, device)
     frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
-    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds})
+    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
+                                 gradient=blocks.block(cfg.block).stream_gradient)
     frame = predict.add_theory(frame, cfg)
     summary["theory"] = predict.summary(frame, cfg)
     if jac is not None:

@@ -22,6 +22,8 @@ REFUSED = [
     (["--padding", "circular"], "--padding", "arch 'mlp' (only to 'cnn')"),
     (["--act", "tanh", "--slope", "0.2"], "--slope", "activation 'tanh' (only to leaky_relu)"),
     (["--act", "relu", "--slope", "0.01"], "--slope", "activation 'relu' (only to leaky_relu)"),
+    (["--branch-scale", "0.5"], "--branch-scale", "block 'plain' (only to 'residual')"),
+    (["--block", "plain", "--branch-scale", "1"], "--branch-scale", "block 'plain' (only to 'residual')"),
 ]
 
 
@@ -53,15 +55,17 @@ MODEL_ONLY = ["model_args", "input_shape", "input_kind", "seq_len", "vocab", "mo
 
 def test_which_options_apply_comes_from_the_declarations_and_the_registry():
     """kernel_size, in_channels, image_size, padding: CNN only; input_dim: MLP only; slope: the activations whose
-    phi depends on it (the registry's flag), whatever they are called; the --model options: a --model run only."""
+    phi depends on it (the registry's flag), whatever they are called; branch_scale: residual blocks only; the
+    --model options: a --model run only."""
     for arch in config.ARCHS:
         for act in activations.ACTIVATIONS:
-            cfg = RunConfig(arch=arch, act=act)
-            wanted = {"mlp": ["in_channels", "image_size", "kernel_size", "padding"], "cnn": ["input_dim"]}[arch]
-            wanted = wanted + MODEL_ONLY
-            if not activations.get(act).takes_slope:
-                wanted = wanted + ["slope"]
-            assert sorted(config.inapplicable(cfg)) == sorted(wanted), (arch, act)
+            for block in ("plain", "residual"):
+                cfg = RunConfig(arch=arch, act=act, block=block)
+                wanted = {"mlp": ["in_channels", "image_size", "kernel_size", "padding"], "cnn": ["input_dim"]}[arch]
+                wanted = wanted + MODEL_ONLY + (["branch_scale"] if block == "plain" else [])
+                if not activations.get(act).takes_slope:
+                    wanted = wanted + ["slope"]
+                assert sorted(config.inapplicable(cfg)) == sorted(wanted), (arch, act, block)
     assert [a for a in activations.ACTIVATIONS if activations.get(a).takes_slope] == ["leaky_relu"]
     phi = activations.get("leaky_relu").phi
     assert phi(-1.0, 0.2) != phi(-1.0, 0.3)  # the flag is the truth: slope changes leaky_relu

@@ -23,7 +23,7 @@ from initprobe.plots.draw import NAMES
 
 DEVICE = os.environ.get("TORCH_DEVICE", "cpu")
 BASE_PLOTS = {"variance", "weight_grad", "histograms", "saturation"}
-RUN_PLOTS = BASE_PLOTS | {"correlation"}  # every run measures preact_corr
+RUN_PLOTS = BASE_PLOTS | {"correlation", "spp"}  # every run measures preact_corr and the channel statistics
 SIZES = {"correlation": (1125, 630), "jacobian": (1200, 810)}  # (7.5, 4.2) and (8, 5.4) inches at 150 dpi
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,6 +49,12 @@ def exploding_run(tmp_path_factory):
 def vanishing_run(tmp_path_factory):
     """Var shrinks by width * std^2 / 2 = 1.6e-3 per layer: activations reach exactly 0 within 40 layers."""
     return small_run(tmp_path_factory.mktemp("runs") / "vanish", init="normal", std=0.01, act="relu", depth=40)
+
+
+@pytest.fixture(scope="module")
+def residual_run(tmp_path_factory):
+    return small_run(tmp_path_factory.mktemp("runs") / "residual", block="residual", norm="batch", act="relu",
+                     init="he_normal")
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +211,7 @@ PER_LAYER = {  # figure: the columns of each panel, and whether they are varianc
     "weight_grad": ([("weight_grad_var",), ("weight_var",)], True),
     "saturation": ([("saturated_frac",), ("zero_frac",)], False),
     "correlation": ([("preact_corr",)], False),
+    "spp": ([("chan_sq_mean",), ("chan_var",)], True),  # a plain network: no branch
 }
 
 
@@ -234,6 +241,60 @@ def test_per_layer_figures_draw_the_mean_over_seeds_of_the_csv(tanh_run, name):
         assert_not_empty(ax)
     if not variances:  # fractions and correlations: the whole of [0, 1] shows
         assert all(ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
+
+
+def test_spp_figure_of_a_residual_run_has_the_branch_panel(residual_run):
+    """Brock et al.'s three panels for a residual network: channel squared mean, channel variance and branch
+    variance of layers.csv, each the geometric mean over seeds on a log axis with its theory dashed beside it; the
+    stem (layer 1) has no branch, and no mark calls that an overflow."""
+    run = results.read_run(residual_run)
+    layers = pd.read_csv(residual_run / "layers.csv")
+    fig = run_figures.spp_figure(run)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["Average channel squared mean",
+                                                             "Average channel variance", "Residual branch variance"]
+    for ax, column in zip(fig.axes, ("chan_sq_mean", "chan_var", "branch_var")):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and column in ax.get_ylabel()
+        assert legend_texts(ax) == [NAMES[column], "mean-field theory"]
+        measured = line_labelled(ax, NAMES[column])
+        assert_line(measured, *seed_means(layers, column, geometric=True))
+        assert_line(dashed_line_coloured(ax, measured.get_color()),
+                    *seed_means(layers, f"theory_{column}", geometric=True))
+        assert not [t for t in ax.texts if "non-finite" in t.get_text() or "underflow" in t.get_text()]
+    assert np.isnan(line_labelled(fig.axes[2], NAMES["branch_var"]).get_ydata()[0])
+
+
+def test_a_residual_run_gets_every_figure(residual_run, monkeypatch):
+    assert figures_made(residual_run, monkeypatch) == RUN_PLOTS
+
+
+def test_skipinit_branches_are_named_zero_by_construction(tmp_path):
+    """alpha = 0: the branch panel says every branch is 0 because alpha is, instead of drawing nothing or marking
+    an underflow; dL/dh likewise in the variance figure."""
+    run = results.read_run(small_run(tmp_path / "skipinit", block="residual", branch_scale=0.0, act="relu"))
+    spp = run_figures.spp_figure(run).axes[2]
+    texts = [t.get_text() for t in spp.texts]
+    assert "0 at every block: alpha = 0" in texts and not [t for t in texts if "underflow" in t]
+    backward = run_figures.variance_figure(run).axes[1]
+    assert any("alpha = 0" in label for label in legend_texts(backward))
+    assert not [t for t in backward.texts if "underflow" in t.get_text()]
+
+
+def test_theory_figure_of_a_residual_network_adds_the_spp_row():
+    """`initprobe theory --block residual`: under forward, backward and the correlation map, the predicted
+    channel squared mean, channel variance and branch variance (from layer 2: the stem has no branch); a plain
+    network with a norm gets the two channel panels."""
+    frame, scales, cfg = theory_inputs(act="relu", init="he_normal", block="residual", norm="batch")
+    fig = theory_figures.theory_figure(frame, scales, cfg)
+    assert len(fig.axes) == 6
+    for ax, column in zip(fig.axes[3:], ("chan_sq_mean", "chan_var", "branch_var")):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        assert legend_texts(ax) == [NAMES[column]]
+        rows = frame[frame["layer"] > 1] if column == "branch_var" else frame
+        assert_line(line_labelled(ax, NAMES[column]), rows["layer"].to_numpy(dtype=float),
+                    rows[f"theory_{column}"].to_numpy(dtype=float))
+        assert not ax.texts  # no overflow mark
+    frame, scales, cfg = theory_inputs(act="tanh", norm="layer")
+    assert len(theory_figures.theory_figure(frame, scales, cfg).axes) == 5
 
 
 def test_theory_columns_are_drawn_where_the_run_has_them(tanh_run):
@@ -467,7 +528,15 @@ def test_run_without_correlation_column_has_no_correlation_figure(tanh_run, tmp_
     old = copy_run(tanh_run, tmp_path / "old-run")
     layers = pd.read_csv(old / "layers.csv")
     layers.drop(columns=["preact_corr", "theory_preact_corr"]).to_csv(old / "layers.csv", index=False)
-    assert figures_made(old, monkeypatch) == BASE_PLOTS
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"correlation"}
+
+
+def test_run_without_channel_statistics_has_no_spp_figure(tanh_run, tmp_path, monkeypatch):
+    """A run directory written before the channel statistics existed gets every other figure."""
+    old = copy_run(tanh_run, tmp_path / "old-run")
+    layers = pd.read_csv(old / "layers.csv")
+    layers.drop(columns=[c for c in layers if "chan_" in c or "branch_" in c]).to_csv(old / "layers.csv", index=False)
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"spp"}
 
 
 def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path, monkeypatch):

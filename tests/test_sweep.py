@@ -225,6 +225,75 @@ def test_sweep_layers_csv_is_every_runs_layers_with_run_id_and_the_varying_keys(
         pd.testing.assert_frame_equal(rows[own.columns], own, check_exact=True)
 
 
+# block, norm and branch_scale as axes and points: branch_scale only where there are residual blocks
+ARCHITECTURE_SWEEP = """
+[base]
+depth = 4
+width = 32
+batch = 8
+seeds = 2
+act = "relu"
+init = "he_normal"
+
+[grid]
+block = ["plain", "residual"]
+norm = ["none", "batch", "layer"]
+
+[[point]]
+block = "residual"
+branch_scale = [0.0, "inv_sqrt_depth"]
+"""
+
+
+def architecture_sweep(tmp_path):
+    return sweep.load_sweep(write(tmp_path, ARCHITECTURE_SWEEP, "architectures.toml"))
+
+
+def test_a_sweep_over_blocks_norms_and_branch_scales_runs_each_network(tmp_path):
+    """Each run is the network of its point (the residual ones have a branch_var from layer 2, the plain ones
+    none); the varying keys are columns of runs.csv and layers.csv; a plain run's label leaves out
+    branch_scale, which does not apply to it."""
+    s = architecture_sweep(tmp_path)
+    assert len(s.points) == 8
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out", figures=False)
+    assert result.failed == 0 and result.ran == 8
+    runs = read_runs(tmp_path / "out")
+    layers = pd.read_csv(tmp_path / "out" / "layers.csv")
+    assert {"block", "norm", "branch_scale"} <= set(runs.columns) & set(layers.columns)
+    for rid, cfg in zip(s.run_ids, s.points):
+        own = layers[layers["run_id"] == rid]
+        assert (own["block"] == cfg.block).all() and (own["norm"] == cfg.norm).all()
+        branch = own.sort_values(["seed", "layer"])["branch_var"]
+        if cfg.block == "residual":
+            assert own.loc[own["layer"] == 1, "branch_var"].isna().all()
+            blocks_ = own.loc[own["layer"] > 1, "branch_var"]
+            assert (blocks_ == 0).all() if cfg.branch_scale == 0 else (blocks_ > 0).all()
+        else:
+            assert branch.isna().all()
+    labels = dict(zip(runs["run_id"], runs["label"]))
+    for rid, cfg in zip(s.run_ids, s.points):
+        assert ("branch_scale=" in labels[rid]) == (cfg.block == "residual"), labels[rid]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["process", "ray"])
+def test_architecture_sweep_gives_the_same_numbers_on_every_backend(tmp_path, backend):
+    """The sweep above on the process backend (2 workers) and on a local Ray: the numbers of the local backend."""
+    s = architecture_sweep(tmp_path)
+    sweep.run_sweep(s, out_dir=tmp_path / "local", backend="local", figures=False)
+    if backend == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = sweep.run_sweep(s, out_dir=tmp_path / backend, backend=backend, workers=2, figures=False)
+    finally:
+        if backend == "ray":
+            ray.shutdown()
+    assert result.failed == 0 and result.ran == 8
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / backend), numeric_layers(tmp_path / "local"),
+                                  check_exact=True)
+
+
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
     s = tiny_sweep(tmp_path)
@@ -514,6 +583,48 @@ def test_profiles_draw_the_geometric_mean_over_seeds_of_each_line():
                 np.testing.assert_allclose(line.get_ydata(), np.exp(logs.mean(axis=1)), rtol=1e-12)
     notes = [t.get_text() for t in axes[0, 1].texts]
     assert "y: inf/nan/0 masked at layer 3" in "\n".join(notes)
+
+
+def test_profiles_of_residual_and_normalized_runs_add_the_spp_rows():
+    """With residual runs: forward and backward side by side with the legend beside them, the backward panel each
+    run's stream gradient (dL/dx for residual blocks, dL/dh for plain ones), and the signal propagation plot's
+    rows underneath (chan_sq_mean, chan_var, branch_var), each line the geometric mean over seeds; branch_var has no
+    line for a plain run and leaves out the residual stem."""
+    rng = np.random.default_rng(1)
+    cells = [("a", "plain", "batch"), ("b", "residual", "none"), ("c", "residual", "batch")]
+    columns = ("act_var", "grad_preact_var", "grad_act_var", "chan_sq_mean", "chan_var", "branch_var")
+    layers = pd.DataFrame([{"run_id": rid, "seed": seed, "layer": layer,
+                            **{c: rng.uniform(0.1, 10.0) for c in columns}}
+                           for rid, _, _ in cells for seed in (0, 1) for layer in (1, 2, 3, 4)])
+    plain_or_stem = (layers["run_id"] == "a") | (layers["layer"] == 1)
+    layers.loc[plain_or_stem, "branch_var"] = np.nan
+    runs = pd.DataFrame(cells, columns=["run_id", "block", "norm"]).assign(status="ok")
+    spp = sweep_figures.spp_rows(layers, runs)
+    assert [q for q, _ in spp] == ["chan_sq_mean", "chan_var", "branch_var"]
+    layers = sweep_figures.mark_residual(layers, runs)
+    groups = sweep_figures.assign_groups(runs, ["block", "norm"])
+    fig = sweep_figures.profiles_figure(layers, groups, "t", spp=spp)
+    rows = [("act_var", ""), ("gradient", ""), *spp]
+    panels = [ax for ax in fig.axes if ax.get_lines()]
+    legend_ax = next(ax for ax in fig.axes if ax.get_legend() is not None and not ax.get_lines())
+    assert len(panels) == 5 and len(fig.axes) == 6
+    labels = dict(zip(groups["run_id"], groups["line"]))
+    assert [t.get_text() for t in legend_ax.get_legend().get_texts()] == [labels[r] for r, _, _ in cells]
+    for ax, (quantity, _) in zip(panels, rows):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        for rid, block, _ in cells:
+            column = {"gradient": "grad_act_var" if block == "residual" else "grad_preact_var"}.get(
+                quantity, quantity)
+            own = layers[layers["run_id"] == rid]
+            if column == "branch_var":
+                own = own[own["layer"] > 1]
+            found = [line for line in ax.get_lines() if line.get_label() == labels[rid]]
+            if column == "branch_var" and block == "plain":
+                assert not found
+                continue
+            values = own.pivot(index="layer", columns="seed", values=column)
+            np.testing.assert_array_equal(found[0].get_xdata(), values.index)
+            np.testing.assert_allclose(found[0].get_ydata(), np.exp(np.log(values).mean(axis=1)), rtol=1e-12)
 
 
 def test_ratio_heatmaps_colour_the_log_ratio_of_each_cell():

@@ -153,7 +153,7 @@ def theory_cmd(ctx: typer.Context, **values):
     if cfg.out is not None:  # validated and reserved before anything is printed or drawn
         final, staging = results.reserve(cfg.out, "theory")
     out.print(tables.scales({"nominal": scales}, f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth {cfg.depth}"))
-    out.print(tables.layers(frame))
+    out.print(tables.layers(frame, tables.layer_columns(cfg.block, cfg.norm)))
     if cfg.out is None:
         return
     with importing():
@@ -277,15 +277,16 @@ def bench(ctx: typer.Context, **values):
     print_path(bench_mod.write(result, target))
 
 
-LIST_WHAT = ("all", "inits", "activations", "options")
+LIST_WHAT = ("all", "inits", "activations", "blocks", "options")
 
 
-@app.command("list", help=text("The initializers (formulas, options and default gains), the activations (gains) and "
-                               "the run options."))
+@app.command("list", help=text("The initializers (formulas, options and default gains), the activations (gains), the "
+                               "blocks and norms, and the run options."))
 @with_options(argument("what", Optional[Literal.__getitem__(LIST_WHAT)], "What to list [default: all].", None))
 def list_registry(ctx: typer.Context, **values):
     what = values.get("what") or "all"
-    shown = {"inits": tables.initializers, "activations": tables.activation_table, "options": tables.option_table}
+    shown = {"inits": tables.initializers, "activations": tables.activation_table, "blocks": tables.block_table,
+             "options": tables.option_table}
     for name, make in shown.items():
         if what in ("all", name):
             out.print(make())

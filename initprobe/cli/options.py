@@ -50,10 +50,13 @@ def run_option(key: str, declared=None) -> inspect.Parameter:
     elif opt.choices is not None:  # open: a registry name or package.module:function, a regex
         kind = str
         kwargs["autocompletion"] = _complete(opt.choices())
+    elif opt.words:  # a number or one of its words (gain: 'auto'); config.check_value reads the number
+        kind = str
+        kwargs["autocompletion"] = _complete(opt.words)
     elif dict in types:  # a table: repeated KEY=VALUE, made a dict by config.check_value
         kind = list[str]
     elif str in types or any(typing.get_origin(t) is list for t in types):
-        kind = str  # gain: a number or 'auto'; a list of ints: "3,32,32"; config.check_value reads them
+        kind = str  # a list of ints: "3,32,32"; config.check_value reads it
     else:
         kind = types[0]
     if opt.envvar:

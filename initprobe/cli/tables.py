@@ -4,7 +4,7 @@ and `initprobe list`."""
 from rich.markup import escape
 from rich.table import Table
 
-from .. import activations, config, inits
+from .. import activations, blocks, config, inits
 from ..formatting import number
 
 VERDICT_COLOURS = {"stable": "green", "vanishing": "yellow", "exploding": "red"}
@@ -52,17 +52,50 @@ def training(summary: dict, path) -> Table:
 
 SCALE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "q*": "q_star", "chi_1": "chi_1", "xi_q": "xi_q",
                  "xi_c": "xi_c", "gradient scale": "xi_grad"}
+# what a residual or normalized network's prediction says instead (predict.architecture_scales)
+ARCHITECTURE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "alpha": "alpha",
+                        "forward ratio": "forward_ratio", "backward ratio": "backward_ratio",
+                        "gradient factor per layer": "gradient_factor",
+                        "large-batch factor": "gradient_factor_large_batch"}
+
+
+def scale_columns(values: dict) -> dict[str, str]:
+    """The scales' columns: a plain network's fixed point and depth scales, or the columns of a residual or
+    normalized network that its values hold."""
+    if "q_star" in values or "forward_ratio" not in values:
+        return SCALE_COLUMNS
+    return {name: key for name, key in ARCHITECTURE_COLUMNS.items() if key in values}
+
+
+def regime(values: dict) -> str:
+    if "regime" in values:
+        return str(values["regime"])
+    return f"forward {values.get('forward_verdict')}, backward {values.get('backward_verdict')}"
 
 
 def scales(rows: dict[str, dict], title: str) -> Table:
-    """Mean-field scales, one row per label ({'nominal': scales, ...})."""
+    """Mean-field scales, one row per label ({'nominal': scales, ...}); a residual or normalized network's notes
+    and missing predictions as the caption."""
     table = Table(title=escape(f"Mean-field theory — {title}"))
     table.add_column("")
-    for col in (*SCALE_COLUMNS, "regime"):
+    columns = scale_columns(next(iter(rows.values())))
+    for col in (*columns, "regime"):
         table.add_column(col, overflow="fold")
     for name, values in rows.items():
-        table.add_row(name, *[number(values.get(k)) for k in SCALE_COLUMNS.values()], str(values.get("regime")))
+        table.add_row(name, *[number(values.get(k)) for k in columns.values()], regime(values))
+    table.caption = escape("\n".join(theory_notes(next(iter(rows.values())))))
     return table
+
+
+def theory_notes(theory: dict) -> list[str]:
+    """The architecture, what its prediction leaves out and which columns have none (predict.summary)."""
+    lines = [f"architecture: {theory['architecture']}"] if theory.get("architecture") else []
+    lines += [f"note: {note}" for note in theory.get("notes") or []]
+    reasons = {}
+    for column, why in (theory.get("no_prediction") or {}).items():
+        reasons.setdefault(why, []).append(column.removeprefix("theory_"))
+    lines += [f"no prediction of {', '.join(columns)}: {why}" for why, columns in reasons.items()]
+    return lines
 
 
 def run_theory(theory: dict, title: str) -> Table:
@@ -74,9 +107,10 @@ def run_theory(theory: dict, title: str) -> Table:
     table.add_column("")
     table.add_column("nominal (init's formula)", overflow="fold")
     table.add_column("realized (run's weights)", overflow="fold")
-    for name, key in (*SCALE_COLUMNS.items(), ("regime", "regime")):
+    for name, key in scale_columns(realized).items():
         table.add_row(name, "-" if nominal is None else number(nominal.get(key)), number(realized.get(key)))
-    notes = []
+    table.add_row("regime", "-" if nominal is None else regime(nominal), regime(realized))
+    notes = theory_notes(theory)
     if nominal is None:
         notes.append(f"no nominal values: {theory.get('nominal_note') or 'the init has no formula'}")
     deviation = theory.get("max_relative_deviation") or {}
@@ -87,8 +121,22 @@ def run_theory(theory: dict, title: str) -> Table:
     return table
 
 
-def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_preact_var",
-                           "theory_preact_corr")) -> Table:
+PLAIN_LAYER_COLUMNS = ("theory_preact_var", "theory_act_var", "theory_grad_preact_var", "theory_preact_corr")
+# a residual network's stream (x^l, dL/dx^l) and branches; a normalized one's gradients and channel statistics
+LAYER_COLUMNS = {("plain", False): PLAIN_LAYER_COLUMNS,
+                 ("plain", True): ("theory_act_var", "theory_grad_preact_var", "theory_preact_corr",
+                                   "theory_chan_sq_mean", "theory_chan_var"),
+                 ("residual", False): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
+                                       "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean"),
+                 ("residual", True): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
+                                      "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean")}
+
+
+def layer_columns(block: str, norm: str) -> tuple[str, ...]:
+    return LAYER_COLUMNS[blocks.block(block).name, blocks.norm(norm).standardizes]
+
+
+def layers(frame, columns=PLAIN_LAYER_COLUMNS) -> Table:
     depth = int(frame["layer"].max())
     shown = sorted({n for n in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, depth) if n <= depth})
     table = Table(title="Per layer (dL/dh: backward from a unit-variance cotangent at the top)")
@@ -153,6 +201,19 @@ def activation_table() -> Table:
         aliases = ", ".join(a for a, c in activations.ALIASES.items() if c == name)
         gain = act.gain_formula or number(act.gain())
         table.add_row(name, aliases, escape(act.formula), gain + ("" if act.torch_gain else " *"))
+    return table
+
+
+def block_table() -> Table:
+    table = Table(title="Blocks (--block) and norms (--norm)")
+    for col in ("option", "name", "what it is"):
+        table.add_column(col, overflow="fold")
+    for name, entry in blocks.BLOCKS.items():
+        table.add_row("--block", name, escape(entry.description))
+    for name, entry in blocks.NORMS.items():
+        table.add_row("--norm", name, escape(entry.description))
+    table.caption = escape("--branch-scale alpha scales every residual branch: a number (0: SkipInit) or "
+                           "inv_sqrt_depth, 1/sqrt(depth - 1)")
     return table
 
 

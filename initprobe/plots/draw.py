@@ -39,6 +39,7 @@ NAMES = {
     "preact_corr": r"$c^l$: correlation of $h^l$ between two inputs",
     "chan_sq_mean": "average squared channel mean",
     "chan_var": "average channel variance",
+    "branch_var": r"$\mathrm{Var}(\alpha(W^l\phi(h^l)+b^l))$ residual branch",
     "token_corr": "token correlation: mean cosine between tokens",
 }
 MODEL_NAMES = {  # a --model's rows are module outputs y, not a layer's h and x
@@ -51,10 +52,12 @@ COLOURS = {
     "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
     "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
     "preact_corr": "#bcbd22", "chan_sq_mean": "#e6550d", "chan_var": "#3182bd", "token_corr": "#756bb1",
+    "branch_var": "#1b9e77",
 }
 POINTS = ("weight_var",)  # a --model's weights belong to unlike modules, not to a progression: points, no line
 FORWARD = ("act_var", "preact_var")
 BACKWARD = ("grad_preact_var", "grad_act_var")
+SPP = ("chan_sq_mean", "chan_var", "branch_var")  # Brock, De & Smith 2021's signal propagation plot
 LOG_RANGE = (-300.0, 300.0)  # decades a log axis may show (float64 denormals reach 1e-324)
 
 # ------------------------------------------------------------------------------------------ per-layer data
@@ -178,6 +181,11 @@ def new_figure(ncols: int = 2, width_ratios=None, figsize=FIGSIZE) -> tuple[Figu
     return fig, list(axes)
 
 
+def new_grid(nrows: int, ncols: int, width_ratios=None, figsize=FIGSIZE) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios)
+
+
 def isolated(line: np.ndarray) -> np.ndarray:
     """Finite points whose neighbours are both missing."""
     ok = np.isfinite(line)
@@ -220,15 +228,18 @@ def draw_theory(ax, layers, column, colour, log=True) -> np.ndarray:
     return line[usable(line, log)]
 
 
-def draw_quantities(ax, layers, columns, log=True, n_seeds=1) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Measured lines and bands, plus theory; returns (measured values, theory values, any theory column)."""
+def draw_quantities(ax, layers, columns, log=True, n_seeds=1, notes=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Measured lines and bands, plus theory; returns (measured values, theory values, any theory column).
+    `notes` ({column: text}) are added to the lines' names."""
     marker = "o" if layers["layer"].max() <= MARKER_DEPTH else None
     measured, theory = [np.array([])], [np.array([])]
     for column in columns:
         x, values = seed_matrix(layers, column)
         style, mark = series_style(column, layers, marker)
-        measured.append(draw_series(ax, x, values, COLOURS[column], column_name(column, layers), log, n_seeds > 1,
-                                    style=style, marker=mark))
+        noted = notes and column in notes and usable(values, log).any()  # else draw_series says "all 0"
+        name = column_name(column, layers) + (f" ({notes[column]})" if noted else "")
+        measured.append(draw_series(ax, x, values, COLOURS[column], name, log, n_seeds > 1, style=style,
+                                    marker=mark))
         theory.append(draw_theory(ax, layers, column, COLOURS[column], log))
     has_theory = any("theory_" + c in layers for c in columns)
     return np.concatenate(measured), np.concatenate(theory), has_theory
@@ -330,16 +341,18 @@ def mark_layer(ax, layer: int, text: str, colour: str, side: str, top: bool) -> 
             bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
-def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None, underflow=True) -> None:
+def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None, underflow=True,
+                 exact_zeros=()) -> None:
     """Where the pass first meets inf/nan and where it first meets exact zeros, in `columns`. The summary's
-    first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data."""
+    first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data. Columns
+    in `exact_zeros` are 0 by construction (SkipInit's branches), not by underflow."""
     side = "right" if direction == "forward" else "left"
     down = "" if direction == "forward" else " down"
     bad = first_nonfinite(layers, columns, direction)
     if bad is not None and (summary.get("first_nonfinite_layer") is not None or not summary):
         ax_text = f"non-finite from layer {bad}{down}"
         mark_layer(ax, bad, ax_text, colour or NONFINITE_COLOUR, side, top=True)
-    zero = first_zero(layers, columns, direction) if underflow else None
+    zero = first_zero(layers, [c for c in columns if c not in exact_zeros], direction) if underflow else None
     if zero is not None:
         mark_layer(ax, zero, f"underflow to 0 from layer {zero}{down}", colour or UNDERFLOW_COLOUR, side, top=False)
 

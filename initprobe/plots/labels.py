@@ -3,6 +3,7 @@ verdicts as text."""
 
 import numpy as np
 
+from .. import blocks
 from ..formatting import number as _num
 
 NUMERIC_PARAMS = ("gain", "scale", "std", "bound", "value")
@@ -57,6 +58,8 @@ def label_parts(config_dict: dict) -> dict[str, str]:
     seed is a piece too, though `label` leaves it out: two runs may differ only in it."""
     cfg, params = _split_config(config_dict)
     parts = network_parts(cfg, params)
+    if not cfg.get("model") and (cfg.get("block", "plain") != "plain" or cfg.get("norm", "none") != "none"):
+        parts["block"] = block_text(cfg)
     if cfg.get("bias") not in (None, "zeros"):
         parts["bias"] = f"bias std {_num(cfg['bias_std'])}" if cfg.get("bias_std") else f"bias {cfg['bias']}"
     if cfg.get("dtype") not in (None, "float32"):
@@ -68,12 +71,38 @@ def label_parts(config_dict: dict) -> dict[str, str]:
     return parts
 
 
+def block_text(cfg: dict) -> str:
+    """'residual, batch norm, α = 0.1414' (α as written: 'inv_sqrt_depth' becomes 1/√(depth − 1))."""
+    parts = [str(cfg.get("block", "plain"))]
+    if cfg.get("norm", "none") != "none":
+        parts.append(f"{cfg['norm']} norm")
+    if cfg.get("block") == "residual":
+        scale = cfg.get("branch_scale", 1.0)
+        parts.append("α = 1/√(depth − 1)" if scale == "inv_sqrt_depth" else f"α = {_num(_as_float(scale))}")
+    return ", ".join(parts)
+
+
+def correlation_theory_text(config_dict: dict) -> str | None:
+    """Which correlation map the theory line of a residual or normalized run's correlation figure is; None for
+    plain blocks without a norm (the C-map of the figure's usual caption)."""
+    cfg, _ = _split_config(config_dict)
+    block, norm = blocks.BLOCKS.get(cfg.get("block", "plain")), blocks.NORMS.get(cfg.get("norm", "none"))
+    if block is None or norm is None or not (block.stem or norm.standardizes):
+        return None
+    if norm.over == "batch":
+        return "theory: $-1/(B-1)$, batch norm centres each unit over the batch"
+    if block.stem:
+        h = r"\mathrm{LN}(x^{l-1})" if norm.standardizes else "x^{l-1}"
+        return rf"theory: residual correlation map (Yang & Schoenholz 2017) of $h^l = {h}$"
+    return "theory: the C-map at unit variance (layer norm pins $q^l = 1$)"
+
+
 def join_parts(parts: dict[str, str]) -> str:
-    """'init · act · ARCH depth D × width W · extras · seeds', leaving out what `parts` does not hold."""
+    """'init · act · ARCH depth D × width W · block · extras · seeds', leaving out what `parts` does not hold."""
     net = " × ".join(parts[k] for k in ("depth", "width") if k in parts)
     net = " ".join(p for p in (parts.get("arch"), net) if p)
-    pieces = [parts.get("model"), parts.get("init"), parts.get("act"), net, parts.get("record"), parts.get("mode"),
-              parts.get("bias"), parts.get("dtype"), parts.get("seeds")]
+    pieces = [parts.get("model"), parts.get("init"), parts.get("act"), net, parts.get("block"), parts.get("record"),
+              parts.get("mode"), parts.get("bias"), parts.get("dtype"), parts.get("seeds")]
     return " · ".join(p for p in pieces if p)
 
 
@@ -130,13 +159,31 @@ def verdict_text(summary: dict, direction: str) -> str:
 
 def scales_text(scales: dict) -> str:
     """'σ_w² = 1 · σ_b² = 0 · q* = 0.0015 · χ₁ = 1: critical · ξ_c = 6.8e+05' from predict.scales (or a
-    summary's "theory"); keys it lacks are left out."""
+    summary's "theory"); keys it lacks are left out. A residual or normalized network's: architecture_text."""
+    if "forward_ratio" in scales and "q_star" not in scales:
+        return architecture_text(scales)
     names = {"sigma_w2": r"$\sigma_w^2$", "sigma_b2": r"$\sigma_b^2$", "q_star": r"$q^*$", "chi_1": r"$\chi_1$"}
     parts = [f"{tex} = {_num(_as_float(scales[k]))}" for k, tex in names.items() if k in scales]
     if parts and "regime" in scales:
         parts[-1] += f": {scales['regime']}"
     if not np.isnan(_as_float(scales.get("xi_c"))):
         parts.append(rf"depth scale $\xi_c$ = {_num(_as_float(scales['xi_c']))}")
+    return " · ".join(parts)
+
+
+def architecture_text(scales: dict) -> str:
+    """'σ_w² = 2 · α = 1 · predicted end to end ×25.5 forward, ×62.4 backward · gradient ×1.473 per layer' from
+    predict.architecture_scales."""
+    parts = [rf"$\sigma_w^2$ = {_num(_as_float(scales.get('sigma_w2')))}"]
+    if "alpha" in scales:
+        parts.append(rf"$\alpha$ = {_num(_as_float(scales['alpha']))}")
+    parts.append(f"predicted end to end ×{_num(_as_float(scales.get('forward_ratio')))} forward, "
+                 f"×{_num(_as_float(scales.get('backward_ratio')))} backward")
+    if "gradient_factor" in scales:
+        factor = f"gradient ×{_as_float(scales['gradient_factor']):.4g} per layer"
+        if "gradient_factor_large_batch" in scales:
+            factor += f" (×{_as_float(scales['gradient_factor_large_batch']):.4g} as the batch grows)"
+        parts.append(factor)
     return " · ".join(parts)
 
 

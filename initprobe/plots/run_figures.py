@@ -1,5 +1,5 @@
 """The figures of one run directory (its plots/ folder): variance, weight_grad, histograms, saturation,
-correlation, and jacobian with --jacobian."""
+correlation, spp (the signal propagation plot), and jacobian with --jacobian."""
 
 import functools
 from pathlib import Path
@@ -11,25 +11,44 @@ from matplotlib.figure import Figure
 
 from .. import forking, results
 from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH,
-                   NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, constant_note, draw_quantities, draw_series,
-                   empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble, model_figsize, module_names,
-                   new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title, why_empty,
-                   wrapped)
-from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
+                   NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, SPP, add_legend, constant_note, draw_quantities,
+                   draw_series, empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble, model_figsize,
+                   module_names, new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title,
+                   why_empty, wrapped)
+from .labels import (_as_float, _num, _split_config, correlation_theory_text, label, theory_lines,
+                     verdict_text)
 
-def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd.DataFrame | None = None) -> None:
+SPP_FIGSIZE = (15, 4.2)  # three panels side by side, as Brock et al.'s Figure 1
+SKIPINIT = "0 at every block: alpha = 0"
+
+
+def exact_zeros(run: dict) -> dict[str, str]:
+    """Columns that are 0 at every residual block by construction, with the words that say why: with alpha = 0
+    (SkipInit) every branch is 0 and so is its dL/dh. Not an underflow, and nothing a log axis can show."""
+    cfg, _ = _split_config(run["config"])
+    if cfg.get("block") == "residual" and _as_float(cfg.get("branch_scale")) == 0:
+        return {"grad_preact_var": SKIPINIT, "branch_var": SKIPINIT}
+    return {}
+
+
+def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd.DataFrame | None = None,
+                   ylabel: str = "variance (log scale)") -> None:
     """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory; `shown`:
-    the rows to draw, if not the run's own (where the pass overflows is still found in the run's)."""
+    the rows to draw, if not the run's own (where the pass overflows is still found in the run's). Columns that are
+    0 by construction (exact_zeros) say so instead of being marked as an underflow."""
     layers, n_seeds = run["layers"], run["layers"]["seed"].nunique()
     columns = [c for c in columns if c in layers]
+    zeros = exact_zeros(run)
     measured, theory, has_theory = draw_quantities(ax, layers if shown is None else shown, columns, log=True,
-                                                   n_seeds=n_seeds)
+                                                   n_seeds=n_seeds, notes=zeros)
     set_layer_axis(ax, int(layers["layer"].max()), module_names(layers))
-    ax.set_ylabel("variance (log scale)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left", fontsize=11)
-    finish_log_panel(ax, measured, theory, has_theory, why_empty(layers, columns))
+    only_zeros = [zeros[c] for c in columns if c in zeros]
+    note = only_zeros[0] if only_zeros and len(only_zeros) == len(columns) else why_empty(layers, columns)
+    finish_log_panel(ax, measured, theory, has_theory, note)
     weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight, no underflow
-    mark_trouble(ax, layers, columns, direction, run["summary"], underflow=not weights)
+    mark_trouble(ax, layers, columns, direction, run["summary"], underflow=not weights, exact_zeros=tuple(zeros))
     if weights:
         constant_note(ax, layers)
 
@@ -65,6 +84,29 @@ def weight_grad_figure(run: dict) -> Figure:
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
     fig.suptitle(wrapped(fig, label(run["config"])))
+    return fig
+
+
+def spp_figure(run: dict) -> Figure:
+    """The signal propagation plot (Brock, De & Smith 2021) of a built-in network or of a --model."""
+    return model_spp_figure(run) if is_model_run(run["layers"]) else network_spp_figure(run)
+
+
+def network_spp_figure(run: dict) -> Figure:
+    """Brock, De & Smith 2021's signal propagation plot (their Figure 1): the average channel squared mean and
+    the average channel variance of x^l, and for residual networks the branch's variance, over depth."""
+    layers = run["layers"]
+    residual = "branch_var" in layers and (layers["branch_var"].notna().any() or bool(exact_zeros(run)))
+    columns = SPP if residual else SPP[:2]
+    fig, axes = new_figure(len(columns), figsize=SPP_FIGSIZE if residual else FIGSIZE)
+    titles = {"chan_sq_mean": "Average channel squared mean", "chan_var": "Average channel variance",
+              "branch_var": "Residual branch variance"}
+    for ax, column in zip(axes, columns):
+        variance_panel(ax, run, (column,), titles[column], "forward", ylabel=f"{column} (log scale)")
+    where = "over the batch and positions" if _split_config(run["config"])[0].get("arch") == "cnn" else \
+        "over the batch"
+    fig.suptitle(f"{label(run['config'])}\nsignal propagation plot (Brock, De & Smith 2021): each channel of $x^l$ "
+                 f"{where}, averaged over channels", fontsize=10)
     return fig
 
 
@@ -160,7 +202,7 @@ def histograms_figure(run: dict) -> Figure:
 
 
 
-def spp_figure(run: dict) -> Figure:
+def model_spp_figure(run: dict) -> Figure:
     """A --model's signal propagation plot (Brock, De & Smith 2021): each recorded output's average squared channel
     mean and average channel variance (their sum is E[y^2]); beside it, for (N, T, C) outputs, the mean cosine
     between a sequence's tokens (rank collapse drives it to 1: Dong et al. 2021, Noci et al. 2022)."""
@@ -216,8 +258,9 @@ def correlation_figure(run: dict) -> Figure:
         empty_note(ax, "no finite correlations measured")
     add_legend(ax, has_theory and theory.size > 0)
     mark_trouble(ax, layers, FORWARD, "forward", run["summary"], underflow=False)
-    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)",
-                 fontsize=10)
+    which = correlation_theory_text(run["config"])
+    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)"
+                 + (f"\n{which}" if which else ""), fontsize=10)
     return fig
 
 
@@ -314,7 +357,8 @@ def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path
 
 def figures_of(run: dict) -> dict:
     """{name: figure function} of a run: a --model's variance, spp and (where its modules have weights)
-    weight_grad; the built-in network's variance, histograms, saturation, weight_grad, correlation, jacobian."""
+    weight_grad; the built-in network's variance, histograms, saturation, weight_grad, correlation, spp (runs
+    written before the channel statistics have none), jacobian."""
     layers = run["layers"]
     if is_model_run(layers):
         figures = {"variance": variance_figure, "spp": spp_figure}
@@ -326,6 +370,8 @@ def figures_of(run: dict) -> dict:
                "weight_grad": weight_grad_figure}
     if "preact_corr" in layers:
         figures["correlation"] = correlation_figure
+    if "chan_sq_mean" in layers:
+        figures["spp"] = spp_figure
     if run["jacobian"] is not None:
         figures["jacobian"] = jacobian_figure
     return figures

@@ -5,7 +5,10 @@
   sweep varies (one column if it varies none); one line per remaining varying keys (the init, usually): geometric
   mean over seeds, band min..max over seeds, log y; colours and dash patterns both cycle, so lines that coincide
   stay visible. Runs that differ only in `seed` are pooled. The title names what every run shares (arch, act,
-  init, depth, width, seeds).
+  init, depth, width, seeds). A sweep with residual or normalized runs gets the signal propagation plot's rows too
+  (chan_sq_mean, chan_var, and branch_var with residual runs), its backward row each run's stream gradient
+  (grad_act_var for residual blocks); with a single column, forward and backward side by side with the legend, the
+  SPP panels underneath.
 - ratios: heatmaps of the end-to-end forward ratio act_var[depth]/act_var[1] and backward ratio
   grad_preact_var[1]/grad_preact_var[depth] (rows = lines above, columns = columns above), log10 colour scale
   diverging around 0 (ratio 1), every cell annotated. A sparse table (most cells without a run: [[point]] pairs
@@ -36,6 +39,10 @@ CONTEXT_KEYS = ("model", "arch", "act", "init", "depth", "width", "seeds")  # in
 ONE_COLUMN = "all runs"  # the column label when the sweep varies none of COLUMN_KEYS
 DASHES = ("-", "--", "-.", ":")
 GRADIENT = "gradient"  # the backward row's values: gradient_of(layers)
+SPP_ROWS = (("chan_sq_mean", "SPP: average channel\nsquared mean chan_sq_mean"),
+            ("chan_var", "SPP: average channel\nvariance chan_var"),
+            ("branch_var", "SPP: residual branch\nvariance branch_var"))
+WRAPPED_COLUMNS = 3  # a one-column sweep's rows beyond the first two: side by side, as Brock et al.'s Figure 1
 DPI = 110
 
 
@@ -51,11 +58,13 @@ def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], ti
         return {}
     if "step" in layers:
         layers = layers[layers["step"] == 0]
+    layers = mark_residual(layers, ok)
     groups, context = assign_groups(ok, varying), describe_fixed(ok, varying)
     every = runs[runs["status"].isin(["ok", "failed"])]  # failed runs get a cell that says so
     every_groups = one_column_if_sparse(assign_groups(every, varying))
     fig_dir.mkdir(exist_ok=True)
-    figures = {"profiles": lambda: profiles_figure(layers, groups, title, context),
+    spp = spp_rows(layers, ok)
+    figures = {"profiles": lambda: profiles_figure(layers, groups, title, context, spp),
                "ratios": lambda: ratios_figure(every, every_groups, title, context)}
     if "final_test_accuracy" in runs:
         figures = {"trainability": lambda: trainability_figure(every, varying, title, curves, context), **figures}
@@ -66,6 +75,30 @@ def draw(layers: pd.DataFrame | None, runs: pd.DataFrame, varying: list[str], ti
 
 def _save_made(make, path: Path) -> None:
     _save_png(make(), path)
+
+
+def residual_ids(runs: pd.DataFrame) -> set:
+    return set(runs.loc[runs["block"] == "residual", "run_id"]) if "block" in runs else set()
+
+
+def mark_residual(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """layers with `residual` (the row is a residual network's: its backward ratio is of dL/dx, dL/dh being one
+    branch's share) and `has_branch` (a residual block's row, not the stem's) where the sweep has residual runs."""
+    residual = residual_ids(runs)
+    if not residual:
+        return layers
+    is_residual = layers["run_id"].isin(residual)
+    return layers.assign(residual=is_residual, has_branch=is_residual & (layers["layer"] > 1))
+
+
+def spp_rows(layers: pd.DataFrame, runs: pd.DataFrame) -> tuple:
+    """The signal propagation plot's rows of the small multiples: with residual or normalized runs (branch_var with
+    residual runs), none otherwise."""
+    residual = bool(residual_ids(runs))
+    normalized = "norm" in runs and (runs["norm"].dropna() != "none").any()
+    if not (residual or normalized) or "chan_sq_mean" not in layers:
+        return ()
+    return tuple(r for r in SPP_ROWS if r[0] != "branch_var" or residual)
 
 
 def _save_png(fig: Figure, path: Path) -> None:
@@ -80,6 +113,11 @@ def _save_png(fig: Figure, path: Path) -> None:
 
 def _present(value) -> bool:
     return not (value is None or (isinstance(value, float) and math.isnan(value)))
+
+
+def _block(row):
+    block = row.get("block")
+    return block if _present(block) else None
 
 
 def _network_kind(row) -> str:
@@ -100,7 +138,7 @@ def assign_groups(runs: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     def label(row, keys, named):  # init by value, but init=model (a model's own) says what it is
         parts = [(formatting.value(row[k]) if k in named and row[k] != inits.MODEL_OWN else
                   f"{k}={formatting.value(row[k])}") for k in keys
-                 if _present(row[k]) and config.applies(k, _network_kind(row), row.get("act"))]
+                 if _present(row[k]) and config.applies(k, _network_kind(row), row.get("act"), _block(row))]
         return ", ".join(parts)
 
     rows = [(r["run_id"], label(r, col_keys, ()) or ONE_COLUMN, label(r, line_keys, ("init",)) or "all runs")
@@ -151,7 +189,10 @@ def _colours(lines: list[str]) -> dict:
 
 def profiles(data: pd.DataFrame, quantity: str) -> dict:
     """{(column, line): per-layer frame} of geometric mean, min and max over seeds of the positive finite values of
-    `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line."""
+    `quantity`, and how many values were masked (non-finite or <= 0). One groupby for every panel and line. Rows
+    of branch_var without a branch (plain blocks, stems: mark_residual's has_branch) are left out, not masked."""
+    if quantity == "branch_var":
+        data = data[data["has_branch"]] if "has_branch" in data else data.iloc[:0]
     values = data[["column", "line", "layer", quantity]].copy()
     v = values[quantity].to_numpy(dtype=float)
     good = np.isfinite(v) & (v > 0)
@@ -166,14 +207,36 @@ def profiles(data: pd.DataFrame, quantity: str) -> dict:
 
 def gradient_of(layers: pd.DataFrame) -> tuple[pd.Series, str]:
     """The gradient variance each row's backward ratio reads, and its column name(s): grad_preact_var for the
-    built-in network's layers, grad_act_var for a --model's modules (which have no h)."""
+    built-in network's plain layers, grad_act_var for its residual ones (mark_residual: dL/dh is one branch's share)
+    and for a --model's modules (which have no h)."""
     nan = pd.Series(np.nan, index=layers.index)
     built_in = layers["grad_preact_var"] if "grad_preact_var" in layers else nan
-    if "module" not in layers:
+    model = layers["module"].notna() if "module" in layers else pd.Series(False, index=layers.index)
+    residual = layers["residual"].fillna(False).astype(bool) if "residual" in layers else \
+        pd.Series(False, index=layers.index)
+    stream = model | residual
+    if not stream.any():
         return built_in, "grad_preact_var"
-    model = layers["module"].notna()
-    names = [n for n, present in (("grad_preact_var", not model.all()), ("grad_act_var", model.any())) if present]
-    return built_in.where(~model, layers["grad_act_var"]), " or ".join(names)
+    if stream.all():
+        return layers["grad_act_var"], "grad_act_var"
+    kinds = ", ".join(k for k, present in (("residual", residual.any()), ("models", model.any())) if present)
+    names = ["grad_preact_var (plain)", f"grad_act_var ({kinds})"]
+    return built_in.where(~stream, layers["grad_act_var"]), " or ".join(names)
+
+
+def lines_low_on_the_left(ax) -> bool:
+    """Whether every line drawn in the left 40% of the panel stays in its lower half (log y), so that a note fits in
+    the upper left corner without hiding them."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = np.log10(ax.get_ylim()) if ax.get_yscale() == "log" else (None, None)
+    if y0 is None or not y1 > y0:
+        return False
+    heights = []
+    for line in ax.get_lines():
+        x, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+        left = (x <= x0 + 0.4 * (x1 - x0)) & np.isfinite(y) & (y > 0)
+        heights.extend((np.log10(y[left]) - y0) / (y1 - y0))
+    return bool(heights) and max(heights) < 0.5
 
 
 def legend_columns(labels: list[str], width_inches: float) -> int:
@@ -183,17 +246,38 @@ def legend_columns(labels: list[str], width_inches: float) -> int:
     return max(1, min(len(labels), 4, fit))
 
 
-def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "") -> Figure:
+def profile_axes(fig: Figure, rows, columns) -> tuple[dict, object]:
+    """({(row, column): axes}, a spare axes for the legend or None). A sweep with one column and more than two rows
+    (the SPP rows) puts forward and backward side by side with the legend beside them, and the SPP rows in a row of
+    their own underneath; otherwise a row per quantity and a column per column, y shared along a row."""
+    if len(columns) > 1 or len(rows) <= 2:
+        axes = fig.subplots(len(rows), len(columns), squeeze=False, sharey="row")
+        return {(r, c): axes[r, c] for r in range(len(rows)) for c in range(len(columns))}, None
+    grid = fig.subplots(2, WRAPPED_COLUMNS, squeeze=False)
+    slots = [grid[0, 0], grid[0, 1], *grid[1, :]]
+    for extra in slots[len(rows):]:
+        extra.remove()
+    return {(r, 0): slots[r] for r in range(len(rows))}, grid[0, 2]
+
+
+def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, context: str = "",
+                    spp=()) -> Figure:
+    """The small multiples: forward and backward rows, and the `spp` rows (spp_rows) under them."""
     data = layers.merge(groups, on="run_id")
     data[GRADIENT], gradient = gradient_of(data)
-    quantities = (("act_var", "forward\nactivation variance act_var"),
-                  (GRADIENT, f"backward\ngradient variance {gradient}"))
+    rows = (("act_var", "forward\nactivation variance act_var"),
+            (GRADIENT, "backward\ngradient variance\n" + gradient.replace(" or ", " or\n")), *spp)
     columns, lines = _order(groups["column"]), _order(groups["line"])
     colours = _colours(lines)
     dashes = {line: DASHES[i % len(DASHES)] for i, line in enumerate(lines)}
-    fig = Figure(layout="constrained", figsize=(max(6.4, 0.6 + 3.3 * len(columns)), 6.2 + 0.2 * (len(lines) // 4)))
-    axes = fig.subplots(len(quantities), len(columns), squeeze=False, sharey="row")
-    for r, (quantity, name) in enumerate(quantities):
+    wrapped = len(columns) == 1 and len(rows) > 2
+    if wrapped:
+        figsize = (4.3 * WRAPPED_COLUMNS, 7.6)
+    else:
+        figsize = (max(6.4, 0.6 + 3.3 * len(columns)), 3.1 * len(rows) + 0.2 * (len(lines) // 4))
+    fig = Figure(layout="constrained", figsize=figsize)
+    axes, spare = profile_axes(fig, rows, columns)
+    for r, (quantity, name) in enumerate(rows):
         panels = profiles(data, quantity)
         for c, column in enumerate(columns):
             ax = axes[r, c]
@@ -211,24 +295,31 @@ def profiles_figure(layers: pd.DataFrame, groups: pd.DataFrame, title: str, cont
                 if len(masked):
                     where = f"layer {masked.min()}" if len(masked) == 1 else \
                         f"{len(masked)} layers in {masked.min()}..{masked.max()}"
-                    notes.append(f"{line}: inf/nan/0 masked at {where}")
+                    notes.append(textwrap.fill(f"{line}: inf/nan/0 masked at {where}", 42))
             if drawn:
                 ax.set_yscale("log")
             else:
                 ax.text(0.5, 0.5, "no finite positive values", ha="center", va="center", transform=ax.transAxes)
             if notes:
-                ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
-                        color="0.3")
+                low = lines_low_on_the_left(ax)
+                ax.text(0.02, 0.98 if low else 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
+                        va="top" if low else "bottom", color="0.3",
+                        bbox={"boxstyle": "square,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
             ax.grid(True, which="major", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0 and columns != [ONE_COLUMN]:
                 ax.set_title(textwrap.fill(column, 40), fontsize=9)
-            if r == len(quantities) - 1:
+            if r == len(rows) - 1 or wrapped:
                 ax.set_xlabel("layer l")
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.legend([Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines], lines,
-               loc="outside lower center", ncols=legend_columns(lines, fig.get_figwidth()), fontsize=9, frameon=False)
+    handles = [Line2D([], [], color=colours[line], ls=dashes[line], lw=2) for line in lines]
+    if spare is not None:
+        spare.axis("off")
+        spare.legend(handles, [textwrap.fill(line, 34) for line in lines], loc="center", fontsize=9, frameon=False)
+    else:
+        fig.legend(handles, lines, loc="outside lower center", ncols=legend_columns(lines, fig.get_figwidth()),
+                   fontsize=9, frameon=False)
     fig.suptitle(_title(fig, f"{title}: per-layer variance", context,
                         "geometric mean over seeds, band min..max over seeds"), fontsize=10)
     return fig
@@ -274,6 +365,9 @@ def ratio_names(runs: pd.DataFrame) -> tuple[str, str]:
     if "model" in runs and runs["model"].map(_present).any():
         return ("forward ratio\nact_var, last / first compared layer",
                 "backward ratio\ngradient variance, first / last compared layer")
+    if residual_ids(runs):  # the summary's backward ratio is of each run's stream gradient
+        return ("forward ratio\nact_var[depth] / act_var[1]", "backward ratio, gradient[1] / gradient[depth]\n"
+                "(grad_act_var residual, grad_preact_var plain)")
     return "forward ratio\nact_var[depth] / act_var[1]", "backward ratio\ngrad_preact_var[1] / grad_preact_var[depth]"
 
 

@@ -356,5 +356,6 @@ def _init_options(cfg: RunConfig) -> dict:
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
     """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its network (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.act)]
+             if getattr(cfg, k) is not None
+             and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.act, cfg.block)]
     return " ".join(shown) or "run"
