@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml setup.py initprobe/_fused.c
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-# tests also need pytest, ruff and ray (the sweep's Ray backend is tested against a real local Ray)
+# tests also need pytest, ruff, ray (the sweep's Ray backend is tested against a real local Ray), transformers
+# (--model hf:TYPE is tested on small real models; it depends on torch only, so the torch above stays) and the
+# train extra (scikit-learn, whose bundled digits `initprobe train` learns)
 $(DEV_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,models,train]"
 	touch $(DEV_STAMP)
 
 install: $(STAMP)

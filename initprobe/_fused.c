@@ -135,21 +135,55 @@ typedef struct {
         }                                                                                     \
     }
 
+/* x's column sums and sums of squares about a shift per column (x's first row), k (<= GROUP) rows `stride`
+   apart, into csum and csq: a group of rows per pass over them, as AXPY */
+#define DEFINE_COLUMNS(T, NAME)                                                               \
+    CLONES static void NAME(T *csum, T *csq, const T *row, const T *shift, int64_t n, int64_t stride, int k) { \
+        if (k == GROUP) {                                                                     \
+            const T *r0 = row, *r1 = row + stride, *r2 = row + 2 * stride, *r3 = row + 3 * stride; \
+            _Pragma("omp simd")                                                               \
+            for (int64_t i = 0; i < n; i++) {                                                 \
+                T c = shift[i], d0 = r0[i] - c, d1 = r1[i] - c, d2 = r2[i] - c, d3 = r3[i] - c; \
+                csum[i] += (d0 + d1) + (d2 + d3);                                             \
+                csq[i] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                          \
+            }                                                                                 \
+            return;                                                                           \
+        }                                                                                     \
+        for (int j = 0; j < k; j++) {                                                         \
+            const T *r = row + j * stride;                                                    \
+            _Pragma("omp simd")                                                               \
+            for (int64_t i = 0; i < n; i++) {                                                 \
+                T d = r[i] - shift[i];                                                        \
+                csum[i] += d;                                                                 \
+                csq[i] += d * d;                                                              \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+/* Per-thread buffers of one layer() call: each thread's `cols` of the unit-row sum and of x's column sums and
+   squares (nt_max threads), and x's first row as the columns' shift */
+#define DEFINE_BUFFERS(T, NAME)                                                               \
+    typedef struct {                                                                          \
+        T *units, *csum, *csq, *shift;                                                        \
+    } NAME;
+
 /* One layer's forward: h and x (rows, cols), row by row, with the sum of h's rows scaled to unit norm (each
-   thread adds its rows into its own `cols` of `units`, nt_max * cols, added up at the end; its squared norm is
-   *pairs), each thread the same rows of both, as torch's threads wrote them. x's sums are taken about `shift`
-   (see layer()). */
-#define DEFINE_LAYER(T, NAME, ROW, AXPY)                                                      \
-    static void NAME(const T *h, const T *x, int64_t rows, int64_t cols, T lo, T hi, T shift, T *units, \
-                     int nt_max, LayerSums *sums, double *pairs) {                            \
+   thread adds its rows into its own `cols` of `units`, added up at the end; its squared norm is *pairs) and x's
+   column sums and squares about the shift (each thread into its own `cols` of csum, csq), each thread the same
+   rows of both, as torch's threads wrote them. x's sums are taken about `shift` (see layer()). */
+#define DEFINE_LAYER(T, NAME, ROW, AXPY, COLUMNS, BUFFERS)                                    \
+    static void NAME(const T *h, const T *x, int64_t rows, int64_t cols, T lo, T hi, T shift, BUFFERS *buf, \
+                     int nt_max, LayerSums *sums, double *pairs, int *threads) {              \
         double hs = 0, hq = 0, xs = 0, xq = 0, out = 0, nonzero = 0;                          \
         int used = 1;                                                                         \
         _Pragma("omp parallel if (rows * cols >= GRAIN) num_threads(nt_max) reduction(+:hs,hq,xs,xq,out,nonzero)") \
         {                                                                                     \
             int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();                     \
             int64_t first = rows * t / nt, last = rows * (t + 1) / nt;                        \
-            T *unit = units + t * cols;                                                       \
+            T *unit = buf->units + t * cols, *csum = buf->csum + t * cols, *csq = buf->csq + t * cols; \
             memset(unit, 0, cols * sizeof(T));                                               \
+            memset(csum, 0, cols * sizeof(T));                                               \
+            memset(csq, 0, cols * sizeof(T));                                                \
             if (t == 0) used = (int)nt;                                                       \
             LayerSums acc = {0, 0, 0, 0, 0, 0};                                               \
             for (int64_t r = first; r < last; r += GROUP) {                                   \
@@ -160,6 +194,7 @@ typedef struct {
                     scale[j] = (T)(1.0 / sqrt(sq));                                           \
                 }                                                                             \
                 AXPY(unit, h + r * cols, cols, cols, k, scale);                               \
+                COLUMNS(csum, csq, x + r * cols, buf->shift, cols, cols, k);                  \
             }                                                                                 \
             hs += acc.hs;                                                                     \
             hq += acc.hq;                                                                     \
@@ -171,11 +206,53 @@ typedef struct {
         double p = 0;                                                                         \
         for (int64_t j = 0; j < cols; j++) {                                                  \
             double u = 0;                                                                     \
-            for (int t = 0; t < used; t++) u += units[t * cols + j];                          \
+            for (int t = 0; t < used; t++) u += buf->units[t * cols + j];                     \
             p += u * u;                                                                       \
         }                                                                                     \
         *sums = (LayerSums){hs, hq, xs, xq, out, nonzero};                                    \
         *pairs = p;                                                                           \
+        *threads = used;                                                                      \
+    }
+
+/* The channel statistics of x (rows, cols) from the threads' column sums: channel c is the `cols / channels`
+   contiguous columns c * per .. (c + 1) * per - 1 (the positions of an (N, C, H, W) tensor; one column per unit for
+   an (N, C) one). Each column's mean and (biased) variance over the rows, in double, from its sums about its shift;
+   a channel's mean is its columns' mean, its variance their mean variance plus the variance of their means.
+   *sq_mean = mean over channels of the squared channel means (each squared in T), *var = mean over channels of
+   their variances. */
+#define DEFINE_CHANNELS(T, NAME, BUFFERS)                                                     \
+    static int NAME(const BUFFERS *buf, int used, int64_t rows, int64_t cols, int64_t channels, double *sq_mean, \
+                    double *var) {                                                            \
+        double *mean = malloc((2 * (size_t)cols + 1) * sizeof(double)), *cvar = mean + cols; \
+        if (!mean) return -1;                                                                 \
+        for (int64_t j = 0; j < cols; j++) {                                                  \
+            double s = 0, q = 0;                                                              \
+            for (int t = 0; t < used; t++) {                                                  \
+                s += buf->csum[t * cols + j];                                                 \
+                q += buf->csq[t * cols + j];                                                  \
+            }                                                                                 \
+            double d = s / rows, v = q / rows - d * d;                                        \
+            mean[j] = (double)buf->shift[j] + d;                                              \
+            cvar[j] = v < 0 ? 0.0 : v; /* rounding; nan stays nan */                         \
+        }                                                                                     \
+        int64_t per = cols / channels;                                                        \
+        double sq = 0, vsum = 0;                                                              \
+        for (int64_t c = 0; c < channels; c++) {                                              \
+            double m = 0, spread = 0, within = 0;                                             \
+            for (int64_t j = c * per; j < (c + 1) * per; j++) m += mean[j];                   \
+            m /= per;                                                                         \
+            for (int64_t j = c * per; j < (c + 1) * per; j++) {                               \
+                spread += (mean[j] - m) * (mean[j] - m);                                      \
+                within += cvar[j];                                                            \
+            }                                                                                 \
+            T held = (T)m; /* squared in T: beyond T's range it overflows as T's own statistics do */ \
+            sq += held * held;                                                                \
+            vsum += (within + spread) / per;                                                  \
+        }                                                                                     \
+        free(mean);                                                                           \
+        *sq_mean = sq / channels;                                                             \
+        *var = vsum / channels;                                                               \
+        return 0;                                                                             \
     }
 
 DEFINE_SUMS(float, sums_f)
@@ -186,8 +263,14 @@ DEFINE_ROW(float, row_f)
 DEFINE_ROW(double, row_d)
 DEFINE_AXPY(float, axpy_f)
 DEFINE_AXPY(double, axpy_d)
-DEFINE_LAYER(float, layer_f, row_f, axpy_f)
-DEFINE_LAYER(double, layer_d, row_d, axpy_d)
+DEFINE_COLUMNS(float, columns_f)
+DEFINE_COLUMNS(double, columns_d)
+DEFINE_BUFFERS(float, Buffers_f)
+DEFINE_BUFFERS(double, Buffers_d)
+DEFINE_LAYER(float, layer_f, row_f, axpy_f, columns_f, Buffers_f)
+DEFINE_LAYER(double, layer_d, row_d, axpy_d, columns_d, Buffers_d)
+DEFINE_CHANNELS(float, channels_f, Buffers_f)
+DEFINE_CHANNELS(double, channels_d, Buffers_d)
 
 static void *at(unsigned long long address) { return (void *)(uintptr_t)address; }
 
@@ -217,34 +300,58 @@ static PyObject *moments(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* layer(out, is_double, rows, cols, h, x, lo, hi): h^l and x^l = phi(h^l), both (rows, cols).
+/* The buffers of one layer() call in one allocation: units, csum, csq (nt_max * cols each) and shift (cols);
+   shift = x's first row, 0 where it is not finite */
+#define DEFINE_ALLOCATE(T, NAME, BUFFERS)                                                     \
+    static int NAME(BUFFERS *buf, const T *x, int64_t rows, int64_t cols, int nt_max) {      \
+        size_t per = (size_t)nt_max * cols;                                                   \
+        T *all = malloc((3 * per + cols + 1) * sizeof(T));                                      \
+        if (!all) return -1;                                                                  \
+        *buf = (BUFFERS){all, all + per, all + 2 * per, all + 3 * per};                       \
+        for (int64_t j = 0; j < cols; j++) buf->shift[j] = rows > 0 && isfinite(x[j]) ? x[j] : (T)0; \
+        return 0;                                                                             \
+    }
+
+DEFINE_ALLOCATE(float, allocate_f, Buffers_f)
+DEFINE_ALLOCATE(double, allocate_d, Buffers_d)
+
+/* layer(out, is_double, rows, cols, channels, h, x, lo, hi): h^l and x^l, both (rows, cols), x's `channels`
+   channels each `cols / channels` contiguous columns.
    out[0] = sum of h, out[1] = its sum of squares, out[2] = squared norm of the sum of h's rows scaled to unit
    norm, out[3] = elements of h outside [lo, hi]; out[4] = sum of x, out[5] = its sum of squared deviations from
-   the mean, out[6] = elements of x not 0. x's deviations are taken from its first element (when finite) and
-   corrected in double: exact enough where the mean dominates the spread (sigmoid's 0.5), unlike
-   E[x^2] - E[x]^2 in float32. */
+   the mean, out[6] = elements of x not 0; out[7] = x's mean over channels of the squared channel means, out[8] its
+   mean over channels of the channel variances (see DEFINE_CHANNELS). x's deviations are taken from its first
+   element (when finite) and corrected in double: exact enough where the mean dominates the spread (sigmoid's 0.5),
+   unlike E[x^2] - E[x]^2 in float32; each column's from its first row's element, likewise. */
 static PyObject *layer(PyObject *self, PyObject *args) {
     unsigned long long out, h, x;
-    long long rows, cols;
-    int is_double;
-    double lo, hi, pairs, shift;
-    if (!PyArg_ParseTuple(args, "KpLLKKdd", &out, &is_double, &rows, &cols, &h, &x, &lo, &hi)) return NULL;
+    long long rows, cols, channels;
+    int is_double, used, failed;
+    double lo, hi, pairs, shift, chan_sq_mean = NAN, chan_var = NAN;
+    if (!PyArg_ParseTuple(args, "KpLLLKKdd", &out, &is_double, &rows, &cols, &channels, &h, &x, &lo, &hi))
+        return NULL;
     int nt_max = omp_get_max_threads();
-    void *units = malloc((size_t)nt_max * cols * (is_double ? sizeof(double) : sizeof(float)));
-    if (!units) return PyErr_NoMemory();
+    Buffers_f buf_f;
+    Buffers_d buf_d;
+    failed = is_double ? allocate_d(&buf_d, at(x), rows, cols, nt_max) : allocate_f(&buf_f, at(x), rows, cols, nt_max);
+    if (failed) return PyErr_NoMemory();
     LayerSums sums;
     Py_BEGIN_ALLOW_THREADS
     if (is_double) {
         const double *xv = at(x);
         shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0;
-        layer_d(at(h), xv, rows, cols, lo, hi, shift, units, nt_max, &sums, &pairs);
+        layer_d(at(h), xv, rows, cols, lo, hi, shift, &buf_d, nt_max, &sums, &pairs, &used);
+        failed = channels_d(&buf_d, used, rows, cols, channels, &chan_sq_mean, &chan_var);
+        free(buf_d.units);
     } else {
         const float *xv = at(x);
         shift = rows * cols > 0 && isfinite(xv[0]) ? xv[0] : 0.0f;
-        layer_f(at(h), xv, rows, cols, (float)lo, (float)hi, (float)shift, units, nt_max, &sums, &pairs);
+        layer_f(at(h), xv, rows, cols, (float)lo, (float)hi, (float)shift, &buf_f, nt_max, &sums, &pairs, &used);
+        failed = channels_f(&buf_f, used, rows, cols, channels, &chan_sq_mean, &chan_var);
+        free(buf_f.units);
     }
     Py_END_ALLOW_THREADS
-    free(units);
+    if (failed) return PyErr_NoMemory();
     double n = (double)(rows * cols), m2 = sums.xq - sums.xs * sums.xs / n;
     double *o = at(out);
     o[0] = sums.hs;
@@ -254,12 +361,15 @@ static PyObject *layer(PyObject *self, PyObject *args) {
     o[4] = sums.xs + shift * n;
     o[5] = m2 < 0 ? 0.0 : m2; /* rounding; nan stays nan */
     o[6] = sums.nonzero;
+    o[7] = chan_sq_mean;
+    o[8] = chan_var;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"moments", moments, METH_VARARGS, "moments(out, is_double, n, ptr[, ptr2]): sum, sum of squares of each"},
-    {"layer", layer, METH_VARARGS, "layer(out, is_double, rows, cols, h, x, lo, hi): a layer's forward sums"},
+    {"layer", layer, METH_VARARGS,
+     "layer(out, is_double, rows, cols, channels, h, x, lo, hi): a layer's forward sums and x's channel moments"},
     {NULL, NULL, 0, NULL},
 };
 

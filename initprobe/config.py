@@ -1,14 +1,17 @@
 """Run configuration: one dataclass whose fields are the run options, each declared once with what every view of it
 needs (help text, help panel, the commands that take it, its choices and bounds). Validation, config files, sweep
-files, the command-line options of `run`, `theory` and `phase`, `initprobe list` and docs/options.md all read these
-declarations.
+files, the command-line options of `run`, `theory`, `phase` and `train`, `initprobe list` and docs/options.md all
+read these declarations. `TrainConfig` adds the options of `initprobe train` to the run options it takes.
 
 Precedence: command line > config file > defaults. No torch here: a device's presence is checked by the runner.
 """
 
 import dataclasses
+import importlib.util
 import math
+import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import activations, inits
+from . import activations, blocks, inits
 from .errors import ConfigError
 from .names import did_you_mean, unknown
 
@@ -31,15 +34,23 @@ DTYPES = ("float32", "float64", "bfloat16")
 BIASES = ("zeros", "torch_default", "normal")
 FORMATS = ("png", "svg", "pdf")
 ARCH_DEFAULTS = {"mlp": (512, 256), "cnn": (64, 32)}  # (width, batch) when not given
+MODEL_KIND = "model"  # what a run of --model is, where options say which networks they apply to (Option.scope)
+NETWORKS = ARCHS  # the built-in networks
+MODEL_BATCH = 8  # a --model run's batch when not given: a real model costs far more per input than a probe layer
+MODEL_SEQ_LEN = 128  # token sequence length when not given
+INPUT_KINDS = ("auto", "normal", "tokens")
+MODEL_MODES = ("train", "eval")
+RECORDS = ("params", "blocks")
 JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
-SEED_LIMIT = 2**63  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
+INT64_LIMIT = 2**63  # torch's integers are int64: token ids below this
+SEED_LIMIT = INT64_LIMIT  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
 DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max, "bfloat16": 3.3895313892515355e38}
 SPREAD = 3.0  # the largest number an init is given, in units of its weights' root mean square (a uniform's bound is
 # sqrt(3), a truncated normal's cut 2 / 0.88 of it)
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
 THEORY_MAX_DEPTH = 100_000  # `initprobe theory` computes a quadrature per layer: its time grows with the depth
 
-NETWORK, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Initializer", "Measurement", "Output"
+NETWORK, MODEL, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Model", "Initializer", "Measurement", "Output"
 RUN, THEORY, PHASE = "run", "theory", "phase"
 ALL = (RUN, THEORY, PHASE)
 
@@ -52,14 +63,19 @@ class Option:
     panel: str
     commands: tuple[str, ...] = (RUN,)
     choices: Callable[[], Sequence[str]] | None = None  # the valid values, aliases included
-    open_choices: bool = False  # init: a registry name, or package.module:function
+    open_choices: str | None = None  # what else a value may be besides a choice ("package.module:function")
+    check: Callable[[object], None] | None = None  # a last check of a value on its own; raises ConfigError
     minimum: float | None = None
     maximum: float | None = None  # exclusive
     flag: str | None = None  # the command-line flag, when not --key-with-dashes
+    metavar: str | None = None  # how the command line's help shows the value, when not its type or choices
     default_text: str | None = None  # what the default means when it is None or depends on other options
     envvar: str | None = None
     kind: str | None = None  # a registry's noun for unknown-name messages ("activation"); None: "KEY must be one of"
-    arch: str | None = None  # the architecture the option means something for; None: every one
+    scope: tuple[str, ...] | None = None  # the networks the option means something for (ARCHS, MODEL_KIND); None: all
+    act_flag: str | None = None  # the activation registry's flag without which it means nothing; None: every one
+    block: str | None = None  # the block the option means something for (blocks.py); None: every one
+    words: tuple[str, ...] = ()  # text a number option also takes ('auto')
 
 
 def option(default, help: str, panel: str, **kwargs):
@@ -70,8 +86,43 @@ def _names(*values):
     return lambda: values
 
 
-_NET = dict(panel=NETWORK, commands=(RUN, THEORY))
+_NET = dict(panel=NETWORK, commands=(RUN, THEORY), scope=NETWORKS)
 _INIT = dict(panel=INITIALIZER, commands=(RUN, THEORY))
+_MODEL = dict(panel=MODEL, commands=(RUN,), scope=(MODEL_KIND,))
+
+
+def _check_init(name: str) -> None:
+    """A registry name or package.module:function: the registry says what is wrong."""
+    try:
+        inits.get(name)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+
+
+def _check_model(spec: str) -> None:
+    """The form of --model (importing it is the run's business): hf:MODEL_TYPE or package.module:callable."""
+    module, colon, name = spec.partition(":")
+    if not colon:
+        raise ConfigError(f"model must be package.module:callable or hf:MODEL_TYPE, got '{spec}' "
+                          f"(a transformers model type is written hf:{spec})")
+    if module == "hf":
+        if not name:
+            raise ConfigError("model hf: needs a transformers model type, e.g. hf:gpt2")
+        return
+    dotted = module.split(".")
+    if not all(part.isidentifier() for part in dotted) or not name.isidentifier():
+        raise ConfigError(f"model must be package.module:callable or hf:MODEL_TYPE, got '{spec}'")
+
+
+def _check_record(record: str) -> None:
+    """params, blocks, or a regular expression of qualified module names."""
+    if record in RECORDS:
+        return
+    try:
+        re.compile(record)
+    except re.error as e:
+        raise ConfigError(f"record '{record}' is neither {' nor '.join(RECORDS)} nor a regular expression: {e}") \
+            from None
 
 
 @dataclass
@@ -82,22 +133,65 @@ class RunConfig:
     depth: int = option(50, "Number of blocks (layers) l = 1..depth.", **_NET, minimum=1)
     width: int | None = option(None, "Hidden units (MLP) or channels (CNN) of every block.", **_NET, minimum=1,
                                default_text="512 MLP, 64 CNN")
-    input_dim: int | None = option(None, "MLP input size.", **_NET, minimum=1, default_text="width", arch="mlp")
-    in_channels: int = option(3, "CNN input channels.", **_NET, minimum=1, arch="cnn")
-    image_size: int = option(32, "CNN input height and width.", NETWORK, minimum=1, arch="cnn")
-    kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **_NET, minimum=1, arch="cnn")
+    input_dim: int | None = option(None, "MLP input size.", **{**_NET, "scope": ("mlp",)}, minimum=1,
+                                   default_text="width")
+    in_channels: int = option(3, "CNN input channels.", **{**_NET, "scope": ("cnn",)}, minimum=1)
+    image_size: int = option(32, "CNN input height and width.", **{**_NET, "scope": ("cnn",)}, minimum=1)
+    kernel_size: int = option(3, "CNN kernel size (odd; stride 1, 'same' padding).", **{**_NET, "scope": ("cnn",)},
+                              minimum=1)
     padding: str = option("zeros", "CNN padding (circular makes CNN theory exact for wide inputs).", NETWORK,
-                          choices=_names(*PADDINGS), arch="cnn")
+                          choices=_names(*PADDINGS), scope=("cnn",))
+    block: str = option("plain", "Block: plain (h = N(W x + b), x = phi(h)) or residual (layer 1 a linear stem, then "
+                        "x = x + alpha (W phi(N(x)) + b): pre-activation ResNet blocks).", **_NET,
+                        choices=blocks.block_choices, kind="block")
+    norm: str = option("none", "Normalization N: none, batch (each unit or channel over the batch, train mode) or "
+                       "layer (each example over its units; CNN: over C, H, W); gamma 1, beta 0, eps 1e-5.", **_NET,
+                       choices=blocks.norm_choices, kind="norm")
+    branch_scale: float | str = option(1.0, "Residual branch scale alpha: a number (0 is SkipInit: the identity "
+                                       "after the stem), or 'inv_sqrt_depth' for 1/sqrt(depth - 1).", **_NET,
+                                       minimum=0, words=("inv_sqrt_depth",), block="residual",
+                                       default_text="1")
     act: str = option("tanh", "Activation (`initprobe list` shows each with its gain).", NETWORK, commands=ALL,
-                      choices=activations.choices, kind="activation")
-    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL)
+                      choices=activations.choices, kind="activation", scope=NETWORKS)
+    slope: float = option(0.01, "leaky_relu negative slope.", NETWORK, commands=ALL, scope=NETWORKS,
+                          act_flag="takes_slope")
+    # a model of the user's instead of the built-in network (any_model.py, module_probe.py)
+    model: str | None = option(None, "Probe a model instead of the built-in network: package.module:callable "
+                               "(called with the --model-arg values, it returns an nn.Module; e.g. "
+                               "torchvision.models:resnet50) or hf:MODEL_TYPE (a Hugging Face transformers model "
+                               "built from its config, randomly initialized, nothing downloaded; e.g. hf:gpt2).",
+                               MODEL, commands=(RUN,), check=_check_model, metavar="MODULE:CALLABLE|hf:TYPE")
+    model_args: dict | None = option(None, "Keyword arguments of the callable, or of the transformers config "
+                                     "(e.g. n_layer=4); values are TOML: numbers, strings, lists. Repeatable.",
+                                     **_MODEL, flag="--model-arg", default_text="none", metavar="KEY=VALUE")
+    input_shape: list[int] | None = option(None, "The input of one example, x ~ N(0, 1) of shape (batch, "
+                                           "*input_shape): C,H,W for images, FEATURES for vectors.", **_MODEL,
+                                           minimum=1, default_text="a transformers model's config (num_channels, "
+                                           "image_size), else required", metavar="C,H,W|FEATURES")
+    input_kind: str = option("auto", "normal: x ~ N(0, 1) of --input-shape; tokens: (batch, --seq-len) ids drawn "
+                             "uniformly from the vocabulary; auto: tokens for a transformers model whose input is "
+                             "input_ids, else normal.", **_MODEL, choices=_names(*INPUT_KINDS))
+    seq_len: int | None = option(None, "Tokens per sequence.", **_MODEL, minimum=1, default_text=str(MODEL_SEQ_LEN))
+    vocab: int | None = option(None, "Vocabulary of the token ids.", **_MODEL, minimum=1, maximum=INT64_LIMIT,
+                               default_text="the model config's vocab_size")
+    model_mode: str = option("train", "train: batch statistics and dropout as at the first training step; eval: "
+                             "dropout off, norms on their running statistics. (--mode is the fan of he_* and "
+                             "variance_scaling.)", **_MODEL, choices=_names(*MODEL_MODES))
+    record: str = option("params", "Modules recorded: params (every module that owns parameters: Linear, Conv, "
+                         "norms, Embedding), blocks (the items of an nn.ModuleList/nn.Sequential whose output has "
+                         "their input's shape), or a regular expression the whole qualified name matches.",
+                         **_MODEL, choices=_names(*RECORDS), open_choices="a regular expression",
+                         check=_check_record, metavar="params|blocks|REGEX")
     # the initializer: None means "the scheme's own default" (see `initprobe list`)
-    init: str = option("glorot_uniform", "Weight initializer: a registry name (`initprobe list` shows the formulas) "
-                       "or package.module:function, a torch.nn.init-style in-place function of your own.", **_INIT,
-                       choices=inits.choices, open_choices=True, kind="init")
+    init: str | None = option(None, "Weight initializer: a registry name (`initprobe list` shows the formulas) or "
+                              "package.module:function, a torch.nn.init-style in-place function of your own. With "
+                              "--model, 'model' keeps the model's own initialization; any other re-initializes every "
+                              "Linear and Conv weight.", **_INIT, choices=inits.choices,
+                              open_choices="package.module:function", check=_check_init, kind="init",
+                              default_text="glorot_uniform; model with --model")
     gain: float | str | None = option(None, "Gain: a number, or 'auto' (PyTorch's calculate_gain for the activation; "
                                       "where PyTorch has none, 1/sqrt(E[phi(z)^2])).", **_INIT,
-                                      default_text="the scheme's own: 1, sqrt(2) for he_*")
+                                      default_text="the scheme's own: 1, sqrt(2) for he_*", words=("auto",))
     scale: float | None = option(None, "variance_scaling's scale.", **_INIT, minimum=0, default_text="1")
     mode: str | None = option(None, "Fan of he_* and variance_scaling.", **_INIT, choices=lambda: inits.MODES,
                               default_text="fan_in")
@@ -109,12 +203,13 @@ class RunConfig:
                                default_text="0.05")
     bound: float | None = option(None, "Bound of 'uniform'.", **_INIT, minimum=0, default_text="0.05")
     value: float | None = option(None, "Value of 'constant'.", **_INIT, default_text="0.1")
-    bias: str = option("zeros", "Biases: zeros, torch_default (U(+-1/sqrt(fan_in)), as nn.Linear) or normal.",
-                       **_INIT, choices=_names(*BIASES))
+    bias: str = option("zeros", "Biases: zeros, torch_default (U(+-1/sqrt(fan_in)), as nn.Linear) or normal. With "
+                       "--model, the biases of the re-initialized layers (none with --init model).", **_INIT,
+                       choices=_names(*BIASES))
     bias_std: float | None = option(None, "Std of the biases with --bias normal.", **_INIT, minimum=0)
     # the measurement
-    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, minimum=1,
-                               default_text="256 MLP, 32 CNN")
+    batch: int | None = option(None, "Inputs per batch, x0 ~ N(0, 1).", MEASUREMENT, commands=(RUN, THEORY),
+                               minimum=1, default_text=f"256 MLP, 32 CNN, {MODEL_BATCH} model")
     seeds: int = option(3, "Independent networks and batches (the bands in the plots).", MEASUREMENT, minimum=1)
     seed: int = option(0, "First seed; the same seed gives the same numbers.", MEASUREMENT, minimum=0,
                        maximum=SEED_LIMIT)
@@ -123,18 +218,25 @@ class RunConfig:
     dtype: str = option("float32", "Network dtype (statistics in float32 at least).", MEASUREMENT,
                         choices=_names(*DTYPES))
     jacobian: bool = option(False, "Also the singular values of the end-to-end input-output Jacobian at 4 inputs "
-                            "(first seed; at most 4096 units): jacobian.csv and a spectrum plot.", MEASUREMENT)
+                            "(first seed; at most 4096 units): jacobian.csv and a spectrum plot.", MEASUREMENT,
+                            scope=NETWORKS)
     checkpoint: bool | None = option(None, "Recompute layers in the backward pass, regenerating weights: memory ~ "
                                      "sqrt(depth), same numbers.", MEASUREMENT,
-                                     default_text="automatic, when the plain probe would not fit")
+                                     default_text="automatic, when the plain probe would not fit", scope=NETWORKS)
     # the output
     out: str | None = option(None, "Directory to create for the results; an existing one is never overwritten.",
-                             OUTPUT, commands=ALL, default_text="run: results/<arch-init-act-depth-width>; "
-                             "theory: print only; phase: results/phase-<act>")
+                             OUTPUT, commands=ALL, default_text="run: results/<arch-init-act-depth-width> or "
+                             "results/<model-init>; theory: print only; phase: results/phase-<act>")
     plots: bool = option(True, "Write plots.", OUTPUT)
     plot_format: str = option("png", "Plot format.", OUTPUT, commands=ALL, choices=_names(*FORMATS), flag="--format")
 
     def __post_init__(self):
+        if self.init is None:
+            self.init = inits.MODEL_OWN if self.model is not None else "glorot_uniform"
+        if self.model is not None:  # the model is its own network: no width; a batch of its own size
+            if self.batch is None:
+                self.batch = MODEL_BATCH
+            return
         defaults = ARCH_DEFAULTS.get(self.arch, ARCH_DEFAULTS["mlp"])
         if self.width is None:
             self.width = defaults[0]
@@ -147,13 +249,192 @@ OPTIONS: dict[str, Option] = {name: f.metadata["option"] for name, f in FIELDS.i
 INIT_OPTIONS = ("gain", "scale", "mode", "distribution", "std", "bound", "value")
 
 
+# ---- training: `initprobe train` --------------------------------------------------------------------------------
+
+TRAIN = "train"
+DATA, TRAINING = "Data", "Training"
+DATASETS = ("digits", "teacher")
+OPTIMIZERS = ("sgd", "adam")
+# run's alone: the spectrum at init; checkpointing (training holds the whole network anyway); a --model and its
+# options (train trains the built-in network, with a readout of its own)
+# train's network is plain blocks without a norm (train.forward); residual blocks and norms are run's and theory's
+NOT_TRAINED = ("jacobian", "checkpoint", "model", "block", "norm", "branch_scale") + \
+    tuple(k for k, o in OPTIONS.items() if o.scope == (MODEL_KIND,))
+FROM_DATA = ("input_dim", "in_channels", "image_size")  # the data's shape sets them
+TRAIN_ARCH_DEFAULTS = {"mlp": (128, 64), "cnn": (16, 64)}  # (width, batch): a default train in well under a minute
+DIGITS_SHAPE = (1, 8, 8)  # scikit-learn's digits: 8x8 grey images (an MLP reads them as 64 numbers)
+TEACHER_DEFAULTS = {"teacher_dim": 16, "teacher_depth": 3, "teacher_width": 64, "classes": 10,
+                    "teacher_examples": 16384}
+TEACHER_OPTIONS = tuple(TEACHER_DEFAULTS)
+SGD_MOMENTUM = 0.9
+
+
+def _for_training(key: str, default, **changes):
+    """Run option `key` as `train` declares it: the run option's own declaration, with another default (and the
+    help or default text that changes with it)."""
+    return field(default=default, metadata={"option": dataclasses.replace(OPTIONS[key], **changes)})
+
+
+_TRAIN = dict(commands=(TRAIN,))
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """`initprobe train`: the network of a run, a linear readout to the classes, minibatch training, and the run's
+    statistics recorded every `record_every` steps on the batch being trained on. Every run option but NOT_TRAINED
+    is also a train option, except FROM_DATA, which the data sets."""
+
+    depth: int = _for_training("depth", 20)
+    width: int | None = _for_training("width", None, default_text="128 MLP, 16 CNN")
+    in_channels: int | None = _for_training("in_channels", None)
+    image_size: int | None = _for_training("image_size", None)
+    batch: int | None = _for_training("batch", None, help="Examples per training minibatch (each recorded step's "
+                                      "statistics are taken on one).", default_text="64")
+    seeds: int = _for_training("seeds", 3, help="Independent networks and orders of the training data (the bands "
+                               "in the plots).")
+    out: str | None = _for_training("out", None, default_text="results/train-<arch-init-act-depth-width-data>")
+    # the data
+    data: str = option("digits", "digits: scikit-learn's bundled 8x8 handwritten digits (needs the train extra), "
+                       "standardized, a fixed fifth of each class held out; teacher: Gaussian inputs labelled by a "
+                       "random deep tanh network (MLP only).", DATA, **_TRAIN, choices=_names(*DATASETS))
+    classes: int | None = option(None, "Classes of the teacher's labels (digits have 10).", DATA, **_TRAIN, minimum=2,
+                                 default_text="10")
+    teacher_dim: int | None = option(None, "Teacher: input size.", DATA, **_TRAIN, minimum=1, default_text="16")
+    teacher_depth: int | None = option(None, "Teacher: tanh layers.", DATA, **_TRAIN, minimum=1, default_text="3")
+    teacher_width: int | None = option(None, "Teacher: units per layer.", DATA, **_TRAIN, minimum=1,
+                                       default_text="64")
+    teacher_examples: int | None = option(None, "Teacher: training examples (a quarter as many are held out).",
+                                          DATA, **_TRAIN, minimum=4, default_text="16384")
+    # the training
+    optimizer: str = option("sgd", "sgd (with momentum) or adam.", TRAINING, **_TRAIN, choices=_names(*OPTIMIZERS))
+    lr: float | str = option("auto", "Learning rate: a number, or auto, which falls with depth: sgd "
+                             "0.1 (1 - momentum) min(1, 10/depth, 300/depth^2), adam 0.001 min(1, 10/depth, "
+                             "300/depth^2).", TRAINING, **_TRAIN, minimum=0, words=("auto",))
+    momentum: float | None = option(None, "SGD momentum (adam has its own).", TRAINING, **_TRAIN, minimum=0, maximum=1,
+                                    default_text="0.9 with sgd")
+    steps: int = option(500, "Optimizer steps.", TRAINING, **_TRAIN, minimum=1)
+    record_every: int = option(25, "Record the per-layer statistics and evaluate on the held-out data every K steps "
+                               "(and at step 0, before any update, and at the last step).", TRAINING, **_TRAIN,
+                               minimum=1)
+
+    def __post_init__(self):
+        width, batch = TRAIN_ARCH_DEFAULTS.get(self.arch, TRAIN_ARCH_DEFAULTS["mlp"])
+        self.width = width if self.width is None else self.width
+        self.batch = batch if self.batch is None else self.batch
+        shape = data_shape(self)
+        for key in FROM_DATA:  # the data's, or (keys of the other arch) the run option's default
+            if getattr(self, key) is None:
+                setattr(self, key, shape.get(key, FIELDS[key].default))
+        super().__post_init__()
+
+
+def data_shape(cfg: TrainConfig) -> dict:
+    """The network options the data sets (FROM_DATA): what one example looks like."""
+    if cfg.data == "teacher":
+        return {"input_dim": teacher(cfg)["teacher_dim"]}
+    channels, size, _ = DIGITS_SHAPE
+    return {"in_channels": channels, "image_size": size} if cfg.arch == "cnn" else {"input_dim": channels * size**2}
+
+
+def teacher(cfg: TrainConfig) -> dict:
+    """The teacher's sizes, its defaults filled in."""
+    return {k: TEACHER_DEFAULTS[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in TEACHER_OPTIONS}
+
+
+def momentum(cfg: TrainConfig) -> float:
+    """SGD's momentum (0.9 unless set); 0 for adam, which has its own moments."""
+    if cfg.optimizer != "sgd":
+        return 0.0
+    return SGD_MOMENTUM if cfg.momentum is None else cfg.momentum
+
+
+def learning_rate(cfg: TrainConfig) -> float:
+    """cfg.lr, or for 'auto' a step that falls with depth. The largest stable step of deep tanh and ReLU networks
+    (width 128, digits) shrinks like 1/depth (the neural tangent kernel grows like depth at criticality) and, beyond
+    about 30 layers, faster, like 1/depth^2 (depth nears the width: finite-width effects). SGD's step is written
+    for its effective size lr / (1 - momentum), which is what the stability bound limits; adam's is a hundredth of
+    SGD's effective step (docs/training.md, "The learning rate")."""
+    if cfg.lr != "auto":
+        return float(cfg.lr)
+    by_depth = min(1.0, 10.0 / cfg.depth, 300.0 / cfg.depth**2)
+    if cfg.optimizer == "adam":
+        return 1e-3 * by_depth
+    return 0.1 * (1.0 - momentum(cfg)) * by_depth
+
+
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name not in NOT_TRAINED + FROM_DATA}
+# every declared option, for what does not depend on the command (flag, type, bounds, choices); a key both commands
+# take is the run option's declaration
+DECLARED = {**FIELDS, **{k: f for k, f in TRAIN_FIELDS.items() if k not in FIELDS}}
+DECLARED_OPTIONS: dict[str, Option] = {name: f.metadata["option"] for name, f in DECLARED.items()}
+CONFIGS = {RUN: RunConfig, TRAIN: TrainConfig}  # the config of each command that runs networks
+
+
+def command_fields(command: str) -> dict:
+    """The options `command` takes, in declaration order (train: its own declarations of the keys it changes)."""
+    if command == TRAIN:
+        return TRAIN_FIELDS
+    return {k: f for k, f in FIELDS.items() if command in OPTIONS[k].commands}
+
+
+def commands(key: str) -> tuple[str, ...]:
+    """The commands that take option `key`."""
+    return DECLARED_OPTIONS[key].commands + ((TRAIN,) if key in TRAIN_FIELDS and key in FIELDS else ())
+
+
+def command_of(cfg: RunConfig) -> str:
+    return TRAIN if isinstance(cfg, TrainConfig) else RUN
+
+
 def flag(key: str) -> str:
-    return OPTIONS[key].flag or "--" + key.replace("_", "-")
+    return DECLARED_OPTIONS[key].flag or "--" + key.replace("_", "-")
 
 
-def applies(key: str, arch) -> bool:
-    """Whether option `key` means anything for a network of `arch` (an MLP has no padding)."""
-    return key not in OPTIONS or OPTIONS[key].arch in (None, arch)
+def network_kind(model, arch) -> str:
+    """What a run probes, as option scopes name it: MODEL_KIND for a run of --model, else its arch."""
+    return MODEL_KIND if model is not None else arch
+
+
+def applies(key: str, kind, act=None, block=None) -> bool:
+    """Whether option `key` means anything for a network of `kind` (network_kind: an MLP has no padding, a --model
+    no depth; None: not known, so every option does) with activation `act` (tanh has no slope; None or a name not
+    in the registry: not held against the option) made of `block`s (a plain block has no branch scale; None: any)."""
+    opt = DECLARED_OPTIONS.get(key)
+    if opt is None:
+        return True
+    if opt.scope is not None and kind is not None and kind not in opt.scope:
+        return False
+    if opt.block is not None and isinstance(block, str) and block != opt.block:
+        return False
+    if opt.act_flag is None or not isinstance(act, str):
+        return True
+    try:
+        return bool(getattr(activations.get(act), opt.act_flag))
+    except KeyError:
+        return True
+
+
+def inapplicable(cfg: RunConfig) -> list[str]:
+    """The options of `cfg`'s command that mean nothing for its network (what it is, --model or an arch, its
+    activation and its block)."""
+    kind = network_kind(cfg.model, cfg.arch)
+    return [key for key in command_fields(command_of(cfg)) if not applies(key, kind, cfg.act, cfg.block)]
+
+
+def _not_applying(key: str, cfg: RunConfig, name: str | None = None) -> ConfigError:
+    """Why option `key` (called `name` in the message) means nothing for `cfg`'s network."""
+    opt, kind, name = DECLARED_OPTIONS[key], network_kind(cfg.model, cfg.arch), name or key
+    if kind == MODEL_KIND:
+        return ConfigError(f"{name} is an option of the built-in network; a --model run takes the model as it is")
+    if opt.scope == (MODEL_KIND,):
+        return ConfigError(f"{name} goes with --model")
+    if not applies(key, kind):
+        archs = ", ".join(f"'{a}'" for a in opt.scope)
+        return ConfigError(f"{name} does not apply to arch '{cfg.arch}' (only to {archs})")
+    if not applies(key, kind, block=cfg.block):
+        return ConfigError(f"{name} does not apply to block '{cfg.block}' (only to '{opt.block}')")
+    those = [n for n, a in activations.ACTIVATIONS.items() if getattr(a, opt.act_flag)]
+    return ConfigError(f"{name} does not apply to activation '{cfg.act}' (only to {', '.join(those)})")
 
 
 def asdict(cfg: RunConfig) -> dict:
@@ -162,8 +443,9 @@ def asdict(cfg: RunConfig) -> dict:
 
 def value_types(key: str) -> tuple[type, ...]:
     """The non-None types a key takes (int | None -> (int,))."""
-    annotation = FIELDS[key].type
-    return tuple(t for t in typing.get_args(annotation) or (annotation,) if t is not type(None))
+    annotation = DECLARED[key].type
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return tuple(t for t in (typing.get_args(annotation) if union else (annotation,)) if t is not type(None))
 
 
 # ---- one value -------------------------------------------------------------------------------------------------
@@ -173,13 +455,30 @@ _IS = {
     int: lambda v: isinstance(v, int) and not isinstance(v, bool),
     float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     str: lambda v: isinstance(v, str),
+    dict: lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),  # a TOML table
 }
 
 
+def _is(kind, value) -> bool:
+    """Whether `value` is of `kind`: a plain type of _IS, or list[T] (a list of T, not empty)."""
+    if typing.get_origin(kind) is list:
+        item, = typing.get_args(kind)
+        return isinstance(value, list) and bool(value) and all(_is(item, v) for v in value)
+    return _IS[kind](value)
+
+
+def type_name(kind) -> str:
+    """'int', 'list of int', 'table' (a dict: a TOML table in files, KEY=VALUE flags on the command line)."""
+    if typing.get_origin(kind) is list:
+        return "list of " + type_name(typing.get_args(kind)[0])
+    return "table (KEY=VALUE)" if kind is dict else kind.__name__
+
+
 def check_value(key: str, value, name: str | None = None):
-    """`value` for `key`, checked on its own (type, finite, bounds, choices) and normalised (ints of float keys
-    become floats, a number in text becomes a number where the key takes one); ConfigError names the key as `name`
-    (default: the key itself; the command line passes its flag). Combinations of keys are validate()'s."""
+    """`value` for `key`, checked on its own (type, finite, bounds, choices, the option's own check) and normalised
+    (ints of float keys become floats, a number in text becomes a number where the key takes one, command-line text
+    becomes a list or a table: see from_text); ConfigError names the key as `name` (default: the key itself; the
+    command line passes its flag). Combinations of keys are validate()'s."""
     try:
         return _check_value(key, value)
     except ConfigError as e:
@@ -190,15 +489,14 @@ def check_value(key: str, value, name: str | None = None):
 
 
 def _check_value(key: str, value):
-    if key not in OPTIONS:
-        raise ConfigError(f"unknown key '{key}'{did_you_mean(key, OPTIONS)}")
-    if value is None and FIELDS[key].default is None:
+    if key not in DECLARED:
+        raise ConfigError(f"unknown key '{key}'{did_you_mean(key, DECLARED)}")
+    if value is None and DECLARED[key].default is None:
         return None
     types = value_types(key)
-    if str in types and float in types and isinstance(value, str):  # gain: a number or 'auto', also as text
-        value = _number_or_text(value)
-    if not any(_IS[t](value) for t in types):
-        want = " or ".join(t.__name__ for t in types)
+    value = from_text(key, types, value)
+    if not any(_is(t, value) for t in types):
+        want = " or ".join(type_name(t) for t in types)
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
     if isinstance(value, str) and "\x00" in value:  # no name, path or choice holds one (the OS refuses it in a path)
         raise ConfigError(f"{key} holds a NUL byte: {value!r}")
@@ -206,9 +504,43 @@ def _check_value(key: str, value):
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
-    _check_bounds(key, value)
+    for item in value if isinstance(value, list) else (value,):
+        _check_bounds(key, item)
     _check_choice(key, value)
+    if DECLARED_OPTIONS[key].check is not None and isinstance(value, str) and value not in _choices(key):
+        DECLARED_OPTIONS[key].check(value)
     return value
+
+
+def from_text(key: str, types: tuple, value):
+    """The value a key takes, from the text the command line (or `--set`) gives: a number or 'auto' (gain, lr), a
+    list of ints from "3,32,32", a table from KEY=VALUE items (each VALUE TOML, else a string). Anything else as it
+    is."""
+    if str in types and float in types and isinstance(value, str):  # gain, lr: a number or 'auto', also as text
+        return _number_or_text(value)
+    if list[int] in types and isinstance(value, str):
+        return _int_list(key, value)
+    if dict in types and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return _table_of_items(key, value)
+    return value
+
+
+def _int_list(key: str, text: str) -> list[int]:
+    parts = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{key}: expected integers separated by commas (e.g. 3,32,32), got '{text}'") from None
+
+
+def _table_of_items(key: str, items) -> dict:
+    table = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"{key}: expected KEY=VALUE, got '{item}'")
+        table[name.strip()] = parse_value(text.strip())
+    return table
 
 
 def _number_or_text(text: str):
@@ -219,7 +551,7 @@ def _number_or_text(text: str):
 
 
 def _check_bounds(key: str, value) -> None:
-    opt = OPTIONS[key]
+    opt = DECLARED_OPTIONS[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if opt.minimum is not None and value < opt.minimum:
@@ -229,37 +561,48 @@ def _check_bounds(key: str, value) -> None:
         raise ConfigError(f"{key} must be below {opt.maximum}, got {value}")
 
 
+def _choices(key: str) -> list:
+    choices = DECLARED_OPTIONS[key].choices
+    return [] if choices is None else list(choices())
+
+
 def _check_choice(key: str, value) -> None:
-    opt = OPTIONS[key]
-    if key == "gain" and isinstance(value, str) and value != "auto":
-        raise ConfigError(f"gain must be a number or 'auto', got '{value}'")
-    if opt.choices is None or not isinstance(value, str):
-        return
-    if opt.open_choices:  # a registry name or module:function: the registry says what is wrong
-        try:
-            inits.get(value)
-        except KeyError as e:
-            raise ConfigError(e.args[0]) from None
-        return
-    valid = list(opt.choices())
+    opt = DECLARED_OPTIONS[key]
+    if opt.words and isinstance(value, str) and value not in opt.words:
+        words = " or ".join(f"'{w}'" for w in opt.words)
+        raise ConfigError(f"{key} must be a number or {words}, got '{value}'")
+    if opt.choices is None or opt.open_choices is not None or not isinstance(value, str):
+        return  # an open value (a registry name or package.module:function, a regex): the option's check says
+    valid = _choices(key)
     if value not in valid:
         if opt.kind is not None:
             raise ConfigError(unknown(opt.kind, value, valid))
         raise ConfigError(f"{key} must be one of {', '.join(valid)}, got '{value}'{did_you_mean(value, valid)}")
 
 
-def checked(data: dict, where: str = "", name: Callable[[str], str] | None = None) -> dict:
-    """`data` with keys normalised (dashes allowed) and each value checked; unknown keys and bad values are named
-    (as name(key), default the key), prefixed with `where`. Kept as a dict of what was given, so that defaults which
-    depend on other keys (width, batch) resolve last."""
+def is_axis(key: str, value) -> bool:
+    """Whether a sweep's `value` for `key` is a list of values to cross rather than one value: any list, except
+    that a list-valued key's one value is a list too (input_shape = [3, 32, 32]; an axis is a list of lists)."""
+    if not isinstance(value, list):
+        return False
+    takes_list = any(typing.get_origin(t) is list for t in value_types(key)) if key in DECLARED else False
+    return not takes_list or all(isinstance(v, list) for v in value)
+
+
+def checked(data: dict, where: str = "", name: Callable[[str], str] | None = None, keys: dict | None = None) -> dict:
+    """`data` with keys normalised (dashes allowed) and each value checked; keys not in `keys` (default: the run
+    options) and bad values are named (as name(key), default the key), prefixed with `where`. Kept as a dict of what
+    was given, so that defaults which depend on other keys (width, batch) resolve last."""
+    keys = FIELDS if keys is None else keys
     values = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         try:
-            values[key] = check_value(key, value, name(key) if name and key in OPTIONS else None)
+            if key not in keys:
+                raise ConfigError(f"unknown key '{raw_key}'{did_you_mean(key, keys)}")
+            values[key] = check_value(key, value, name(key) if name else None)
         except ConfigError as e:
-            message = str(e) if key in OPTIONS else f"unknown key '{raw_key}'{did_you_mean(key, OPTIONS)}"
-            raise ConfigError(where + message) from None
+            raise ConfigError(where + str(e)) from None
     return values
 
 
@@ -296,8 +639,9 @@ def read_toml(path: str | Path) -> dict:
     return parse_toml(read_text(path), path)
 
 
-def file_options(data: dict, where: str) -> dict:
-    """The run options of a config file: its keys, either all at the top level or all under one [run] table."""
+def file_options(data: dict, where: str, keys: dict | None = None) -> dict:
+    """The options of a config file (`keys`, default the run options): its keys, either all at the top level or all
+    under one [run] table."""
     if "run" in data:
         run = data["run"]
         if not isinstance(run, dict):
@@ -307,16 +651,27 @@ def file_options(data: dict, where: str) -> dict:
             raise ConfigError(f"{where}'{others[0]}' is outside [run]; put every key under [run] or use no table")
         data = run
     for key, value in data.items():
-        if isinstance(value, dict):
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and not (name in DECLARED and dict in value_types(name)):
             raise ConfigError(f"{where}unknown table [{key}]; a config file holds run options, flat or under [run]")
-    return checked(data, where)
+    return checked(data, where, keys=keys)
 
 
-def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None) -> RunConfig:
+def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None,
+         command: str = RUN) -> RunConfig:
     """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides` (their keys named in
-    messages as override_name(key): the command line's flags); validated."""
-    given = file_options(read_toml(path), f"{path}: ") if path is not None else {}
-    cfg = RunConfig(**{**given, **checked(overrides or {}, name=override_name)})
+    messages as override_name(key): the command line's flags); validated. A RunConfig, or the config of `command`
+    (CONFIGS) with the options it takes. An option given that does not apply to the network (kernel_size for an
+    MLP, slope for tanh) is refused, even at its default value."""
+    keys = command_fields(command)
+    given = file_options(read_toml(path), f"{path}: ", keys) if path is not None else {}
+    overridden = checked(overrides or {}, name=override_name, keys=keys)
+    cfg = CONFIGS.get(command, RunConfig)(**{**given, **overridden})
+    for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
+        if key in overridden:
+            raise _not_applying(key, cfg, override_name(key) if override_name else None)
+        if key in given:
+            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
     validate(cfg)
     return cfg
 
@@ -332,20 +687,28 @@ def parse_value(text: str):
 # ---- the whole config ------------------------------------------------------------------------------------------
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ConfigError with one clear line for anything that cannot run."""
-    for key in FIELDS:
-        check_value(key, getattr(cfg, key))
+    """Raise ConfigError with one clear line for anything that cannot run, or that sets an option the network
+    ignores (away from its default)."""
+    for f in fields(cfg):
+        check_value(f.name, getattr(cfg, f.name))
     if cfg.seed + cfg.seeds > SEED_LIMIT:
         raise ConfigError(f"seed + seeds must stay below 2^63, got seed {cfg.seed} with {cfg.seeds} seeds")
-    if cfg.arch == "cnn":
+    _check_scope(cfg)
+    if cfg.model is not None:
+        _check_model_run(cfg)
+    elif inits.get(cfg.init).model_only:
+        raise ConfigError(f"init '{cfg.init}' keeps a --model's own initialization; the built-in network needs a "
+                          "scheme (`initprobe list`)")
+    if cfg.arch == "cnn" and cfg.model is None:
         if cfg.kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be odd for 'same' padding, got {cfg.kernel_size}")
         if cfg.image_size < cfg.kernel_size:
             raise ConfigError(f"image_size {cfg.image_size} is too small for kernel_size {cfg.kernel_size}")
+    _check_architecture(cfg)
     if cfg.jacobian:
         _check_jacobian(cfg)
     spec = inits.get(cfg.init)
-    if spec.cnn_only and cfg.arch != "cnn":
+    if spec.cnn_only and cfg.arch != "cnn" and cfg.model is None:
         raise ConfigError(f"init '{cfg.init}' needs a convolution weight; use --arch cnn")
     for key in INIT_OPTIONS:
         if getattr(cfg, key) is not None and key not in spec.defaults:
@@ -354,6 +717,8 @@ def validate(cfg: RunConfig) -> None:
     if (cfg.bias == "normal") != (cfg.bias_std is not None):
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
     _check_range(cfg, spec)
+    if isinstance(cfg, TrainConfig):
+        _check_training(cfg)
 
 
 def _check_range(cfg: RunConfig, spec) -> None:
@@ -361,7 +726,7 @@ def _check_range(cfg: RunConfig, spec) -> None:
     scheme whose weights' scale would be beyond it (at the smallest fan, 1, where E[W^2] is largest), cannot run.
     Within the range, draws that overflow are data (inf), as any overflow is."""
     top = DTYPE_MAX[cfg.dtype]
-    for key in ("slope", *INIT_OPTIONS, "bias_std"):
+    for key in (f.name for f in fields(cfg) if float in value_types(f.name)):
         value = getattr(cfg, key)
         if isinstance(value, float) and abs(value) > top:
             raise ConfigError(f"{key} {value:g} is beyond the range of {cfg.dtype} (at most {top:.4g})")
@@ -375,6 +740,78 @@ def _check_range(cfg: RunConfig, spec) -> None:
                           f"(at most {top:.4g})")
 
 
+def _check_training(cfg: TrainConfig) -> None:
+    for key in NOT_TRAINED:
+        if getattr(cfg, key) != FIELDS[key].default:
+            raise ConfigError(f"{key} is an option of run, not of train")
+    for key, value in data_shape(cfg).items():
+        if getattr(cfg, key) != value:
+            raise ConfigError(f"{key} is the data's: {value} for {cfg.data}, got {getattr(cfg, key)}")
+    if cfg.data != "teacher":
+        given = [k for k in TEACHER_OPTIONS if getattr(cfg, k) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} goes with data = teacher, not {cfg.data}")
+    elif cfg.arch == "cnn":
+        raise ConfigError("data = teacher is for an MLP (its inputs are vectors); arch = cnn learns data = digits "
+                          "(1x8x8 images)")
+    if cfg.optimizer != "sgd" and cfg.momentum is not None:
+        raise ConfigError(f"momentum is sgd's; {cfg.optimizer} has its own moments")
+    if cfg.data == "digits" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("the digits data needs `pip install initprobe[train]` (scikit-learn, which ships them)")
+
+
+def _check_architecture(cfg: RunConfig) -> None:
+    """The block, the norm and the branch scale together with the sizes (a --model run has none of them)."""
+    if cfg.model is not None:
+        return
+    block, norm = blocks.block(cfg.block), blocks.norm(cfg.norm)
+    if block.stem and cfg.depth < 2:
+        raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
+                          f"2..depth, got depth {cfg.depth}")
+    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
+    if norm.standardizes and norm.group_size(cfg.width, cfg.batch, positions) < 2:
+        over, flag_, got = ("the batch", "--batch", cfg.batch) if norm.over == "batch" else \
+            ("its units", "--width", cfg.width)
+        where = " and positions" if cfg.arch == "cnn" else ""
+        raise ConfigError(f"--norm {cfg.norm} standardizes over {over}{where}, and one value has no variance: got "
+                          f"{flag_} {got}")
+
+
+def branch_alpha(cfg: RunConfig) -> float:
+    """The residual branches' alpha: branch_scale, 'inv_sqrt_depth' resolved to 1/sqrt(depth - 1)."""
+    if cfg.branch_scale == "inv_sqrt_depth":
+        return 1.0 / math.sqrt(cfg.depth - 1)
+    return float(cfg.branch_scale)
+
+
+def _check_scope(cfg: RunConfig) -> None:
+    """An option set (a value other than its default) for a network it means nothing for is refused: it would be
+    silently ignored. The built-in network's options with --model, the model's without it, the CNN's for an MLP
+    (and the other way round), slope for an activation it does not shape."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for key in inapplicable(cfg):
+        if getattr(cfg, key) != defaults[key]:
+            raise _not_applying(key, cfg)
+
+
+def _check_model_run(cfg: RunConfig) -> None:
+    spec = inits.get(cfg.init)
+    if spec.data_dependent:
+        raise ConfigError(f"init '{cfg.init}' rescales the built-in network layer by layer; it cannot re-initialize "
+                          "a --model")
+    if cfg.gain == "auto":
+        raise ConfigError("gain 'auto' is the gain of --act, which a --model run does not have; give a number")
+    if spec.model_only and cfg.bias != FIELDS["bias"].default:
+        raise ConfigError(f"bias sets the biases of the layers --init re-initializes; init '{cfg.init}' keeps the "
+                          "model's own")
+    if cfg.input_kind == "tokens" and cfg.input_shape is not None:
+        raise ConfigError("input_shape does not apply to input_kind tokens: the input is (batch, seq_len) token ids")
+    if cfg.input_kind == "normal":
+        for key in ("seq_len", "vocab"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key} goes with input_kind tokens, not normal")
+
+
 def _check_jacobian(cfg: RunConfig) -> None:
     spatial = cfg.image_size**2 if cfg.arch == "cnn" else 1
     n_in = cfg.in_channels * spatial if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
@@ -383,6 +820,9 @@ def _check_jacobian(cfg: RunConfig) -> None:
                           f"{n_in} -> {cfg.width * spatial}; use a smaller --width or --image-size")
     if cfg.checkpoint:
         raise ConfigError("--jacobian needs the whole network in memory; drop --checkpoint")
+    if blocks.norm(cfg.norm).over == "batch":
+        raise ConfigError("--jacobian takes each input's own Jacobian; with --norm batch every output depends on the "
+                          "whole batch, so there is none: use --norm layer or none")
 
 
 def init_params(cfg: RunConfig) -> dict:
@@ -397,32 +837,67 @@ def init_params(cfg: RunConfig) -> dict:
 
 # ---- describing the options --------------------------------------------------------------------------------------
 
-def default_text(key: str) -> str:
-    opt, default = OPTIONS[key], FIELDS[key].default
+def default_text(key: str, command: str = RUN) -> str:
+    """The default of option `key` as `command` declares it, in words where it is None or depends on other options."""
+    declared = command_fields(command).get(key, DECLARED[key])
+    opt, default = declared.metadata["option"], declared.default
     if opt.default_text is not None:
         return opt.default_text
     return "-" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def type_text(key: str) -> str:
-    """'tanh | relu | ...' for choices, else the type ('int', 'float or str')."""
-    opt = OPTIONS[key]
+    """'tanh | relu | ...' for choices, else the type ('int', 'float or auto')."""
+    opt = DECLARED_OPTIONS[key]
     if opt.choices is not None:
         names = " | ".join(opt.choices()) if len(opt.choices()) <= 6 else f"an {opt.kind}" if opt.kind[0] in "aeiou" \
             else f"a {opt.kind}"
-        return names + (" or package.module:function" if opt.open_choices else "")
-    return " or ".join(t.__name__ for t in value_types(key))
+        return names + (f" or {opt.open_choices}" if opt.open_choices else "")
+    types = [type_name(t) for t in value_types(key) if not (opt.words and t is str)]
+    return " or ".join(types + list(opt.words))
+
+
+def described(key: str) -> tuple[str, str]:
+    """(default, meaning) of option `key` for every command that takes it: the run option's, and train's where its
+    declaration differs."""
+    default, meaning = default_text(key), DECLARED_OPTIONS[key].help
+    if key in FIELDS and key in TRAIN_FIELDS:
+        if default_text(key, TRAIN) != default:
+            default += f"; train: {default_text(key, TRAIN)}"
+        if TRAIN_FIELDS[key].metadata["option"].help != meaning:
+            meaning += f" Train: {TRAIN_FIELDS[key].metadata['option'].help}"
+    return default, meaning
+
+def _applies_markdown() -> str:
+    """Which options mean something only for some networks, from their declarations."""
+    def keys(scope):
+        return ", ".join(f"`{k}`" for k, o in OPTIONS.items() if o.scope == scope)
+
+    by_arch = "; ".join(f"the {arch.upper()}'s {keys((arch,))}" for arch in ARCHS if keys((arch,)))
+    by_act = "; ".join(f"`{k}` only for " + ", ".join(n for n, a in activations.ACTIVATIONS.items()
+                                                      if getattr(a, o.act_flag))
+                       for k, o in OPTIONS.items() if o.act_flag)
+    return (f"Some options mean something only for some networks. The built-in network's ({keys(NETWORKS)}, and "
+            f"those of one arch: {by_arch}) mean nothing for a --model, whose own ({keys((MODEL_KIND,))}) mean "
+            f"nothing for the built-in network; {by_act}. `run`, `theory`, `phase` and `train` refuse one given for "
+            "another network; a sweep sets it to its default in the runs whose network ignores it, so those runs "
+            "collapse into one.")
 
 
 def options_markdown() -> str:
-    """docs/options.md: every run option, from the declarations above (a test keeps the file equal to this)."""
-    lines = ["# Run options", "",
+    """docs/options.md: every option of run, theory, phase and train, from the declarations above (a test keeps the
+    file equal to this)."""
+    lines = ["# Options", "",
              "Generated from `initprobe/config.py` (the one place each option is declared): the same keys go in "
              "config files (flat or under `[run]`, dashes or underscores) and in a sweep's `[base]`, `[grid]` and "
-             "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table.",
+             "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table. "
+             f"`train` takes every run option except {', '.join(NOT_TRAINED)} and {', '.join(FROM_DATA)} (the data "
+             "sets these), and adds its own (the Data and Training panels of `initprobe train --help`).",
+             "", _applies_markdown(),
              "", "| key | flag | commands | takes | default | meaning |", "|---|---|---|---|---|---|"]
-    for key, opt in OPTIONS.items():
+    for key in DECLARED:
         flags = flag(key) if value_types(key) != (bool,) else f"{flag(key)} / --no-{flag(key)[2:]}"
-        cells = [f"`{key}`", f"`{flags}`", ", ".join(opt.commands), type_text(key), default_text(key), opt.help]
+        default, meaning = described(key)
+        cells = [f"`{key}`", f"`{flags}`", ", ".join(commands(key)), type_text(key), default, meaning]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -43,26 +43,27 @@ def total_memory(device: torch.device) -> memory.Free:
     return memory.Free(memory.host_total(), memory.host_total())
 
 
-def trim_host_memory(device: torch.device) -> None:
-    """Give freed host memory back to the system (glibc's malloc_trim) when `device` keeps its tensors in host
-    memory. glibc keeps freed blocks of up to 32 MiB in its heap for reuse; where a probe frees and allocates many
-    such blocks in turn (the checkpointed probe's recomputed segments, one seed after another), what it keeps grows
-    to several times what is in use, and the estimate of memory.py, which counts what is in use, would not bound
-    the process. Nothing happens on CUDA or without glibc."""
-    if device.type == "cuda":
+def release_free_memory(device: torch.device) -> None:
+    """Hand the host memory the allocator holds free back to the system (glibc's malloc_trim, which also releases
+    free pages inside the heap); nothing elsewhere. The checkpointed probe calls it once per segment, and a run
+    between seeds: freed activations of a layer size near glibc's mmap threshold are kept on the heap, and small
+    blocks allocated between them (batch norm's per-unit moments) stop the heap from shrinking, so without it the
+    resident size grows with depth, and with each seed, although the memory in use does not (memory.py estimates
+    the memory in use)."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
         return
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def _malloc_trim():
     import ctypes
 
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc (musl)
         return None
 
 

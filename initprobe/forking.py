@@ -1,16 +1,26 @@
-"""Forked processes, and the one rule for when forking is safe.
+"""Child processes: the one rule for when forking is safe, sharing work with forked children, and children that
+end with their parent.
 
 A forked child copies this process as it is, locks included. So fork only on Linux (macOS's system libraries are
 not fork-safe; Windows has no fork) and only while no other Python thread runs (a lock it held would stay locked in
 the child). Callers with further conditions (the sweep's workers: torch's OpenMP and CUDA) add them to this rule.
+
+A child must not outlive its parent: killed with SIGKILL, a parent runs no cleanup, and a child left behind would
+go on using a core and memory (and writing into a directory nobody reads) for as long as its work takes, or, as an
+idle pool worker, for ever. Every child calls die_with_parent() first.
 """
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.2  # how often a child without the kernel's help looks for its parent
 
 
 def fork_is_safe() -> bool:
@@ -30,12 +40,13 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
     killed and reaped before the error goes on: none is left writing into a place the caller then removes."""
     workers = default_workers() if workers is None else workers
     workers = max(1, min(workers, len(tasks))) if fork_is_safe() else 1
-    children = {}
+    children, parent = {}, os.getpid()
     for k in range(1, workers):
         pid = os.fork()
         if pid == 0:  # child: do its share, and leave without running the parent's cleanup (atexit, buffers)
             code = 1
             try:
+                die_with_parent(parent)
                 for task in tasks[k::workers]:
                     task()
                 code = 0
@@ -57,3 +68,43 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
         raise
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when process `parent` (the one that started it) ends, however it ends, SIGKILL included.
+    On Linux the kernel sends this process SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG; strictly, when the
+    parent's thread that started it ends: callers start their children from the thread that outlives them).
+    Elsewhere a daemon thread watches the parent and ends this process within WATCH_SECONDS of its death."""
+    if kernel_kills_orphans():
+        if os.getppid() != parent:  # the parent died before the kernel was asked: nobody will send the signal
+            os._exit(1)
+        return
+    threading.Thread(target=watch_parent, args=(parent,), name="die-with-parent", daemon=True).start()
+
+
+def kernel_kills_orphans() -> bool:
+    """Ask the kernel for SIGKILL when this process's parent dies (Linux); False where it cannot be asked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_parent(parent: int) -> None:
+    """Block until process `parent` is gone, then end this process (without cleanup, as SIGKILL would). A
+    multiprocessing child waits on its parent's sentinel (a pipe that closes when the parent dies, on every
+    platform); any other child sees its parent id change (it is given to init, or a subreaper, when the parent
+    dies)."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    sentinel = getattr(multiprocessing.parent_process(), "sentinel", None)
+    if sentinel is not None and multiprocessing.parent_process().pid == parent:
+        wait([sentinel])
+    else:
+        while os.getppid() == parent:
+            time.sleep(WATCH_SECONDS)
+    os._exit(1)

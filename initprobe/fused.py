@@ -15,7 +15,7 @@ except ImportError:  # no C compiler at install time: the torch path does the sa
     _fused = None
 
 ROW_DTYPE = torch.float64  # the kernels write doubles
-LAYER_VALUES = 7  # values layer() writes: see _fused.c
+LAYER_VALUES = 9  # values layer() writes: see _fused.c
 
 
 def built() -> bool:
@@ -60,15 +60,16 @@ def _operands(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def layer(out: Output, row: int, h: torch.Tensor, x: torch.Tensor, lo: float, hi: float) -> None:
-    """Row `row` of `out` <- a layer's forward sums of h and x = phi(h), both (batch, ...) of one shape: see
-    _fused.c for the seven values."""
+    """Row `row` of `out` <- a layer's forward sums of h (the input of phi) and x (its output), both (batch, ...) of
+    one shape, and x's channel moments (channels: dim 1): see _fused.c for the nine values."""
     if h.shape != x.shape or h.dim() < 1:
         raise ValueError(f"h and x must have one shape, batch first, got {tuple(h.shape)} and {tuple(x.shape)}")
     h, x = _operands(h, x)
     rows = h.shape[0]
     cols = h.numel() // rows if rows else 0
-    _fused.layer(out.address(row, LAYER_VALUES), h.dtype == torch.float64, rows, cols, h.data_ptr(), x.data_ptr(),
-                 lo, hi)
+    channels = x.shape[1] if x.dim() > 1 else 1
+    _fused.layer(out.address(row, LAYER_VALUES), h.dtype == torch.float64, rows, cols, channels, h.data_ptr(),
+                 x.data_ptr(), lo, hi)
 
 
 def moments(out: Output, row: int, *tensors: torch.Tensor) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import usercode
+from .imports import import_callable
 from .names import unknown
 
 TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (Keras' correction)
@@ -19,6 +20,7 @@ MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 DISTRIBUTIONS = ("uniform", "normal", "truncated_normal", "untruncated_normal")
 LSUV_TOL = 0.1  # Mishkin & Matas 2015: stop when |Var(h) - 1| < 0.1 ...
 LSUV_MAX_ITER = 10  # ... or after 10 rescalings of a layer
+MODEL_OWN = "model"  # the init that keeps a --model's own weights
 
 
 def fans(w) -> tuple[int, int]:
@@ -194,6 +196,11 @@ def lsuv_(weights, forward_one, x, tol=LSUV_TOL, max_iter=LSUV_MAX_ITER):
     return weights
 
 
+def keep_(w, generator=None):
+    """The model's own initialization: the weight is left as the model made it (--model only)."""
+    return w
+
+
 @dataclass(frozen=True)
 class Init:
     """A registry entry: the function, the formula `initprobe list` shows, and what code must know about the scheme.
@@ -205,6 +212,7 @@ class Init:
     cnn_only: bool = False  # needs a convolution weight
     data_dependent: bool = False  # rescaled on a batch after the network exists (lsuv): no a-priori prediction
     orthogonal: bool = False  # (semi-)orthogonal weights: free probability's orthogonal case, not the Gaussian one
+    model_only: bool = False  # keeps a --model's own weights: no scheme, so nothing for the built-in network
 
     @property
     def defaults(self) -> dict:
@@ -265,6 +273,8 @@ INITS: dict[str, Init] = {
     "constant": Init(constant_, "value", lambda shape, value: value**2),
     "lsuv": Init(lsuv_, f"orthogonal, then W/std(h) until |Var(h)-1|<{LSUV_TOL} ({LSUV_MAX_ITER} tries max)",
                  data_dependent=True, orthogonal=True),
+    MODEL_OWN: Init(keep_, "the model's own initialization, as its library or code makes it",
+                    model_only=True),
 }
 ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
            "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
@@ -303,10 +313,10 @@ def _load_custom(spec: str) -> Callable:
     its error), seeds the global generators around it (usercode.seeded_globals) and checks what it returns.
     KeyError, as for an unknown name, if it cannot be imported or called as fn(weight)."""
     try:
-        fn = usercode.load(spec, "init")
+        fn = import_callable(spec, "init")
         takes_generator = _check_signature(spec, fn)
-    except usercode.UserCodeError as e:
-        raise KeyError(str(e)) from None
+    except ValueError as e:  # UserCodeError is one
+        raise KeyError(e.args[0]) from None
 
     def custom_(w, generator=None):
         shape, seed = tuple(w.shape), None if generator is None else generator.initial_seed()

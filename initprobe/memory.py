@@ -11,8 +11,8 @@ that fits neither way.
 import math
 from dataclasses import dataclass
 
-from . import activations, inits
-from .config import RunConfig
+from . import activations, blocks, inits
+from .config import MODEL_SEQ_LEN, RunConfig
 from .errors import ConfigError
 
 ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2}
@@ -63,8 +63,11 @@ def sizes(cfg: RunConfig) -> Sizes:
 
 
 def _layer_kept(cfg: RunConfig, s: Sizes) -> int:
-    """Bytes autograd keeps for one layer until the backward pass reaches it."""
-    return (activations.get(cfg.act).saves * s.batch_units + s.padded) * s.element
+    """Bytes autograd keeps for one layer until the backward pass reaches it: phi's (activations' `saves`, which
+    count a plain block's two tensors), what a residual block keeps beyond a plain one, and a norm's (blocks.py)."""
+    extra = blocks.block(cfg.block).saved_per_layer - blocks.block("plain").saved_per_layer
+    tensors = activations.get(cfg.act).saves + extra + blocks.norm(cfg.norm).saved_per_layer
+    return (tensors * s.batch_units + s.padded) * s.element
 
 
 def _working(cfg: RunConfig, s: Sizes, checkpointed: bool) -> int:
@@ -235,6 +238,16 @@ def _largest(cfg: RunConfig, key: str, ok) -> int | None:
         else:
             high = mid - 1
     return low
+
+
+def check_model_input(cfg: RunConfig, free: Free) -> None:
+    """ConfigError when the input batch of a --model alone would not fit in memory (the model itself is the user's
+    and is not estimated): batch x seq_len token ids, or batch x input_shape numbers, 8 bytes each at most."""
+    per_input = math.prod(cfg.input_shape) if cfg.input_shape else (cfg.seq_len or MODEL_SEQ_LEN)
+    needed = cfg.batch * per_input * 8
+    if needed > _limit(free):
+        raise ConfigError(f"the input batch alone ({cfg.batch} x {per_input} numbers) would need about "
+                          f"{_size(needed)} of memory, {_size(_limit(free))} is free")
 
 
 def check_theory(cfg: RunConfig, free_host: int) -> None:

@@ -1,4 +1,5 @@
-"""The probed network (docs/architecture.md): `depth` Linear or Conv2d blocks, as plain (weight, bias) tensors.
+"""The probed network (docs/architecture.md): `depth` Linear or Conv2d layers, as plain (weight, bias) tensors, put
+together into plain or residual blocks with an optional norm by `Net` (the blocks: initprobe/blocks.py).
 
 Layer l (1-based in files and plots) is `params[l - 1]` here. Each layer's weights are drawn from a generator
 of its own, seeded from the run's seed, so any layer can be made again on demand: the checkpointed probe
@@ -7,11 +8,13 @@ numbers as the plain path.
 """
 
 import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import activations, config, inits
+from . import activations, blocks, config, inits
 from .shapes import layer_size, weight_shape
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -39,12 +42,19 @@ def make_layer(cfg: config.RunConfig, l: int, seed: int, device) -> tuple[torch.
     dtype = DTYPES[cfg.dtype]
     w = torch.empty(weight_shape(cfg, n_in, n_out), device=device, dtype=dtype)
     b = torch.empty(n_out, device=device, dtype=dtype)
+    return init_(cfg, w, b, gen)
+
+
+@torch.no_grad()
+def init_(cfg: config.RunConfig, w, b, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight w and bias b initialized in place as `cfg` says, from `generator`. A data-dependent init (lsuv) starts
+    orthogonal (build() rescales it on a batch)."""
     spec = inits.get(cfg.init)
     if spec.data_dependent:
-        inits.orthogonal_(w, generator=gen)
+        inits.orthogonal_(w, generator=generator)
     else:
-        spec.fn(w, generator=gen, **config.init_params(cfg))
-    init_bias_(b, w, cfg, gen)
+        spec.fn(w, generator=generator, **config.init_params(cfg))
+    init_bias_(b, w, cfg, generator)
     return w, b
 
 
@@ -56,6 +66,54 @@ def block(cfg: config.RunConfig, x, w, b):
     if cfg.padding == "circular":
         return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, b)
     return F.conv2d(x, w, b, padding=p)
+
+
+class Step(NamedTuple):
+    """What one layer's forward made: `out` the weight layer's output (W x + b; a residual block's branch before
+    alpha), `h` the input of phi (the stem's own output x^1: it has no phi), `x` the layer's output x^l, `branch`
+    a residual block's W phi(h) + b (None for plain blocks and the stem)."""
+
+    out: torch.Tensor
+    h: torch.Tensor
+    x: torch.Tensor
+    branch: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Net:
+    """The blocks of a config around its layers' weights: `layer(l, x, w, b)` is layer index l's forward."""
+
+    cfg: config.RunConfig
+    phi: Callable
+    norm: Callable | None  # None: no norm
+    alpha: float  # the residual branches' scale
+    residual: bool
+
+    @classmethod
+    def of(cls, cfg: config.RunConfig, phi: Callable) -> "Net":
+        return cls(cfg, phi, blocks.norm(cfg.norm).torch_fn(), config.branch_alpha(cfg), blocks.block(cfg.block).stem)
+
+    def is_stem(self, l: int) -> bool:
+        return self.residual and l == 0
+
+    def layer(self, l: int, x, w, b) -> Step:
+        if self.is_stem(l):
+            x = block(self.cfg, x, w, b)
+            return Step(x, x, x, None)
+        if self.residual:
+            # without a norm h is a copy of x, a tensor of its own: dL/dh is then the branch's share of dL/dx alone
+            h = self.norm(x) if self.norm else x.clone()
+            branch = block(self.cfg, self.phi(h), w, b)
+            return Step(branch, h, torch.add(x, branch, alpha=self.alpha), branch)
+        out = block(self.cfg, x, w, b)
+        h = self.norm(out) if self.norm else out
+        return Step(out, h, self.phi(h), None)
+
+    def forward(self, params, x):
+        """x^depth for input x (no statistics)."""
+        for l, (w, b) in enumerate(params):
+            x = self.layer(l, x, w, b).x
+        return x
 
 
 @torch.no_grad()
@@ -73,11 +131,13 @@ def needs_batch(cfg: config.RunConfig) -> bool:
 
 
 def lsuv_rescale_(cfg, params, x):
-    phi = activations.torch_fn(cfg.act, cfg.slope)
+    """Each weight layer's output (W x + b: the pre-activation of a plain block before its norm, a residual block's
+    branch before alpha, the stem) rescaled to unit variance on the batch x."""
+    net = Net.of(cfg, activations.torch_fn(cfg.act, cfg.slope))
 
     def forward_one(l, x):
-        h = block(cfg, x, *params[l])
-        return h, phi(h)
+        step = net.layer(l, x, *params[l])
+        return step.out, step.x
 
     inits.lsuv_([w for w, _ in params], forward_one, x)
 
@@ -89,3 +149,23 @@ def make_input(cfg: config.RunConfig, batch: int, device, generator) -> torch.Te
     else:
         shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     return torch.randn(shape, device=device, dtype=DTYPES[cfg.dtype], generator=generator)
+
+
+def make_readout(cfg: config.RunConfig, classes: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained network's linear readout from the last block to `classes` logits, initialized like the blocks
+    (the same scheme and biases, from a generator seeded with `seed`). Its weight is (classes, width) for the MLP and
+    (classes, width, 1, 1) for the CNN, which reads each channel's mean over the positions: with a 1x1 kernel the
+    fans are the Linear's, and a CNN-only init (delta_orthogonal) applies too. A data-dependent init leaves it
+    orthogonal, as lsuv starts (there is no batch to rescale it on)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (classes, cfg.width) if cfg.arch == "mlp" else (classes, cfg.width, 1, 1)
+    w = torch.empty(shape, device=device, dtype=DTYPES[cfg.dtype])
+    b = torch.empty(classes, device=device, dtype=DTYPES[cfg.dtype])
+    return init_(cfg, w, b, gen)
+
+
+def readout(cfg: config.RunConfig, x, w, b):
+    """Logits (batch, classes) of the last block's output x: W x + b (the CNN's x averaged over positions first)."""
+    if cfg.arch == "cnn":
+        x = x.mean(dim=(2, 3))  # (batch, width)
+    return F.linear(x, w.flatten(1), b)

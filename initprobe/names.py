@@ -1,5 +1,6 @@
 """Messages for names that are not valid: the closest valid ones, or the whole list. Every registry, config key and
-sweep option reports an unknown name through here, so they all read the same."""
+sweep option reports an unknown name through here, so they all read the same. Also: another library's error made
+one line (`one_line`), for the one-line messages of bad input."""
 
 import difflib
 
@@ -21,3 +22,14 @@ def unknown(kind: str, name: str, valid) -> str:
     close = closest(name, valid)
     hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(valid)}"
     return f"unknown {kind} '{name}'; {hint}"
+
+
+ONE_LINE_LIMIT = 300  # characters of someone else's message kept (transformers lists 800 model types in one)
+
+
+def one_line(error: BaseException | str, limit: int = ONE_LINE_LIMIT) -> str:
+    """Another library's error as one line: `Type: message`, line breaks and runs of spaces collapsed, cut at
+    `limit` characters."""
+    text = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}".removesuffix(": ")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -5,7 +5,10 @@ Everything is computed on the device: forward statistics as the forward goes, gr
 the backward (so no gradient is kept): dL/dh and dL/dx in one hook on phi's backward node per layer, dL/dW read
 from each weight's .grad and freed one layer later (the checkpointed probe, whose weights are not leaves, hooks
 them). No host sync: the caller stacks the rows of all seeds and moves them to the host in one transfer.
-Variances are biased (divide by the number of elements), over all elements of the tensor.
+Variances are biased (divide by the number of elements), over all elements of the tensor. The channel statistics
+(chan_sq_mean, chan_var) are stats.channel_moments' of x^l; branch_var is the variance of a residual block's branch
+alpha (W phi(h) + b) before it is added. A residual network's stem (layer 1) has no phi: its h is its x, and its
+saturated_frac is empty.
 
 Two recorders compute the same sums: Recorder with torch calls on any device, FusedRecorder with the C kernels
 of _fused.c for CPU float32/float64 tensors (one pass over each tensor instead of about twenty); recorder()
@@ -19,10 +22,11 @@ import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import devices, fused, inits, models, shapes, usercode
+from . import devices, fused, inits, models, shapes, stats, usercode
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
-           "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr"]
+           "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr",
+           "chan_sq_mean", "chan_var", "branch_var"]
 HIST_BINS = 60
 HIST_QUANTITIES = ("act", "grad_preact")  # Glorot & Bengio 2010, figures 6 and 7
 
@@ -74,8 +78,8 @@ def inward_edges(saturation, dtype: torch.dtype):
     return kind, (lo_held.item(), hi_held.item())
 
 
-# the raw sums of a layer's forward row, in the order _fused.layer writes them
-FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "sat", "act_sum", "act_sq", "nonzero")
+# the raw sums of a layer's forward row (and x's channel moments), in the order _fused.layer writes them
+FORWARD_RAW = ("pre_sum", "pre_sq", "pre_pairs", "sat", "act_sum", "act_sq", "nonzero", "chan_sq_mean", "chan_var")
 
 
 class Rows:
@@ -141,7 +145,9 @@ class Recorder:
         self.weights = Rows(depth, 2, rows_dtype, device)  # sum, sum of squares of W
         self.grads = Rows(depth, 4, rows_dtype, device)  # sum, sum of squares of dL/dh; the same of dL/dx
         self.weight_grads = Rows(depth, 2, rows_dtype, device)
+        self.branches = Rows(depth, 2, rows_dtype, device)  # sum, sum of squares of W phi(h) + b (residual blocks)
         self.kept, self.work, self.one_node = {}, None, None
+        self.stems = []  # layers without phi: their saturated_frac is empty
         self.leaves = None  # the plain probe's weights
         self.nodes = []  # the hooked autograd nodes, layer by layer (release_graph)
         self.buffers = {}  # (slot, shape) -> a tensor in the statistics' dtype (in_stat_dtype)
@@ -151,10 +157,13 @@ class Recorder:
         from memory a second time)."""
         self.weights.add(l, self.sums(w, "w"))
 
-    def forward(self, l, h, x):
-        """Statistics of layer index l (h^l, x^l = phi(h^l)), and the hook for its gradients."""
+    def forward(self, l, h, x, stem=False):
+        """Statistics of layer index l (h^l, the input of phi, and x^l), and the hook for its gradients; a stem's h
+        is its x."""
         hd, xd = self.in_stat_dtype(h, "h"), self.in_stat_dtype(x, "x")
         self.forward_stats(l, hd, xd)
+        if stem:
+            self.stems.append(l)
         keep = l + 1 in self.hist_layers
         if keep:
             self.kept[("act", l + 1)] = xd if x.dtype == self.dtype else xd.clone()  # not the reused buffer
@@ -180,7 +189,13 @@ class Recorder:
         torch.reciprocal(norms, out=work.recip)
         unit_sum, col_sum = torch.mm(work.coef, hd if hd.dim() == 2 else hd.reshape(hd.shape[0], -1))
         saturated = count(saturation_mask_(hd, self.phi, self.saturation, scratch), work.exact)
-        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), saturated, x_sum, act_sq, nonzero])
+        self.fwd.add(l, [col_sum.sum(), norms.dot(norms), unit_sum.dot(unit_sum), saturated, x_sum, act_sq, nonzero,
+                         *stats.channel_moments(xd)])
+
+    def branch(self, l, branch):
+        """Sum and sum of squares of a residual block's branch W phi(h) + b (its mean is small against its spread
+        for zero-mean weights, as for W and the gradients)."""
+        self.branches.add(l, self.sums(branch, "h"))
 
     def hook_grads(self, l, h, x, key):
         """dL/dh and dL/dx in one post-hook of phi's node (input h, output x), or, when phi is no single node on h
@@ -257,14 +272,18 @@ class Recorder:
             buf = self.buffers[(slot, t.shape)] = torch.empty(t.shape, dtype=self.dtype, device=t.device)
         return buf.copy_(t)
 
-    def columns(self, batch, n, n_weights) -> torch.Tensor:
-        for rows in (self.fwd, self.weights, self.grads, self.weight_grads):
+    def columns(self, batch, n, n_weights, alpha=1.0) -> torch.Tensor:
+        """The COLUMNS of every layer; `alpha` scales the residual branches."""
+        for rows in (self.fwd, self.weights, self.grads, self.weight_grads, self.branches):
             rows.flush()
+        for l in self.stems:
+            self.fwd.buf[l, FORWARD_RAW.index("sat")].fill_(math.nan)
         r = dict(zip(FORWARD_RAW, self.fwd.buf.unbind(1)))
         r["w_sum"], r["w_sq"] = self.weights.buf.unbind(1)
         r["gh_sum"], r["gh_sq"], r["gx_sum"], r["gx_sq"] = self.grads.buf.unbind(1)
         r["gw_sum"], r["gw_sq"] = self.weight_grads.buf.unbind(1)
-        return finish(r, batch, n, n_weights)
+        r["br_sum"], r["br_sq"] = self.branches.buf.unbind(1)
+        return finish(r, batch, n, n_weights, alpha)
 
 
 class FusedRecorder(Recorder):
@@ -278,7 +297,7 @@ class FusedRecorder(Recorder):
     def __init__(self, depth, dtype, device, saturation, phi, hist_layers=()):
         super().__init__(depth, dtype, device, saturation, phi, hist_layers)
         self.out = {id(rows): fused.Output(rows.buf) for rows in (self.fwd, self.weights, self.grads,
-                                                                   self.weight_grads)}
+                                                                   self.weight_grads, self.branches)}
         # an interval's outside is counted in the kernel; a threshold's by torch (forward_stats)
         self.lo, self.hi = self.saturation[1] if self.saturation[0] == "interval" else (-math.inf, math.inf)
 
@@ -299,6 +318,9 @@ class FusedRecorder(Recorder):
     def grad_stats(self, l, gh, gx):
         self.moments(self.grads, l, gh, gx)
 
+    def branch(self, l, branch):
+        self.moments(self.branches, l, branch)
+
     def weight_grad(self, l, grad):
         self.moments(self.weight_grads, l, grad)
 
@@ -309,27 +331,40 @@ def recorder(depth, dtype, device, saturation, phi, hist_layers=()) -> Recorder:
     return cls(depth, stat_dtype(dtype), device, saturation, phi, hist_layers)
 
 
-def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=()):
+def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=(), keep_grads=False):
     """Statistics (depth, len(COLUMNS)) on the device, and histogram inputs {(quantity, l): tensor}.
     `params` are the layers' (weight, bias), weights as leaves that require grad.
 
-    Loss L = sum(cotangent * x^depth): the gradient at the top is the unit-variance cotangent."""
+    Loss L = sum(cotangent * x^depth): the gradient at the top is the cotangent, a unit-variance one for a run.
+    `cotangent` may also be a function of x^depth that returns it (training: dL/dx^depth of the real loss, which
+    needs x^depth). With `keep_grads` every dL/dW stays in its weight's .grad (an optimizer steps with them);
+    without, each is freed once read, so memory holds one layer's worth."""
+    net = models.Net.of(cfg, phi)
     rec = recorder(len(params), x0.dtype, x0.device, saturation, phi, hist_layers)
-    rec.leaves = [w for w, _ in params]
+    rec.leaves = None if keep_grads else [w for w, _ in params]
     x = x0
     for l, (w, b) in enumerate(params):
         w.grad = None
-        h = models.block(cfg, x, w, b)
-        rec.weight(l, w)
-        x = phi(h)
-        rec.forward(l, h, x)
-    backward(x, cotangent)
-    for l in range(len(params)):
-        rec.take_weight_grad(l)
-    n = x.numel()
-    del x, h
+        x = record(rec, net, l, net.layer(l, x, w, b), w)
+    backward(x, cotangent(x) if callable(cotangent) else cotangent)
+    for l, (w, _) in enumerate(params):
+        if keep_grads:
+            rec.weight_grad(l, w.grad)
+        else:
+            rec.take_weight_grad(l)
+    n_weights, n = weight_counts(cfg, rec.fwd.buf.dtype, x0.device), x.numel()
+    del x
     rec.release_graph()
-    return rec.columns(x0.shape[0], n, weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
+
+
+def record(rec: Recorder, net: models.Net, l: int, step: models.Step, w) -> torch.Tensor:
+    """Layer l's forward statistics into `rec` (its weight's once the layer has read it); returns x^l."""
+    rec.weight(l, w)
+    if step.branch is not None:
+        rec.branch(l, step.branch)
+    rec.forward(l, step.h, step.x, stem=net.is_stem(l))
+    return step.x
 
 
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
@@ -339,39 +374,43 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     give a layer the same weights twice: WeightCheck makes sure it did."""
     depth = len(seeds)
     segment = segment or max(1, math.ceil(math.sqrt(depth)))
+    net = models.Net.of(cfg, phi)
     rec = recorder(depth, x0.dtype, x0.device, saturation, phi, hist_layers)
     # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
     check = WeightCheck(depth, x0.device) if inits.is_custom(cfg.init) else None
 
+    def weight_grad(l, grad):
+        rec.weight_grad(l, grad)
+        if l % segment == 0:  # the segment's backward is done (its first layer's dL/dW comes last)
+            devices.release_free_memory(x0.device)
+
     def run_segment(x, start):
-        if state["recomputing"]:  # the last segment's freed blocks, kept by the allocator (devices.trim_host_memory)
-            devices.trim_host_memory(x0.device)
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
             if check is not None:
                 (check.compare if state["recomputing"] else check.record)(l, z)
             w = z + anchor
-            h = models.block(cfg, x, w, b)
-            x = phi(h)
+            step = net.layer(l, x, w, b)
+            x = step.x
             if not state["recomputing"]:
-                rec.weight(l, w)
-                rec.forward(l, h, x)
-                w.register_hook(functools.partial(rec.weight_grad, l))
+                record(rec, net, l, step, w)
+                w.register_hook(functools.partial(weight_grad, l))
         return x
 
     x = x0
     for start in range(0, depth, segment):
         x = checkpoint(run_segment, x, start, use_reentrant=False)
+        devices.release_free_memory(x0.device)
     state["recomputing"] = True
     backward(x, cotangent)
-    n = x.numel()
+    n_weights, n = weight_counts(cfg, rec.fwd.buf.dtype, x0.device), x.numel()
     del x
     rec.release_graph()
     if check is not None:
         check.verify(cfg.init)
-    return rec.columns(x0.shape[0], n, weight_counts(cfg, rec.fwd.buf.dtype, x0.device)), rec.kept
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
 
 
 class WeightCheck:
@@ -423,10 +462,11 @@ def weight_counts(cfg, dtype, device) -> torch.Tensor:
     return filled
 
 
-def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor:
+def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Columns from the raw per-layer sums (each a (depth,) tensor), for all layers at once. weight_var is Var(W),
     weight_sq_mean E[W^2] (= Var(W) + E[W]^2): mean-field theory's sigma_w^2 / fan_in is the second moment, which
-    differs from the variance for an init with non-zero mean (constant, U(0, 1))."""
+    differs from the variance for an init with non-zero mean (constant, U(0, 1)). branch_var is alpha^2 times the
+    variance of W phi(h) + b (nan where a layer has no branch; exactly 0 for alpha = 0)."""
 
     def var(name, count):  # biased: E[t^2] - E[t]^2, clamped at 0 against rounding
         return (r[name + "_sq"] / count - (r[name + "_sum"] / count) ** 2).clamp_min(0)
@@ -436,7 +476,7 @@ def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor) -> torch.Tensor
     corr = torch.where(torch.isfinite(r["pre_sq"]), corr, math.nan)  # an infinite row norm has no direction
     columns = [r["pre_sum"] / n, var("pre", n), r["act_sum"] / n, r["act_sq"] / n, var("gh", n), var("gx", n),
                var("w", n_weights), r["w_sq"] / n_weights, var("gw", n_weights), r["sat"] / n, 1 - r["nonzero"] / n,
-               corr]
+               corr, r["chan_sq_mean"], r["chan_var"], alpha**2 * var("br", n)]
     return torch.stack(columns, dim=1)
 
 
@@ -489,11 +529,11 @@ def jacobian_singular_values(cfg, params, phi, x0, n_inputs: int = 4) -> torch.T
     """Singular values (n_inputs, min(out, in)) of the end-to-end Jacobian d x^depth / d x^0 at the first
     inputs of the batch: one vectorised reverse-mode pass per input (torch.func)."""
 
+    net = models.Net.of(cfg, phi)
+    detached = [(w.detach(), b) for w, b in params]
+
     def network(x):  # one input, without its batch axis
-        x = x.unsqueeze(0)
-        for w, b in params:
-            x = phi(models.block(cfg, x, w.detach(), b))
-        return x.reshape(-1)
+        return net.forward(detached, x.unsqueeze(0)).reshape(-1)
 
     jac = torch.func.vmap(torch.func.jacrev(network))(x0[:n_inputs])  # (n, out, *in)
     jac = jac.reshape(jac.shape[0], jac.shape[1], -1).to(stat_dtype(x0.dtype))

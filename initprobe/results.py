@@ -15,7 +15,6 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -67,6 +66,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def default_name(cfg) -> str:
+    """results/<name>: the built-in network's arch, init, act, depth and width, or a --model's name and init."""
+    if cfg.model is not None:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model}-{cfg.init}".replace(":", "."))
     return f"{cfg.arch}-{cfg.init.replace(':', '.')}-{cfg.act}-d{cfg.depth}-w{cfg.width}"
 
 
@@ -122,10 +124,10 @@ def _highest_missing(path: Path) -> Path | None:
 PUBLISH_TRIES = 100  # generated names tried at publication, each the next free one when tried
 
 
-def publish(res: Reservation, before: Callable[[Path], None] | None = None) -> Path:
+def publish(res: Reservation) -> Path:
     """Move a complete staging directory into place and return where it went (also `res.final` from then on); never
     replaces a run (a rename onto a directory that is not empty fails). A generated name that another process took
-    meanwhile becomes the next free one (`before(final)` is called first, for files that name their own place); an
+    meanwhile becomes the next free one, and the config.json inside, which names the run's place, says so; an
     explicit one that appeared meanwhile is an error, and this run is discarded."""
     final = res.final
     for _ in range(PUBLISH_TRIES):
@@ -137,10 +139,19 @@ def publish(res: Reservation, before: Callable[[Path], None] | None = None) -> P
             if res.name is None or not res.staging.is_dir():
                 break
         final = next_free(final.parent, res.name)
-        if before is not None:
-            before(final)
+        _name_place(res.staging / "config.json", final)
     discard(res)
     raise ConfigError(f"{final} appeared while the run was going (another process wrote it); this run was not kept")
+
+
+def _name_place(config_json: Path, final: Path) -> None:
+    """Set config.json's out (a run's, a training run's) to `final`, where it has one."""
+    if not config_json.is_file():
+        return
+    info = read_json(config_json)
+    if isinstance(info.get("config"), dict) and "out" in info["config"]:
+        info["config"]["out"] = str(final)
+        write_json(config_json, info)
 
 
 def discard(res: Reservation) -> None:
@@ -289,27 +300,43 @@ def incomplete(path: str | Path) -> str | None:
     return None
 
 
-# the columns the figures read, which every run's files have; anything else (theory_*, preact_corr) is optional
+TEXT_COLUMNS = {"module": str, "module_type": str}  # a --model's names stay text: "0" is a Sequential's first item
+
+
+def read_layers(source) -> pd.DataFrame:
+    """A layers.csv (a path or an open text), with module names as text however they look."""
+    return pd.read_csv(source, dtype=TEXT_COLUMNS)
+
+
+# the columns the figures read, which every run's layers.csv has (a --model's rows have no h); anything else
+# (theory_*, preact_corr, the channel statistics, step) is optional
 LAYER_COLUMNS = ("seed", "layer", "preact_var", "act_var", "grad_preact_var", "grad_act_var", "weight_var",
                  "weight_grad_var", "saturated_frac", "zero_frac")
+MODEL_LAYER_COLUMNS = ("seed", "layer", "module", "act_var", "grad_act_var", "weight_var", "weight_grad_var")
 HIST_COLUMNS = ("quantity", "layer", "bin_left", "bin_right", "count")
 JACOBIAN_COLUMNS = ("input", "singular_value")
 
 
 def read_run(path: str | Path) -> dict:
-    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary', 'jacobian'}; ConfigError, one line
-    naming the file and what is wrong with it, if it is not one a figure can be drawn from: JSON files that are not
-    JSON objects, CSVs that cannot be read, lack a column or a row, or hold text where numbers belong."""
+    """A run directory as {'path', 'config', 'layers', 'histograms', 'summary', 'jacobian', 'metrics'} (the last two
+    None where the run has none: metrics.csv is a training run's); ConfigError, one line naming the file and what is
+    wrong with it, if it is not one a figure can be drawn from: JSON files that are not JSON objects, CSVs that
+    cannot be read, lack a column or a row, or hold text where numbers belong."""
     path = Path(path)
     if not (path / "layers.csv").is_file() or not (path / "config.json").is_file():
         raise ConfigError(f"{path} is not a run directory (no layers.csv/config.json)")
-    hist_path, jac_path, summary_path = path / "histograms.csv", path / "jacobian.csv", path / "summary.json"
+    hist_path, jac_path, metrics_path = path / "histograms.csv", path / "jacobian.csv", path / "metrics.csv"
+    summary_path = path / "summary.json"
+    layers = _table(path / "layers.csv", LAYER_COLUMNS, model_columns=MODEL_LAYER_COLUMNS)
+    model = "module" in layers
     return {
+        "metrics": _table(metrics_path, (), rows=False) if metrics_path.is_file() else None,
         "jacobian": _table(jac_path, JACOBIAN_COLUMNS) if jac_path.is_file() else None,
         "path": path,
         "config": _json_object(path / "config.json"),
-        "layers": _table(path / "layers.csv", LAYER_COLUMNS),
-        "histograms": _table(hist_path, HIST_COLUMNS, ("quantity",)) if hist_path.is_file() else None,
+        "layers": layers,
+        # a --model's histograms.csv has a header only: it has no histograms
+        "histograms": _table(hist_path, HIST_COLUMNS, rows=not model) if hist_path.is_file() else None,
         "summary": _json_object(summary_path) if summary_path.is_file() else {},
     }
 
@@ -324,18 +351,23 @@ def _json_object(path: Path) -> dict:
     return data
 
 
-def _table(path: Path, columns: tuple[str, ...], text: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The CSV at `path`, with at least one row and `columns`, numeric except those in `text`."""
+def _table(path: Path, columns: tuple[str, ...], rows: bool = True, model_columns: tuple[str, ...] | None = None
+           ) -> pd.DataFrame:
+    """The CSV at `path`, with `columns` (`model_columns` instead for a --model's rows, which name their module),
+    numeric but for module names and a histogram's quantity, and at least one row if `rows`."""
     try:
-        frame = pd.read_csv(path)
+        frame = read_layers(path)
     except (OSError, ValueError) as e:  # pandas' EmptyDataError, ParserError, UnicodeDecodeError are ValueErrors
         raise ConfigError(f"{path} is not a readable CSV: {' '.join(str(e).split())}") from None
+    if model_columns is not None and "module" in frame:
+        columns = model_columns
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ConfigError(f"{path} lacks the column(s) {', '.join(missing)}")
-    if frame.empty:
+    if rows and frame.empty:
         raise ConfigError(f"{path} has a header but no rows")
-    wrong = [c for c in columns if c not in text and not pd.api.types.is_numeric_dtype(frame[c])]
+    text = (*TEXT_COLUMNS, "quantity")  # (a header alone reads as text: nothing to check)
+    wrong = [c for c in columns if c not in text and not frame.empty and not pd.api.types.is_numeric_dtype(frame[c])]
     if wrong:
         raise ConfigError(f"{path} holds text where numbers belong, in {', '.join(wrong)}")
     return frame

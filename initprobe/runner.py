@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import activations, analysis, config, devices, environment, memory, models, predict, probe, results
+from . import (activations, analysis, any_model, blocks, config, devices, environment, memory, models, module_probe,
+               predict, probe, results)
 
 
 @dataclass
@@ -36,8 +37,8 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     stats, hists, extra = [], {}, []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
-        if i:  # the last seed's freed blocks, kept by the allocator (devices.trim_host_memory)
-            devices.trim_host_memory(device)
+        if i:  # the last seed's freed blocks, kept by the allocator (devices.release_free_memory)
+            devices.release_free_memory(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         per_layer = models.layer_seeds(cfg.depth, gen)
         x0 = models.make_input(cfg, cfg.batch, device, gen)
@@ -96,22 +97,24 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     t0 = time.perf_counter()
     config.validate(cfg)
     device = devices.resolve(cfg.device)
-    checkpointed, why = memory.plan(cfg, devices.free_memory(device))
+    make = any_model.factory(cfg) if cfg.model is not None else None  # an import that fails: before any directory
+    free, plan = devices.free_memory(device), None
+    if make is None:
+        plan = memory.plan(cfg, free)  # what cannot fit is refused now, with what would
+    else:
+        memory.check_model_input(cfg, free)
     res = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
         resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment.environment(command, str(device), devices.name(device))}
         devices.reset_peak_memory(device)
-        frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
-        summary = analysis.summarize(frame, {"probe_seconds": probe_seconds})
-        frame = predict.add_theory(frame, cfg)
-        summary["theory"] = predict.summary(frame, cfg)
-        if jac is not None:
-            summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
+        if make is None:
+            frame, hist, summary, jac = probe_network(cfg, device, on_seed, plan)
+        else:
+            frame, hist, summary, jac = probe_any_model(cfg, make, device, on_seed)
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = devices.peak_memory(device)
-        summary["checkpoint"] = {"used": checkpointed, "why": why}
         results.write_run(res.staging, info, frame, hist, summary, jac)
         if cfg.plots:  # drawn before publication: a run directory that exists holds everything asked of it
             from . import plots
@@ -120,11 +123,39 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
         results.discard(res)
         raise
-    final = results.publish(res, before=lambda place: _moved(res.staging, info, place))
+    final = results.publish(res)
     return RunResult(final, frame, summary, info)
 
 
-def _moved(staging: Path, info: dict, final: Path) -> None:
-    """config.json names the run's place: a generated name taken meanwhile by another run moved it to `final`."""
-    info["config"]["out"] = str(final)
-    results.write_json(staging / "config.json", info)
+def probe_network(cfg: config.RunConfig, device: torch.device, on_seed, plan: tuple[bool, str]):
+    """The built-in network, probed plainly or checkpointed as `plan` (memory.plan) says: (layers with theory
+    columns, histograms, summary, Jacobian spectrum or None)."""
+    checkpointed, why = plan
+    frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
+    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
+                                 gradient=blocks.block(cfg.block).stream_gradient)
+    frame = predict.add_theory(frame, cfg)
+    summary["theory"] = predict.summary(frame, cfg)
+    if jac is not None:
+        summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
+    summary["checkpoint"] = {"used": checkpointed, "why": why}
+    return frame, hist, summary, jac
+
+
+NO_THEORY = ("no mean-field prediction for a model of your choosing: the theory here is that of the built-in "
+             "networks (i.i.d. weights, one activation, square layers), which attention, norms and branches break")
+
+
+def probe_any_model(cfg: config.RunConfig, make, device: torch.device, on_seed):
+    """A --model: (one row per recorded module call, no histograms, summary, None). The end-to-end ratios compare the
+    first and last call of the model's most repeated module (analysis.compared_layers), from dL/d(output)."""
+    frame, applies, probe_seconds, model_info = module_probe.measure(cfg, make, device, on_seed)
+    summary = analysis.summarize(frame, {"probe_seconds": probe_seconds}, gradient="grad_act_var",
+                                 compared=analysis.compared_layers(frame), applies=applies)
+    first_seed = frame[frame["seed"] == cfg.seed].set_index("layer")["module"]
+    summary["compared_modules"] = [first_seed.get(layer) for layer in summary["compared_layers"]]
+    summary["model"] = {"spec": cfg.model, "args": cfg.model_args or {}, "record": cfg.record,
+                        "mode": cfg.model_mode, **model_info}
+    summary["theory"], summary["theory_note"] = None, NO_THEORY
+    summary["checkpoint"] = {"used": False, "why": "a --model is probed whole"}
+    return frame, histogram_frame({}, []), summary, None

@@ -1,4 +1,5 @@
-"""Calling a user's code: a custom init `package.module:function`, and the import of its module.
+"""Calling a user's code: a custom init `package.module:function`, the import of a user's module (imports.py), a
+--model's construction.
 
 Whatever that code raises, SystemExit and KeyboardInterrupt included, is that code's error: a UserCodeError naming
 the code and its exception (one line and exit 2 from `initprobe run`; in a sweep, that run's failure while the sweep
@@ -11,13 +12,11 @@ again (a checkpointed probe's recompute) gets the weights it had.
 """
 
 import contextlib
-import importlib
 import signal
 import threading
-from typing import Callable
 
 from .errors import ConfigError
-from .names import did_you_mean
+from .names import one_line
 
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 _received = 0  # interrupts seen by the handlers marked_signals() installs
@@ -27,39 +26,20 @@ class UserCodeError(ConfigError):
     """A user's code failed (raised anything, returned something unusable)."""
 
 
-def load(spec: str, what: str) -> Callable:
-    """The callable `spec` = package.module:name names (`what`: "init", for messages); UserCodeError, one line
-    naming it, if its module cannot be imported (whatever the import raises), lacks the name, or it is not
-    callable."""
-    module_name, _, attr = spec.partition(":")
-    module = call(f"cannot import {what} '{spec}'", importlib.import_module, module_name)
-    if not hasattr(module, attr):
-        public = [n for n in dir(module) if not n.startswith("_")]
-        raise UserCodeError(f"cannot import {what} '{spec}': {module_name} has no '{attr}'"
-                            f"{did_you_mean(attr, public)}")
-    fn = getattr(module, attr)
-    if not callable(fn):
-        raise UserCodeError(f"{what} '{spec}' is not callable")
-    return fn
-
-
-def call(what: str, fn, *args, **kwargs):
+def call(what: str, fn, *args, keep: tuple = (), **kwargs):
     """fn(*args, **kwargs); anything it raises becomes UserCodeError("{what}: Type: message"), but an interrupt from
-    outside (a signal during the call) is raised as KeyboardInterrupt."""
+    outside (a signal during the call) is raised as KeyboardInterrupt, and an exception of a type in `keep`
+    (initprobe's own, raised from inside the user's code: a hook's failure) as it is."""
     before = _received
     try:
         with marked_signals():
             return fn(*args, **kwargs)
+    except keep:
+        raise
     except BaseException as e:  # noqa: B036  (SystemExit and KeyboardInterrupt of the user's code are its errors)
         if _received != before:
             raise KeyboardInterrupt from e
-        raise UserCodeError(f"{what}: {describe(e)}") from None
-
-
-def describe(e: BaseException, limit: int = 300) -> str:
-    """'Type: message' on one line, at most `limit` characters."""
-    text = " ".join(f"{type(e).__name__}: {e}".split()).removesuffix(":")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        raise UserCodeError(f"{what}: {one_line(e)}") from None
 
 
 @contextlib.contextmanager

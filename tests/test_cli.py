@@ -76,6 +76,23 @@ ERRORS = {  # id: (argv, substrings the one line must contain)
     "plot-nonexistent": (["plot", "/nonexistent"], ["/nonexistent"]),
     "depth-not-an-int": (["run", *TINY, "--depth", "abc"], ["depth"]),
     "unknown-option": (["run", "--dpth", "3", *TINY], ["--dpth", "--depth"]),
+    # blocks, norms and branch scales: each impossible combination found before anything is written
+    "unknown-block": (["run", "--block", "resnet", *TINY], ["resnet", "residual"]),
+    "unknown-norm": (["run", "--norm", "batchnorm", *TINY], ["batchnorm", "batch"]),
+    "batch-norm-of-one-example": (["run", "--norm", "batch", *TINY, "--batch", "1"], ["--norm batch", "--batch 1"]),
+    "layer-norm-of-one-unit": (["run", "--norm", "layer", *TINY, "--width", "1"], ["--norm layer", "--width 1"]),
+    "cnn-batch-norm-of-one-value": (["run", "--arch", "cnn", "--norm", "batch", "--image-size", "1",
+                                     "--kernel-size", "1", *TINY, "--batch", "1"], ["--norm batch", "positions"]),
+    "residual-without-blocks": (["run", "--block", "residual", *TINY, "--depth", "1"], ["residual", "depth"]),
+    "branch-scale-on-plain-blocks": (["run", "--branch-scale", "0.5", *TINY],
+                                     ["--branch-scale", "block 'plain'", "'residual'"]),
+    "branch-scale-negative": (["run", "--block", "residual", "--branch-scale", "-1", *TINY],
+                              ["--branch-scale", "non-negative"]),
+    "branch-scale-unknown-word": (["run", "--block", "residual", "--branch-scale", "inv_sqrt", *TINY],
+                                  ["inv_sqrt", "inv_sqrt_depth"]),
+    "jacobian-with-batch-norm": (["run", "--norm", "batch", "--jacobian", *TINY], ["--jacobian", "--norm batch"]),
+    "theory-batch-norm-of-one-example": (["theory", "--norm", "batch", "--batch", "1", "--depth", "3"],
+                                         ["--norm batch", "--batch 1"]),
     # a format matplotlib cannot write is refused with the other options, before phase.csv is written
     "phase-unknown-format": (["phase", "--format", "bmp"], ["bmp", "png"]),
     # --out names a directory to create, for every command that takes it
@@ -210,6 +227,30 @@ def test_list_shows_schemes_formulas_and_gains(workdir, capsys):
     assert tanh_rows and "1.667" in tanh_rows[0], tanh_rows  # PyTorch's 5/3
 
 
+def test_list_blocks_shows_the_blocks_norms_and_branch_scale(workdir, capsys):
+    code, out, err = call(capsys, ["list", "blocks"])
+    assert code == 0, err
+    for text in ("--block", "plain", "residual", "--norm", "batch", "layer", "inv_sqrt_depth"):
+        assert text in out, text
+
+
+def test_theory_of_a_residual_network_prints_and_writes_its_recursion(workdir, capsys, monkeypatch):
+    """`initprobe theory --block residual --norm batch`: the ratios of the residual recursion (ReLU + He: the
+    variance grows by 1 per block, 2 -> 11 over 10 layers), the architecture in words, and theory.csv with the
+    branch's and the channels' columns."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = call(capsys, ["theory", "--block", "residual", "--norm", "batch", "--act", "relu", "--init",
+                                   "he_normal", "--depth", "10", "--out", "th"])
+    assert code == 0, err
+    assert "architecture: residual blocks, batch norm, alpha = 1" in out and "5.5" in out  # forward 11 / 2
+    frame = pd.read_csv(workdir / "th" / "theory.csv")
+    assert frame["theory_act_var"].tolist() == pytest.approx([2.0 + l for l in range(10)], rel=1e-9)
+    assert frame["theory_branch_var"].isna().tolist() == [True] + [False] * 9
+    assert {"theory_chan_sq_mean", "theory_chan_var"} <= set(frame.columns)
+    scales = json.loads((workdir / "th" / "theory.json").read_text())["scales"]
+    assert scales["alpha"] == 1.0 and scales["architecture"] == "residual blocks, batch norm, alpha = 1"
+
+
 def weight_var_check(run_dir, expected_first, expected_rest, n_first, n_rest, kurtosis):
     """Each layer's weight_var within 6 standard errors v sqrt((k-1)/n) of its expected variance."""
     layers = pd.read_csv(run_dir / "layers.csv")
@@ -281,7 +322,7 @@ def loaded_by(args, cwd) -> tuple[str, set]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["sweep", "--help"], ["theory", "--help"],
-                                  ["list"]], ids=" ".join)
+                                  ["train", "--help"], ["list"]], ids=" ".join)
 def test_help_and_list_import_no_torch_pandas_or_matplotlib(tmp_path, args):
     """What keeps them instant: none of the heavy modules is imported to print help or the registries (numpy is
     allowed: list computes the gains of the activations PyTorch has none for)."""
@@ -418,6 +459,15 @@ def test_activation_is_a_choice_and_the_help_lists_the_names(capsys, monkeypatch
     assert set(shown.group(1).replace(" ", "").split("|")) == set(activations.choices())
 
 
+def test_help_lists_the_block_norm_and_branch_scale_options(capsys, monkeypatch):
+    """run --help and theory --help show --block and --norm with their registries' names as choices, and
+    --branch-scale with the word it takes besides a number."""
+    for command in ("run", "theory"):
+        shown = help_text(capsys, monkeypatch, [command, "--help"]).replace(" ", "")
+        assert "--block<plain|residual>" in shown and "--norm<none|batch|layer>" in shown, command
+        assert "--branch-scale" in shown and "inv_sqrt_depth" in shown, command
+
+
 def completions(capsys, monkeypatch, words: str) -> list[str]:
     """What bash completion offers after `words` (the last one is being typed; a trailing space starts a new one),
     through click's own protocol as the shell calls it: _INITPROBE_COMPLETE=complete_bash, the words in
@@ -458,3 +508,16 @@ def test_docs_options_md_is_generated_from_the_declarations():
                   "open('docs/options.md','w').write(config.options_markdown())\"")
     assert path.is_file(), f"docs/options.md is missing; {regenerate}"
     assert path.read_text() == config.options_markdown(), f"docs/options.md is out of date; {regenerate}"
+
+
+@pytest.mark.parametrize("instrumented_s, verdict", [(1.1004, True), (1.1006, False)])
+def test_bench_overhead_is_judged_on_the_value_it_shows(monkeypatch, instrumented_s, verdict):
+    """A ratio of 1.1004 shows as 1.1 and passes a goal of 1.10; 1.1006 shows as 1.101 and fails it: the table
+    never shows a value that contradicts its verdict. The passes' times are fixed here; the network is tiny."""
+    from initprobe import bench
+
+    seconds = {"bare": 1.0, "instrumented": instrumented_s, "naive": 2.0}
+    monkeypatch.setattr(bench, "timed", lambda fn, device, reps: [seconds[fn.__name__]] * reps)
+    options = dict(arch="mlp", depth=2, width=8, batch=4, act="tanh")
+    result, _ = bench.overhead("tiny", options, 1.10, torch.device("cpu"), reps=3)
+    assert result["value"] == round(instrumented_s, 3) and result["pass"] is verdict

@@ -14,10 +14,25 @@ from initprobe.cli import main
 
 TINY = {"depth": 3, "width": 8, "batch": 4, "seeds": 1, "plots": False, "device": "cpu"}
 CNN = {"arch": "cnn", "width": 4, "batch": 2, "image_size": 6}
+MODEL = {"model": "fuzz_tokens:make", "input_kind": "tokens", "vocab": 50, "seq_len": 4, "batch": 2}
 # what makes an option apply, so that its value is used rather than refused as not applying
 CONTEXT = {"slope": {"act": "leaky_relu"}, "scale": {"init": "variance_scaling"}, "std": {"init": "normal"},
            "bound": {"init": "uniform"}, "value": {"init": "constant"}, "bias_std": {"bias": "normal"},
-           "in_channels": CNN, "image_size": CNN, "kernel_size": CNN}
+           "in_channels": CNN, "image_size": CNN, "kernel_size": CNN, "branch_scale": {"block": "residual"},
+           "seq_len": MODEL, "vocab": MODEL}
+MODEL_SOURCE = """
+from torch import nn
+
+def make():
+    return nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 8))
+"""
+
+
+def base(key: str) -> dict:
+    """The tiny run a value of `key` goes into: a --model's has no depth or width (they would not apply)."""
+    context = CONTEXT.get(key, {})
+    tiny = {k: v for k, v in TINY.items() if "model" not in context or k not in ("depth", "width")}
+    return {**tiny, **context}
 NUMERIC = [k for k in config.OPTIONS if set(config.value_types(k)) & {int, float}]
 
 SLOW = pytest.mark.slow  # a valid value that makes a run of a thousand layers, seeds or positions, or draws plots
@@ -45,6 +60,8 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "results" / "earlier").mkdir(parents=True)
     (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
     (tmp_path / "notes.txt").write_bytes(b"mine\x00\n")
+    (tmp_path / "fuzz_tokens.py").write_text(MODEL_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
 
@@ -83,7 +100,7 @@ def flags(values: dict) -> list[str]:
 @pytest.mark.parametrize("text", HOSTILE_TEXT, ids=repr)
 @pytest.mark.parametrize("key", NUMERIC)
 def test_a_hostile_value_on_the_command_line(workdir, capsys, key, text):
-    argv = ["run", *flags({**TINY, **CONTEXT.get(key, {})}), config.flag(key), text, "--quiet"]
+    argv = ["run", *flags(base(key)), config.flag(key), text, "--quiet"]
     outcome = refused_or_finished(workdir, capsys, argv)
     if text.strip().lower().lstrip("-") in ("nan", "inf", "infinity", "1e400"):
         assert outcome == "refused"  # not finite: never a run
@@ -92,8 +109,7 @@ def test_a_hostile_value_on_the_command_line(workdir, capsys, key, text):
 @pytest.mark.parametrize("value", HOSTILE_TOML, ids=repr)
 @pytest.mark.parametrize("key", list(config.OPTIONS))
 def test_a_hostile_value_in_a_config_file(workdir, capsys, key, value):
-    base = {**TINY, **CONTEXT.get(key, {})}
-    lines = [f"{k} = {_toml(v)}" for k, v in base.items() if k != key] + [f"{key} = {value}"]
+    lines = [f"{k} = {_toml(v)}" for k, v in base(key).items() if k != key] + [f"{key} = {value}"]
     (workdir / "hostile.toml").write_text("\n".join(lines) + "\n")
     before = (workdir / "hostile.toml").read_bytes()
     outcome = refused_or_finished(workdir, capsys, ["run", "--config", "hostile.toml", "--quiet"])
@@ -107,15 +123,14 @@ def test_a_hostile_value_in_a_config_file(workdir, capsys, key, value):
 def test_a_hostile_value_in_a_sweep_grid_is_refused_before_any_run(workdir, capsys, key, value):
     """A grid holding one hostile value next to a good one: refused as a whole before anything runs (one line), or,
     where the value is valid after all, the sweep finishes with a row for each point."""
-    base = {**{k: v for k, v in TINY.items() if k != "plots"}, **CONTEXT.get(key, {})}
-    base.pop(key, None)
-    good = {"seed": 1, "seeds": 2}.get(key, _toml(TINY.get(key, 1)))
+    fixed = {k: v for k, v in base(key).items() if k not in ("plots", key)}
+    good = {"seed": 1, "seeds": 2}.get(key, _toml(base(key).get(key, 1)))
     (workdir / "grid.toml").write_text(textwrap.dedent(f"""
         [sweep]
         name = "fuzz"
         figures = false
         [base]
-        {chr(10).join(f"{k} = {_toml(v)}" for k, v in base.items())}
+        {chr(10).join(f"{k} = {_toml(v)}" for k, v in fixed.items())}
         [grid]
         {key} = [{good}, {value}]
     """).replace("\n        ", "\n"))
@@ -134,8 +149,9 @@ def test_a_hostile_value_in_a_sweep_grid_is_refused_before_any_run(workdir, caps
 
 
 def test_the_tables_cover_every_numeric_option():
-    assert set(NUMERIC) == {"depth", "width", "input_dim", "in_channels", "image_size", "kernel_size", "slope", "gain",
-                            "scale", "std", "bound", "value", "bias_std", "batch", "seeds", "seed"}
+    assert set(NUMERIC) == {"depth", "width", "input_dim", "in_channels", "image_size", "kernel_size", "branch_scale",
+                            "slope", "seq_len", "vocab", "gain", "scale", "std", "bound", "value", "bias_std", "batch",
+                            "seeds", "seed"}
     assert math.isnan(float(HOSTILE_TEXT[0])) and len(HOSTILE_TEXT) > 20 and len(HOSTILE_TOML) > 20
 
 

@@ -28,7 +28,8 @@ LINEAR, CONV = (256, 512), (64, 32, 3, 3)
 SHAPES = {"linear": LINEAR, "conv": CONV}
 BIG = (500, 2000)  # 1e6 entries, fan_in 2000, fan_out 500: every mode gives a different n
 TORCH_SHAPES = [(10, 512), (256, 512), (512, 256), (64, 3, 3, 3), (16, 8, 5), (8, 4, 3, 3, 3), (32, 64, 1, 1)]
-RANDOM = sorted(k for k in INITS if k != "lsuv")  # lsuv needs a network: tested on one below
+# lsuv needs a network: tested on one below; `model` keeps a --model's weights: tested in test_models.py
+RANDOM = sorted(k for k, spec in INITS.items() if not (spec.data_dependent or spec.model_only))
 DETERMINISTIC = {"identity", "zeros", "constant"}
 PRESETS = ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal"]
 

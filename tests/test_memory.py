@@ -1,7 +1,7 @@
-"""Memory: what cannot fit is refused before anything is allocated or written, with one line that says what would
-fit; the estimate (memory.py) is an upper bound of the memory a run has in use at its peak, on every path (plain,
-checkpointed, LSUV, --jacobian, gelu/mish, bfloat16, circular padding, `initprobe theory`); a requested output
-(--jacobian) is never dropped by the automatic choice of the checkpointed probe."""
+"""Memory: what cannot fit is refused before anything is allocated or written, with one line that says what would fit;
+the estimate (memory.py) is an upper bound of the memory a run has in use at its peak, on every path (plain,
+checkpointed, LSUV, --jacobian, gelu/mish, bfloat16, circular padding, residual blocks and norms, `initprobe
+theory`); a requested output (--jacobian) is never dropped by the automatic choice of the checkpointed probe."""
 
 import dataclasses
 import json
@@ -183,6 +183,10 @@ BOUNDED = {
     "checkpointed gelu": dict(depth=100, width=1024, batch=1024, checkpoint=True, act="gelu"),
     "checkpointed bfloat16": dict(depth=100, width=1024, batch=1024, checkpoint=True, dtype="bfloat16"),
     "deep and narrow": dict(depth=50000, width=2, batch=2, seeds=2),
+    "residual, batch norm": dict(depth=20, width=1024, batch=2048, block="residual", norm="batch"),
+    "layer norm, gelu": dict(depth=20, width=1024, batch=2048, norm="layer", act="gelu"),
+    "checkpointed residual, batch norm": dict(depth=100, width=1024, batch=1024, block="residual", norm="batch",
+                                              checkpoint=True),
 }
 
 
@@ -192,7 +196,7 @@ def test_the_estimate_bounds_the_memory_a_run_uses(tmp_path, case):
     """In a fresh process, the growth of the peak resident set over what torch and initprobe's imports took is at
     most the estimate. glibc is told to return every freed block of 128 KiB or more to the system at once
     (MALLOC_MMAP_THRESHOLD_), so the resident set is the memory in use: by default glibc keeps freed blocks of up
-    to 32 MiB for reuse, a retention the estimate does not count (devices.trim_host_memory gives it back between
+    to 32 MiB for reuse, a retention the estimate does not count (devices.release_free_memory gives it back between
     seeds and checkpointed segments). The estimate must also be of use, not just large: the growth is at least a
     quarter of it."""
     cfg = {"seeds": 1, "plots": False, "device": "cpu", **BOUNDED.get(case, {"depth": 100_000})}
@@ -204,3 +208,17 @@ def test_the_estimate_bounds_the_memory_a_run_uses(tmp_path, case):
     measured = json.loads(proc.stdout.splitlines()[-1])
     assert measured["growth"] <= measured["estimate"], measured
     assert measured["growth"] >= measured["estimate"] / 4, measured
+
+
+def test_a_model_whose_input_batch_alone_cannot_fit_is_refused(workdir, capsys, monkeypatch):
+    """A --model's own memory is not estimated (it is the user's), but an input batch that alone exceeds the free
+    memory is refused before the model is built or anything written."""
+    (workdir / "tiny_model.py").write_text("from torch import nn\n\ndef make():\n    return nn.Linear(4, 4)\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.setattr(devices, "free_memory", lambda device: FREE)
+    before = snapshot(workdir)
+    code = main(["run", "--model", "tiny_model:make", "--input-shape", "100000,100000", "--batch", "1000",
+                 "--seeds", "1", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "input batch alone" in err and "8.0 GiB is free" in err, err
+    assert snapshot(workdir) == before

@@ -23,7 +23,7 @@ from initprobe.plots.draw import NAMES
 
 DEVICE = os.environ.get("TORCH_DEVICE", "cpu")
 BASE_PLOTS = {"variance", "weight_grad", "histograms", "saturation"}
-RUN_PLOTS = BASE_PLOTS | {"correlation"}  # every run measures preact_corr
+RUN_PLOTS = BASE_PLOTS | {"correlation", "spp"}  # every run measures preact_corr and the channel statistics
 SIZES = {"correlation": (1125, 630), "jacobian": (1200, 810)}  # (7.5, 4.2) and (8, 5.4) inches at 150 dpi
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,6 +49,12 @@ def exploding_run(tmp_path_factory):
 def vanishing_run(tmp_path_factory):
     """Var shrinks by width * std^2 / 2 = 1.6e-3 per layer: activations reach exactly 0 within 40 layers."""
     return small_run(tmp_path_factory.mktemp("runs") / "vanish", init="normal", std=0.01, act="relu", depth=40)
+
+
+@pytest.fixture(scope="module")
+def residual_run(tmp_path_factory):
+    return small_run(tmp_path_factory.mktemp("runs") / "residual", block="residual", norm="batch", act="relu",
+                     init="he_normal")
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +211,7 @@ PER_LAYER = {  # figure: the columns of each panel, and whether they are varianc
     "weight_grad": ([("weight_grad_var",), ("weight_var",)], True),
     "saturation": ([("saturated_frac",), ("zero_frac",)], False),
     "correlation": ([("preact_corr",)], False),
+    "spp": ([("chan_sq_mean",), ("chan_var",)], True),  # a plain network: no branch
 }
 
 
@@ -234,6 +241,60 @@ def test_per_layer_figures_draw_the_mean_over_seeds_of_the_csv(tanh_run, name):
         assert_not_empty(ax)
     if not variances:  # fractions and correlations: the whole of [0, 1] shows
         assert all(ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
+
+
+def test_spp_figure_of_a_residual_run_has_the_branch_panel(residual_run):
+    """Brock et al.'s three panels for a residual network: channel squared mean, channel variance and branch
+    variance of layers.csv, each the geometric mean over seeds on a log axis with its theory dashed beside it; the
+    stem (layer 1) has no branch, and no mark calls that an overflow."""
+    run = results.read_run(residual_run)
+    layers = pd.read_csv(residual_run / "layers.csv")
+    fig = run_figures.spp_figure(run)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["Average channel squared mean",
+                                                             "Average channel variance", "Residual branch variance"]
+    for ax, column in zip(fig.axes, ("chan_sq_mean", "chan_var", "branch_var")):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and column in ax.get_ylabel()
+        assert legend_texts(ax) == [NAMES[column], "mean-field theory"]
+        measured = line_labelled(ax, NAMES[column])
+        assert_line(measured, *seed_means(layers, column, geometric=True))
+        assert_line(dashed_line_coloured(ax, measured.get_color()),
+                    *seed_means(layers, f"theory_{column}", geometric=True))
+        assert not [t for t in ax.texts if "non-finite" in t.get_text() or "underflow" in t.get_text()]
+    assert np.isnan(line_labelled(fig.axes[2], NAMES["branch_var"]).get_ydata()[0])
+
+
+def test_a_residual_run_gets_every_figure(residual_run, monkeypatch):
+    assert figures_made(residual_run, monkeypatch) == RUN_PLOTS
+
+
+def test_skipinit_branches_are_named_zero_by_construction(tmp_path):
+    """alpha = 0: the branch panel says every branch is 0 because alpha is, instead of drawing nothing or marking
+    an underflow; dL/dh likewise in the variance figure."""
+    run = results.read_run(small_run(tmp_path / "skipinit", block="residual", branch_scale=0.0, act="relu"))
+    spp = run_figures.spp_figure(run).axes[2]
+    texts = [t.get_text() for t in spp.texts]
+    assert "0 at every block: alpha = 0" in texts and not [t for t in texts if "underflow" in t]
+    backward = run_figures.variance_figure(run).axes[1]
+    assert any("alpha = 0" in label for label in legend_texts(backward))
+    assert not [t for t in backward.texts if "underflow" in t.get_text()]
+
+
+def test_theory_figure_of_a_residual_network_adds_the_spp_row():
+    """`initprobe theory --block residual`: under forward, backward and the correlation map, the predicted
+    channel squared mean, channel variance and branch variance (from layer 2: the stem has no branch); a plain
+    network with a norm gets the two channel panels."""
+    frame, scales, cfg = theory_inputs(act="relu", init="he_normal", block="residual", norm="batch")
+    fig = theory_figures.theory_figure(frame, scales, cfg)
+    assert len(fig.axes) == 6
+    for ax, column in zip(fig.axes[3:], ("chan_sq_mean", "chan_var", "branch_var")):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        assert legend_texts(ax) == [NAMES[column]]
+        rows = frame[frame["layer"] > 1] if column == "branch_var" else frame
+        assert_line(line_labelled(ax, NAMES[column]), rows["layer"].to_numpy(dtype=float),
+                    rows[f"theory_{column}"].to_numpy(dtype=float))
+        assert not ax.texts  # no overflow mark
+    frame, scales, cfg = theory_inputs(act="tanh", norm="layer")
+    assert len(theory_figures.theory_figure(frame, scales, cfg).axes) == 5
 
 
 def test_theory_columns_are_drawn_where_the_run_has_them(tanh_run):
@@ -317,6 +378,136 @@ def test_compare_figures_draw_each_run_in_its_colour_with_its_label(tanh_run, ex
             assert_not_empty(ax)
 
 
+# ------------------------------------------------------------------------ a --model's figures
+
+
+@pytest.fixture(scope="module")
+def model_runs(tmp_path_factory):
+    """Runs of test_models' modules: the residual net (BatchNorm, LayerNorms, an image made tokens) with its own
+    init and with glorot_uniform, 2 seeds each, and an MLP of 40 Linear layers (more modules than an axis names)."""
+    root = tmp_path_factory.mktemp("model_runs")
+
+    def model_run(name, **kwargs):
+        return run(RunConfig(out=str(root / name), device=DEVICE, plots=False, **kwargs)).path
+
+    net = dict(model="test_models:make_net", input_shape=[3, 4, 4], seeds=2)
+    return {"own": model_run("own", **net), "glorot": model_run("glorot", **net, init="glorot_uniform"),
+            "mlp": model_run("mlp", model="test_models:make_mlp", input_shape=[16], seeds=1)}
+
+
+def module_labels(layers: pd.DataFrame) -> list[str]:
+    first = layers[layers["seed"] == layers["seed"].min()].sort_values("layer")
+    return [m if c == 1 else f"{m} #{c}" for m, c in zip(first["module"], first["call"])]
+
+
+def tick_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_model_variance_figure_names_its_modules_every_kth_beyond_the_limit(model_runs):
+    """40 Linear layers, at most MAX_NAMES (32) names an axis: every 2nd named, in forward order; log y, the lines
+    the seed means of act_var and grad_act_var; the verdicts name the modules they compare."""
+    from initprobe.plots.draw import MAX_NAMES, MODEL_NAMES
+
+    run_ = results.read_run(model_runs["mlp"])
+    layers, names = run_["layers"], module_labels(run_["layers"])
+    assert len(names) == 40 and MAX_NAMES == 32
+    fig = run_figures.variance_figure(run_)
+    for ax, column in zip(fig.axes, ("act_var", "grad_act_var")):
+        assert ax.get_yscale() == "log" and ax.get_ylabel()
+        assert tick_labels(ax) == names[::2] and list(ax.get_xticks()) == list(range(1, 41, 2))
+        assert ax.get_xlabel() == "module, in forward order (every 2nd named)"
+        assert legend_texts(ax) == [MODEL_NAMES[column]]
+        assert_line(line_labelled(ax, MODEL_NAMES[column]), *seed_means(layers, column, geometric=True))
+    verdicts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(v.startswith("0 → 78 ×") for v in verdicts) and any(v.startswith("78 → 0 ×") for v in verdicts)
+
+
+def test_model_spp_figure_leaves_out_channel_means_that_are_rounding(model_runs):
+    """BatchNorm's output has channel means 0 by construction; computed in float32 their squares are ~1e-15 of the
+    variance: not drawn, and a note says so. Everything else is the seed mean of its column; the token panel draws
+    the (N, T, C) outputs' token_corr on a linear axis, module names under both panels."""
+    run_ = results.read_run(model_runs["own"])
+    layers = run_["layers"]
+    fig = run_figures.spp_figure(run_)
+    channels, tokens = fig.axes
+    assert channels.get_yscale() == "log" and tokens.get_yscale() == "linear"
+    for ax in fig.axes:
+        assert tick_labels(ax) == module_labels(layers)
+    x, want = seed_means(layers, "chan_sq_mean", geometric=True)
+    bn = module_labels(layers).index("bn")
+    assert want[bn] < 1e-10 * seed_means(layers, "chan_var", geometric=True)[1][bn]  # rounding, not a signal
+    want[bn] = np.nan
+    assert_line(line_labelled(channels, NAMES["chan_sq_mean"]), x, want)
+    assert_line(line_labelled(channels, NAMES["chan_var"]), *seed_means(layers, "chan_var", geometric=True))
+    assert any("0 up to rounding at 1 module" in t.get_text() for t in channels.texts)
+    assert_line(line_labelled(tokens, NAMES["token_corr"]), *seed_means(layers, "token_corr", geometric=False))
+    assert np.isfinite(seed_means(layers, "token_corr", geometric=False)[1]).sum() == 11  # every row after bn
+
+
+def weight_panel_checks(ax, layers) -> None:
+    """A --model's weight panel: points (unlike modules are no progression), no 'underflow' for the norms'
+    constant gamma = 1 (variance 0), which a note counts instead."""
+    constant = int((layers[layers["seed"] == layers["seed"].min()]["weight_var"] == 0).sum())
+    assert constant == 3  # bn and the two blocks' LayerNorms
+    assert not any("underflow" in t.get_text() for t in ax.texts)
+    assert any(f"Var(W) = 0 at {constant} modules" in t.get_text() for t in ax.texts)
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in ax.get_lines())
+
+
+def test_model_weight_figure_draws_weights_as_points_and_counts_constant_ones(model_runs):
+    run_ = results.read_run(model_runs["own"])
+    layers = run_["layers"]
+    grads, weights = run_figures.weight_grad_figure(run_).axes
+    weight_panel_checks(weights, layers)
+    x, want = seed_means(layers, "weight_var", geometric=True)
+    assert_line(weights.get_lines()[0], x, np.where(want > 0, want, np.nan))
+    assert_line(line_labelled(grads, "$\\mathrm{Var}(\\partial L/\\partial W)$"),
+                *seed_means(layers, "weight_grad_var", geometric=True))
+    for ax in (grads, weights):
+        assert ax.get_yscale() == "log" and tick_labels(ax) == module_labels(layers)
+
+
+def test_overlay_of_two_inits_of_one_model(model_runs, tmp_path, monkeypatch):
+    """plot RUN RUN of one model's own init and glorot_uniform: module names on x, each run its label and the seed
+    means of its columns, the weights as points with the constant ones counted."""
+    drawn = {}
+    monkeypatch.setattr(compare_figures, "save", lambda fig, path, fmt: drawn.setdefault(path.stem, fig) and path)
+    dirs = [model_runs["own"], model_runs["glorot"]]
+    plots.plot_compare(dirs, tmp_path / "both")
+    assert set(drawn) == {"compare_variance", "compare_weight_grad"}
+    fig = drawn["compare_variance"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["the model's own init", "glorot_uniform (gain 1)"]
+    for ax, column in zip(fig.axes, ("act_var", "grad_act_var")):
+        assert ax.get_yscale() == "log"
+        for run_dir, label in zip(dirs, ["the model's own init", "glorot_uniform (gain 1)"]):
+            layers = pd.read_csv(run_dir / "layers.csv")
+            assert tick_labels(ax) == module_labels(layers)
+            assert_line(line_labelled(ax, label), *seed_means(layers, column, geometric=True))
+    weight_panel_checks(drawn["compare_weight_grad"].axes[1], pd.read_csv(dirs[0] / "layers.csv"))
+
+
+def test_a_model_figure_makes_room_for_its_names_and_its_title():
+    """Module names stand upright under the axes: the figure grows by the longest one shown (BERT's run to 42
+    characters), so the panels keep their height. A title longer than the figure is wide (a model's arguments)
+    breaks between its ' · ' pieces, and inside a piece only if that alone is too long; nothing is lost."""
+    from matplotlib.figure import Figure
+
+    from initprobe.plots.draw import FIGSIZE, NAME_INCHES, TITLE_CHARS_PER_INCH, model_figsize, wrapped
+
+    assert model_figsize(["wte", "encoder.layer.0.attention.output.LayerNorm"]) == (FIGSIZE[0],
+                                                                                  FIGSIZE[1] + 42 * NAME_INCHES)
+    fig = Figure(figsize=FIGSIZE)
+    width = int(FIGSIZE[0] * TITLE_CHARS_PER_INCH)
+    args = ", ".join(f"argument_{i}={i}" for i in range(12))
+    title = f"hf:bert ({args}) · the model's own init · record params · 2 seeds"
+    lines = wrapped(fig, title).split("\n")
+    assert len(lines) == 3 and all(len(line) <= width for line in lines)
+    assert lines[-1] == "the model's own init · record params · 2 seeds"
+    assert " ".join(lines[:2]) == f"hf:bert ({args})"
+    assert wrapped(fig, "a · b\nc") == "a · b\nc"
+
+
 # ------------------------------------------------------------------------ correlation and Jacobian figures
 
 
@@ -337,7 +528,15 @@ def test_run_without_correlation_column_has_no_correlation_figure(tanh_run, tmp_
     old = copy_run(tanh_run, tmp_path / "old-run")
     layers = pd.read_csv(old / "layers.csv")
     layers.drop(columns=["preact_corr", "theory_preact_corr"]).to_csv(old / "layers.csv", index=False)
-    assert figures_made(old, monkeypatch) == BASE_PLOTS
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"correlation"}
+
+
+def test_run_without_channel_statistics_has_no_spp_figure(tanh_run, tmp_path, monkeypatch):
+    """A run directory written before the channel statistics existed gets every other figure."""
+    old = copy_run(tanh_run, tmp_path / "old-run")
+    layers = pd.read_csv(old / "layers.csv")
+    layers.drop(columns=[c for c in layers if "chan_" in c or "branch_" in c]).to_csv(old / "layers.csv", index=False)
+    assert figures_made(old, monkeypatch) == RUN_PLOTS - {"spp"}
 
 
 def test_jacobian_figure_only_with_jacobian_csv(jacobian_run, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import initprobe
-from initprobe import activations, fused, models, probe, runner
+from initprobe import activations, config, fused, models, probe, runner
 from initprobe.config import RunConfig
 
 # phi's backward node hands the probe dL/dh and dL/dx at once (tanh, relu, gelu); phi that is no single node on h gets
@@ -57,7 +57,10 @@ def assert_close(got, want, rtol, atol, name):
 
 def spread(frame_or_array, name, column):
     """Standard deviation to compare a signed mean column with (preact_mean, act_mean: a mean near zero has no
-    meaningful relative error); 0 for the other columns."""
+    meaningful relative error); for chan_sq_mean, a squared mean, E[x^2] = chan_sq_mean + chan_var (a norm centres
+    every channel: its squared mean is rounding of the size eps E[x^2]); 0 for the other columns."""
+    if name == "chan_sq_mean":
+        return np.asarray(column("chan_sq_mean"), dtype=float) + np.asarray(column("chan_var"), dtype=float)
     var = name[: -len("_mean")] + "_var" if name.endswith("_mean") else None
     if var not in probe.COLUMNS:
         return 0.0
@@ -73,22 +76,52 @@ def network(cfg, device, seed=0):
     return params, x0, cotangent
 
 
+NORMS = {"none": None, "batch": lambda t: F.batch_norm(t, None, None, training=True, eps=1e-5),
+         "layer": lambda t: F.layer_norm(t, t.shape[1:], eps=1e-5)}
+
+
+def direct_forward(cfg, params, x0):
+    """The network written out here (not with models.Net): per layer (w, h, x, branch), every tensor retaining its
+    gradient. Plain: h = N(W x + b), x = phi(h); residual: the stem x^1 = W x^0 + b (h is x), then h = N(x) (a copy
+    without a norm), branch = alpha (W phi(h) + b), x = x + branch."""
+    phi = activations.torch_fn(cfg.act, cfg.slope)
+    norm, alpha = NORMS[cfg.norm], config.branch_alpha(cfg)
+    x, kept = x0, []
+    for l, (w, b) in enumerate(params):
+        branch = None
+        if cfg.block == "residual" and l == 0:
+            x = h = models.block(cfg, x, w, b)
+        elif cfg.block == "residual":
+            h = norm(x) if norm else x.clone()
+            branch = alpha * models.block(cfg, phi(h), w, b)
+            branch.retain_grad()
+            x = x + branch
+        else:
+            a = models.block(cfg, x, w, b)
+            h = norm(a) if norm else a
+            x = phi(h) if cfg.act != "identity" else h * 1.0  # a separate tensor, so both gradients are retained
+        h.retain_grad()
+        x.retain_grad()
+        kept.append((w, h, x, branch))
+    return x, kept
+
+
+def channel_direct(t: torch.Tensor) -> tuple[float, float]:
+    """(mean over channels of the squared channel mean, of the channel variance), channels dim 1, in float64."""
+    per_channel = t.double().transpose(0, 1).reshape(t.shape[1], -1)
+    var, mean = torch.var_mean(per_channel, dim=1, correction=0)
+    return float(mean.square().mean()), float(var.mean())
+
+
 def direct_columns(cfg, params, x0, cotangent) -> np.ndarray:
     """Every column of probe.COLUMNS the obvious way, in float64: retained tensors, torch.var_mean, a full Gram
     matrix for the pair correlation, and the activation's own numpy phi' for saturation."""
     act = activations.get(cfg.act)
-    phi = activations.torch_fn(cfg.act, cfg.slope)
     threshold = activations.SATURATION_LEVEL * act.max_abs_dphi(cfg.slope)
-    x, kept = x0, []
-    for w, b in params:
-        h = models.block(cfg, x, w, b)
-        h.retain_grad()
-        x = phi(h) if cfg.act != "identity" else h * 1.0  # a separate tensor, so both gradients are retained
-        x.retain_grad()
-        kept.append((w, h, x))
+    x, kept = direct_forward(cfg, params, x0)
     x.backward(cotangent)
     rows = []
-    for w, h, x in kept:
+    for l, (w, h, x, branch) in enumerate(kept):
         h64, x64 = h.detach().double(), x.detach().double()
         pre_var, pre_mean = torch.var_mean(h64, correction=0)
         act_var, act_mean = torch.var_mean(x64, correction=0)
@@ -97,13 +130,17 @@ def direct_columns(cfg, params, x0, cotangent) -> np.ndarray:
         batch = gram.shape[0]
         corr = (gram.sum() - gram.diagonal().sum()) / (batch * (batch - 1)) if batch > 1 else torch.tensor(math.nan)
         dphi = act.dphi(h64.cpu().numpy(), cfg.slope)
+        stem = cfg.block == "residual" and l == 0
         w64 = w.detach().double()
+        chan_sq_mean, chan_var = channel_direct(x64)
         row = {"preact_mean": pre_mean, "preact_var": pre_var, "act_mean": act_mean, "act_var": act_var,
                "grad_preact_var": h.grad.double().var(correction=0), "grad_act_var": x.grad.double().var(correction=0),
                "weight_var": w64.var(correction=0), "weight_sq_mean": w64.pow(2).mean(),
                "weight_grad_var": w.grad.double().var(correction=0),
-               "saturated_frac": float(np.mean(np.abs(dphi) < threshold)), "zero_frac": (x64 == 0).double().mean(),
-               "preact_corr": corr}
+               "saturated_frac": math.nan if stem else float(np.mean(np.abs(dphi) < threshold)),
+               "zero_frac": (x64 == 0).double().mean(), "preact_corr": corr, "chan_sq_mean": chan_sq_mean,
+               "chan_var": chan_var,
+               "branch_var": math.nan if branch is None else branch.detach().double().var(correction=0)}
         missing = [name for name in probe.COLUMNS if name not in row]
         assert not missing, f"no direct computation of {missing}: add one here"
         rows.append([float(row[name]) for name in probe.COLUMNS])
@@ -115,10 +152,53 @@ def direct_columns(cfg, params, x0, cotangent) -> np.ndarray:
 def test_probe_matches_a_direct_computation(device, arch, act, path):
     """float64, so the only differences are summation order: rtol 1e-9 leaves room for E[t^2] - E[t]^2 against
     var_mean's two-pass formula (a few hundred ulps where the variance is small against the mean)."""
-    cfg = cfg_for(device, arch, act, "float64")
+    assert_probe_matches_direct(cfg_for(device, arch, act, "float64"))
+
+
+# residual and normalized networks: every block and norm, a branch scale other than 1, and SkipInit's exact zeros
+ARCHITECTURES = {"plain-batch": dict(norm="batch"), "plain-layer": dict(norm="layer"),
+                 "residual": dict(block="residual", branch_scale=0.7),
+                 "residual-batch": dict(block="residual", norm="batch"),
+                 "residual-layer-skipinit": dict(block="residual", norm="layer", branch_scale=0.0),
+                 "residual-inv-sqrt-depth": dict(block="residual", norm="batch", branch_scale="inv_sqrt_depth")}
+
+
+@pytest.mark.parametrize("arch", ["mlp", CNN])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("act", ["tanh", "relu", "identity"])
+def test_residual_and_normalized_probes_match_a_direct_computation(device, arch, architecture, act, path):
+    """The same columns for every block and norm, held to the network written out in the test (direct_forward):
+    branch_var is the variance of alpha (W phi(h) + b) itself, 0 for alpha = 0; the stem has no saturation."""
+    cfg = cfg_for(device, arch, act, "float64", **ARCHITECTURES[architecture])
+    got = assert_probe_matches_direct(cfg)
+    branch = got[:, probe.COLUMNS.index("branch_var")]
+    if cfg.block == "residual":
+        assert np.isnan(branch[0]) and np.isnan(got[0, probe.COLUMNS.index("saturated_frac")])
+        assert np.all(branch[1:] == 0) if cfg.branch_scale == 0 else np.all(branch[1:] > 0)
+    else:
+        assert np.isnan(branch).all()
+
+
+@pytest.mark.parametrize("arch", ["mlp", CNN])
+@pytest.mark.parametrize("architecture", ["plain", "plain-batch", "residual", "residual-layer-skipinit"])
+def test_channel_statistics_add_up_to_the_second_moment(device, arch, architecture, path):
+    """chan_var + chan_sq_mean = act_var + act_mean^2: with equal channel sizes both are E[(x^l)^2], so the probe's
+    columns, however it sums them, agree to float64 rounding (relative 1e-12, a few hundred ulps over the sums)."""
+    cfg = cfg_for(device, arch, "relu", "float64", **ARCHITECTURES.get(architecture, {}))
+    params, x0, cotangent = network(cfg, device)
+    stats_, _ = probe.probe(cfg, params, activations.torch_fn(cfg.act), x0, cotangent,
+                            activations.get(cfg.act).saturation(cfg.slope))
+    got = dict(zip(probe.COLUMNS, probe.to_host([stats_])[0].T))
+    np.testing.assert_allclose(got["chan_var"] + got["chan_sq_mean"], got["act_var"] + got["act_mean"] ** 2,
+                               rtol=1e-12)
+
+
+def assert_probe_matches_direct(cfg) -> np.ndarray:
+    """The probe's columns of cfg's network (float64) against direct_columns; returns the probe's."""
+    device = torch.device(cfg.device)
     params, x0, cotangent = network(cfg, device)
     phi = activations.torch_fn(cfg.act, cfg.slope)
-    stats, _ = probe.probe(cfg, params, phi, x0, cotangent, activations.get(act).saturation(cfg.slope))
+    stats, _ = probe.probe(cfg, params, phi, x0, cotangent, activations.get(cfg.act).saturation(cfg.slope))
     got = probe.to_host([stats])[0]
     for w, _ in params:
         w.grad = None
@@ -126,6 +206,7 @@ def test_probe_matches_a_direct_computation(device, arch, act, path):
     for j, name in enumerate(probe.COLUMNS):
         scale = spread(want, name, lambda var: want[:, probe.COLUMNS.index(var)])
         assert_close(got[:, j], want[:, j], 1e-9, 1e-9 * scale, name)
+    return got
 
 
 @pytest.mark.parametrize("act", ["tanh", "hardtanh"])
@@ -283,7 +364,8 @@ def test_fused_kernels_are_built_where_they_compile(serial_kernels):
 
 
 def kernel_sums(kernels, h, x, lo, hi, grads):
-    """(layer()'s seven values, moments()'s four) from `kernels` (a _fused module), called through fused.py."""
+    """(layer()'s values: fused.LAYER_VALUES of them, the channel statistics last; moments()'s four) from `kernels` (a
+    _fused module), called through fused.py."""
     layer_out = torch.zeros(1, fused.LAYER_VALUES, dtype=torch.float64)
     moments_out = torch.zeros(1, 4, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
@@ -299,8 +381,9 @@ def direct_sums(h, x, lo, hi, grads):
     lo_t, hi_t = torch.tensor(lo, dtype=h.dtype), torch.tensor(hi, dtype=h.dtype)
     h64, x64 = h.double().reshape(h.shape[0], -1), x.double()
     unit = F.normalize(h64, dim=1).sum(dim=0)
+    var, mean = torch.var_mean(x64, dim=0, correction=0)  # each channel (column) over the batch
     layer = [h64.sum(), h64.pow(2).sum(), unit.pow(2).sum(), ((h < lo_t) | (h > hi_t)).sum(), x64.sum(),
-             (x64 - x64.mean()).pow(2).sum(), (x64 != 0).sum()]
+             (x64 - x64.mean()).pow(2).sum(), (x64 != 0).sum(), mean.square().mean(), var.mean()]
     moments = [v for g in grads for v in (g.double().sum(), g.double().pow(2).sum())]
     return np.array([float(v) for v in layer]), np.array([float(v) for v in moments])
 
@@ -324,8 +407,9 @@ def test_kernels_compiled_without_openmp_give_the_same_sums(serial_kernels, dtyp
     built = {"serial": serial_kernels, **({"installed": fused._fused} if fused.built() else {})}
     # what rounding scales with: sums of magnitudes, the row count for the pairs' squared norm, none for counts
     h64, x64 = h.double(), x.double()
+    second = float(x64.pow(2).mean())  # the channel statistics' sums are of squares, each at most E[x^2]
     scale_layer = np.array([float(h64.abs().sum()), float(h64.pow(2).sum()), 37.0, 0.0, float(x64.abs().sum()),
-                            float((x64 - x64.mean()).pow(2).sum()), 0.0])
+                            float((x64 - x64.mean()).pow(2).sum()), 0.0, second, second])
     scale_moments = np.array([float(v) for g in grads for v in (g.double().abs().sum(), g.double().pow(2).sum())])
     for name, kernels in built.items():
         got_layer, got_moments = kernel_sums(kernels, h, x, lo, hi, grads)
@@ -439,6 +523,35 @@ def test_checkpointed_cnn_equals_plain(device):
     ckpt = runner.measure(cfg, device, checkpointed=True)[0]
     for name in probe.COLUMNS:
         assert_close(ckpt[name], plain[name], 1e-5, 1e-5 * spread(plain, name, plain.__getitem__), name)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("architecture", ["residual", "residual-batch", "plain-layer", "residual-layer-skipinit"])
+def test_checkpointed_residual_and_normalized_probes_equal_plain(device, arch, architecture):
+    """The checkpointed probe recomputes each segment's blocks (norms, branches, the stem) in the backward pass:
+    the same columns as the plain probe, branch_var included (float32, tolerance as above)."""
+    size = dict(depth=12, width=32, batch=8) if arch == "mlp" else dict(depth=8, width=6, batch=3, image_size=6,
+                                                                         padding="circular")
+    cfg = RunConfig(arch=arch, act="relu", init="he_normal", seeds=1, plots=False, device=device.type,
+                    **size, **ARCHITECTURES[architecture])
+    plain = runner.measure(cfg, device, checkpointed=False)[0]
+    ckpt = runner.measure(cfg, device, checkpointed=True)[0]
+    for name in probe.COLUMNS:
+        assert_close(ckpt[name], plain[name], 1e-5, 1e-5 * spread(plain, name, plain.__getitem__), name)
+
+
+@pytest.mark.parametrize("architecture", ["residual", "plain-layer", "residual-layer-skipinit"])
+def test_jacobian_of_residual_and_normalized_networks(device, architecture):
+    """probe.jacobian_singular_values of a residual or layer-normalized network: the singular values of each
+    input's Jacobian of the network written out in the test (direct_forward), by torch.autograd.functional."""
+    cfg = cfg_for(device, "mlp", "tanh", "float64", **ARCHITECTURES[architecture])
+    params, x0, _ = network(cfg, device)
+    got = probe.jacobian_singular_values(cfg, params, activations.torch_fn(cfg.act), x0, n_inputs=3)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda x: direct_forward(cfg, params, x)[0].reshape(-1),
+                                                 x0[i:i + 1]).reshape(cfg.width, -1)
+        want = torch.linalg.svdvals(jac)
+        np.testing.assert_allclose(got[i].cpu().numpy(), want.cpu().numpy(), rtol=1e-9, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ cost of a run

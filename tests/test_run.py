@@ -16,7 +16,8 @@ from initprobe.config import ConfigError, RunConfig
 
 LAYER_COLUMNS = ["seed", "layer", "preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var",
                  "grad_act_var", "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac",
-                 "preact_corr"]
+                 "preact_corr", "chan_sq_mean", "chan_var", "branch_var"]
+PLAIN_COLUMNS = [c for c in LAYER_COLUMNS if c != "branch_var"]  # a plain network's: branch_var is empty
 SUMMARY_KEYS = {"forward_ratio", "backward_ratio", "forward_gain_per_layer", "backward_gain_per_layer",
                 "forward_verdict", "backward_verdict", "first_nonfinite_layer", "first_nonfinite_forward",
                 "first_nonfinite_backward", "timings"}
@@ -77,7 +78,8 @@ def test_run_writes_config_layers_summary(device, tmp_path):
     assert all(c.startswith("theory_") for c in layers.columns[len(LAYER_COLUMNS):])
     pairs = list(zip(layers["seed"], layers["layer"]))
     assert sorted(pairs) == [(s, l) for s in (0, 1) for l in range(1, 5)]  # one row per (seed, layer)
-    assert np.isfinite(layers[LAYER_COLUMNS].to_numpy(dtype=float)).all()
+    assert np.isfinite(layers[PLAIN_COLUMNS].to_numpy(dtype=float)).all()
+    assert layers["branch_var"].isna().all()  # plain blocks have no branch
     pd.testing.assert_frame_equal(layers, result.layers.reset_index(drop=True), check_dtype=False)
 
     summary = strict_json(path / "summary.json")
@@ -121,6 +123,7 @@ def test_exploding_network_with_jacobian_records_nan_singular_values(device, tmp
 
 
 @pytest.mark.parametrize("act, init", [("tanh", {}), ("identity", {"init": "normal", "std": 1.0})])  # 2nd explodes
+@pytest.mark.slow
 def test_run_csv_files_are_the_bytes_pandas_writes(device, tmp_path, act, init):
     """results.write_csv is a faster frame.to_csv(index=False): the same bytes for every file of a run, with
     nan, inf and -inf in it (the exploding run), and for frames it hands to pandas (text needing quotes, float32)."""
@@ -247,11 +250,31 @@ def test_bfloat16_small_tanh_net_has_finite_stats(device, tmp_path):
         pytest.skip("bfloat16 matmuls are not supported on every MPS device")
     result = runner.run(small(device, dtype="bfloat16", depth=6, out=str(tmp_path / "bf16")), root=tmp_path)
     layers = pd.read_csv(tmp_path / "bf16" / "layers.csv")
-    assert np.isfinite(layers[LAYER_COLUMNS].to_numpy(dtype=float)).all()
+    assert np.isfinite(layers[PLAIN_COLUMNS].to_numpy(dtype=float)).all()
     assert strict_json(tmp_path / "bf16" / "config.json")["config"]["dtype"] == "bfloat16"
     assert result.summary["first_nonfinite_layer"] is None
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+@pytest.mark.parametrize("architecture", [dict(block="residual", norm="batch"), dict(norm="layer"),
+                                          dict(block="residual", branch_scale="inv_sqrt_depth", checkpoint=True)],
+                         ids=["residual-batch", "plain-layer", "residual-checkpointed"])
+def test_residual_and_normalized_networks_in_every_dtype(device, tmp_path, dtype, architecture):
+    """Every column finite in bfloat16 and float64 (branch_var empty exactly where there is no branch: plain
+    blocks and the residual stem), the dtype recorded, no overflow in the summary."""
+    if device.type == "mps" and dtype != "float32":
+        pytest.skip("MPS has no float64, and bfloat16 matmuls not on every device")
+    cfg = small(device, dtype=dtype, depth=6, act="relu", init="he_normal", out=str(tmp_path / "r"), **architecture)
+    result = runner.run(cfg, root=tmp_path)
+    layers = pd.read_csv(tmp_path / "r" / "layers.csv")
+    no_branch = (layers["layer"] == 1) if cfg.block == "residual" else np.ones(len(layers), dtype=bool)
+    assert layers["branch_var"].isna().to_numpy().tolist() == no_branch.tolist()
+    assert np.isfinite(layers[PLAIN_COLUMNS].drop(columns="saturated_frac").to_numpy(dtype=float)).all()
+    assert strict_json(tmp_path / "r" / "config.json")["config"]["dtype"] == dtype
+    assert result.summary["first_nonfinite_layer"] is None
+
+
+@pytest.mark.slow
 def test_float64_agrees_with_float32_statistically(device, tmp_path):
     """float64 and float32 runs of the same config. torch draws different numbers for different dtypes from the
     same generator state, so the networks differ and only the statistics can agree: the seed mean of log
@@ -276,6 +299,7 @@ def test_float64_agrees_with_float32_statistically(device, tmp_path):
 # ------------------------------------------------------------------------------------------------ lsuv
 
 
+@pytest.mark.slow
 def test_lsuv_gives_unit_preact_var_on_a_fresh_batch(device, tmp_path):
     """LSUV rescales each layer on its own batch until |Var(h) - 1| < LSUV_TOL there (dividing W by sqrt(Var(h))
     makes it 1 on that batch at once, zero biases). The probe measures another batch, so the value there moves by

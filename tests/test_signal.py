@@ -52,6 +52,7 @@ def gauss(f):
 
 
 @pytest.mark.parametrize("init", ["glorot_uniform", "glorot_normal"])
+@pytest.mark.slow
 def test_linear_glorot_keeps_variance_forward_and_backward(device, init):
     """identity + Glorot on square layers: Var(W) = 2/(N+N) = 1/N, so act_var stays at the input's 1 and, with a
     unit cotangent on top, grad_preact_var stays at 1 at every layer.
@@ -85,6 +86,7 @@ def relu_bounds(depth, n, seeds, k=4.0):
     return -s2 / 2 - k * se, k * se
 
 
+@pytest.mark.slow
 def test_relu_glorot_halves_preact_var_each_layer(device):
     """ReLU + Glorot (Var = 1/N): E[h_{l+1}^2] = N * (1/N) * E[relu(h_l)^2] = q_l / 2.
     Geometric per-layer gain over layers 1 -> 20 and 16 seeds; by relu_bounds divided by (depth - 1) in log
@@ -101,6 +103,7 @@ def test_relu_glorot_halves_preact_var_each_layer(device):
     assert np.all(np.abs(steps - math.log(0.5)) < 5 * math.sqrt(5.0 / (RELU["width"] * RELU["seeds"]))), steps
 
 
+@pytest.mark.slow
 def test_relu_he_keeps_preact_var_and_zero_frac_is_half(device):
     """ReLU + He (Var = 2/N): E[h_{l+1}^2] = N * (2/N) * q_l / 2 = q_l. The seed mean of log(pv[20]/pv[1]) must lie
     in relu_bounds: about [-0.8, 0.61] for N = 256, 16 seeds (Glorot's halving would give -13, a 5% per-layer
@@ -121,6 +124,7 @@ def test_relu_he_keeps_preact_var_and_zero_frac_is_half(device):
     assert abs(zf.mean() - 0.5) < 5 * sd / math.sqrt(zf.size), zf.mean()
 
 
+@pytest.mark.slow
 def test_relu_he_fan_out_keeps_gradients(device):
     """Backward, ReLU + He mode fan_out (on square layers the same Var = 2/N as fan_in): dL/dh^l =
     relu'(h^l) * W^T dL/dh^{l+1} keeps its variance in expectation (the mask halves it, the weights double it).
@@ -145,6 +149,7 @@ def tanh_mean_field(depth, q1=1.0, sigma_w2=1.0):
     return np.array(q)
 
 
+@pytest.mark.slow
 def test_tanh_glorot_decays_like_one_over_2l(device):
     """tanh + Glorot on square layers (sigma_w^2 = 1, at the edge of chaos): E tanh(sqrt(q) z)^2 = q - 2 q^2 + ...,
     so 1/q grows by 2 per layer and q_l ~ 1/(2l). The exact recursion (computed here by Gauss-Hermite) gives
@@ -166,6 +171,7 @@ def test_tanh_glorot_decays_like_one_over_2l(device):
                                                              f"mean field {l * q[l - 1]:.4f}"
 
 
+@pytest.mark.slow
 def test_selu_lecun_normal_fixed_point_one(device):
     """SELU + LeCun normal (Var = 1/fan_in): E[selu(z)^2] = 1 and E[selu(z)] = 0 for z ~ N(0, 1), so q* = 1 is a
     fixed point of the variance map, attracting with slope s = dF/dq(1) = 0.78 (computed here).
@@ -195,6 +201,7 @@ def test_selu_lecun_normal_fixed_point_one(device):
 # ------------------------------------------------------------------------------------------------ columns
 
 
+@pytest.mark.slow
 def test_weight_var_matches_the_formula(device):
     """weight_var against each init's formula on a non-square first layer (input 128 -> 256, then 256 -> 256), so
     fan_in, fan_out and their mean differ. Standard error of the (biased) sample variance of n iid zero-mean
@@ -223,6 +230,7 @@ def test_weight_var_matches_the_formula(device):
 
 
 @pytest.mark.parametrize("std, atol", [(1.0, 0.03), (0.15, 0.025)])
+@pytest.mark.slow
 def test_tanh_saturated_frac_matches_mean_field(device, std, atol):
     """tanh + N(0, std^2) weights at width 256: sigma_w^2 = 256 std^2, h ~ N(0, q_l) with q_1 = sigma_w^2 and
     q_{l+1} = sigma_w^2 E[tanh(sqrt(q_l) z)^2]. Saturated means tanh' = 1 - tanh^2 < 0.05, i.e.
@@ -253,6 +261,7 @@ def test_identity_is_never_saturated(device):
 # ------------------------------------------------------------------------------------------------ CNN
 
 
+@pytest.mark.slow
 def test_cnn_he_relu_circular_keeps_preact_var(device):
     """CNN, He normal (fan_in = C k^2) + ReLU, circular padding (every position sees a full k x k patch, so the
     MLP recursion is exact per position): q_1 = fan_in * (2/fan_in) * E[x0^2] = 2, and then q_{l+1} = q_l.
@@ -274,6 +283,7 @@ def test_cnn_he_relu_circular_keeps_preact_var(device):
     assert np.all(np.abs(deep_w - 2.0 / (c * 9)) < 6 * (2.0 / (c * 9)) * math.sqrt(2.0 / (c * c * 9))), deep_w
 
 
+@pytest.mark.slow
 def test_cnn_delta_orthogonal_identity_circular_is_exactly_norm_preserving(device):
     """delta_orthogonal puts an orthogonal (C x C) matrix Q in the centre tap and zeros elsewhere; with circular
     padding each layer maps x[:, :, i, j] -> Q x[:, :, i, j] at every position, so sum(x^2) is the same at every

@@ -225,6 +225,75 @@ def test_sweep_layers_csv_is_every_runs_layers_with_run_id_and_the_varying_keys(
         pd.testing.assert_frame_equal(rows[own.columns], own, check_exact=True)
 
 
+# block, norm and branch_scale as axes and points: branch_scale only where there are residual blocks
+ARCHITECTURE_SWEEP = """
+[base]
+depth = 4
+width = 32
+batch = 8
+seeds = 2
+act = "relu"
+init = "he_normal"
+
+[grid]
+block = ["plain", "residual"]
+norm = ["none", "batch", "layer"]
+
+[[point]]
+block = "residual"
+branch_scale = [0.0, "inv_sqrt_depth"]
+"""
+
+
+def architecture_sweep(tmp_path):
+    return sweep.load_sweep(write(tmp_path, ARCHITECTURE_SWEEP, "architectures.toml"))
+
+
+def test_a_sweep_over_blocks_norms_and_branch_scales_runs_each_network(tmp_path):
+    """Each run is the network of its point (the residual ones have a branch_var from layer 2, the plain ones
+    none); the varying keys are columns of runs.csv and layers.csv; a plain run's label leaves out
+    branch_scale, which does not apply to it."""
+    s = architecture_sweep(tmp_path)
+    assert len(s.points) == 8
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out", figures=False)
+    assert result.failed == 0 and result.ran == 8
+    runs = read_runs(tmp_path / "out")
+    layers = pd.read_csv(tmp_path / "out" / "layers.csv")
+    assert {"block", "norm", "branch_scale"} <= set(runs.columns) & set(layers.columns)
+    for rid, cfg in zip(s.run_ids, s.points):
+        own = layers[layers["run_id"] == rid]
+        assert (own["block"] == cfg.block).all() and (own["norm"] == cfg.norm).all()
+        branch = own.sort_values(["seed", "layer"])["branch_var"]
+        if cfg.block == "residual":
+            assert own.loc[own["layer"] == 1, "branch_var"].isna().all()
+            blocks_ = own.loc[own["layer"] > 1, "branch_var"]
+            assert (blocks_ == 0).all() if cfg.branch_scale == 0 else (blocks_ > 0).all()
+        else:
+            assert branch.isna().all()
+    labels = dict(zip(runs["run_id"], runs["label"]))
+    for rid, cfg in zip(s.run_ids, s.points):
+        assert ("branch_scale=" in labels[rid]) == (cfg.block == "residual"), labels[rid]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["process", "ray"])
+def test_architecture_sweep_gives_the_same_numbers_on_every_backend(tmp_path, backend):
+    """The sweep above on the process backend (2 workers) and on a local Ray: the numbers of the local backend."""
+    s = architecture_sweep(tmp_path)
+    sweep.run_sweep(s, out_dir=tmp_path / "local", backend="local", figures=False)
+    if backend == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = sweep.run_sweep(s, out_dir=tmp_path / backend, backend=backend, workers=2, figures=False)
+    finally:
+        if backend == "ray":
+            ray.shutdown()
+    assert result.failed == 0 and result.ran == 8
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / backend), numeric_layers(tmp_path / "local"),
+                                  check_exact=True)
+
+
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_and_retried_on_resume(tmp_path, monkeypatch):
     s = tiny_sweep(tmp_path)
@@ -516,6 +585,48 @@ def test_profiles_draw_the_geometric_mean_over_seeds_of_each_line():
     assert "y: inf/nan/0 masked at layer 3" in "\n".join(notes)
 
 
+def test_profiles_of_residual_and_normalized_runs_add_the_spp_rows():
+    """With residual runs: forward and backward side by side with the legend beside them, the backward panel each
+    run's stream gradient (dL/dx for residual blocks, dL/dh for plain ones), and the signal propagation plot's
+    rows underneath (chan_sq_mean, chan_var, branch_var), each line the geometric mean over seeds; branch_var has no
+    line for a plain run and leaves out the residual stem."""
+    rng = np.random.default_rng(1)
+    cells = [("a", "plain", "batch"), ("b", "residual", "none"), ("c", "residual", "batch")]
+    columns = ("act_var", "grad_preact_var", "grad_act_var", "chan_sq_mean", "chan_var", "branch_var")
+    layers = pd.DataFrame([{"run_id": rid, "seed": seed, "layer": layer,
+                            **{c: rng.uniform(0.1, 10.0) for c in columns}}
+                           for rid, _, _ in cells for seed in (0, 1) for layer in (1, 2, 3, 4)])
+    plain_or_stem = (layers["run_id"] == "a") | (layers["layer"] == 1)
+    layers.loc[plain_or_stem, "branch_var"] = np.nan
+    runs = pd.DataFrame(cells, columns=["run_id", "block", "norm"]).assign(status="ok")
+    spp = sweep_figures.spp_rows(layers, runs)
+    assert [q for q, _ in spp] == ["chan_sq_mean", "chan_var", "branch_var"]
+    layers = sweep_figures.mark_residual(layers, runs)
+    groups = sweep_figures.assign_groups(runs, ["block", "norm"])
+    fig = sweep_figures.profiles_figure(layers, groups, "t", spp=spp)
+    rows = [("act_var", ""), ("gradient", ""), *spp]
+    panels = [ax for ax in fig.axes if ax.get_lines()]
+    legend_ax = next(ax for ax in fig.axes if ax.get_legend() is not None and not ax.get_lines())
+    assert len(panels) == 5 and len(fig.axes) == 6
+    labels = dict(zip(groups["run_id"], groups["line"]))
+    assert [t.get_text() for t in legend_ax.get_legend().get_texts()] == [labels[r] for r, _, _ in cells]
+    for ax, (quantity, _) in zip(panels, rows):
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "layer l" and ax.get_ylabel()
+        for rid, block, _ in cells:
+            column = {"gradient": "grad_act_var" if block == "residual" else "grad_preact_var"}.get(
+                quantity, quantity)
+            own = layers[layers["run_id"] == rid]
+            if column == "branch_var":
+                own = own[own["layer"] > 1]
+            found = [line for line in ax.get_lines() if line.get_label() == labels[rid]]
+            if column == "branch_var" and block == "plain":
+                assert not found
+                continue
+            values = own.pivot(index="layer", columns="seed", values=column)
+            np.testing.assert_array_equal(found[0].get_xdata(), values.index)
+            np.testing.assert_allclose(found[0].get_ydata(), np.exp(np.log(values).mean(axis=1)), rtol=1e-12)
+
+
 def test_ratio_heatmaps_colour_the_log_ratio_of_each_cell():
     """Cells coloured by log10 of the end-to-end ratio (rows: inits, columns: activations), grey where it cannot be
     (0, inf, nan), both directions; each cell annotated."""
@@ -584,3 +695,97 @@ def test_process_backend_a_killed_worker_fails_only_its_own_run(tmp_path, monkey
     ok = runs.drop("killer_init:die_")
     assert ok["status"].eq("ok").all()  # before it, or in flight with it (retried alone)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(ok["run_id"])  # no staging folder left
+
+
+# --- sweeps of train runs -------------------------------------------------------------------------------------------
+
+TRAIN_SWEEP = """
+[sweep]
+command = "train"
+[base]
+act = "tanh"
+init = "variance_scaling"
+distribution = "normal"
+width = 8
+batch = 8
+seeds = 1
+steps = 4
+record_every = 2
+[grid]
+scale = [0.5, 2.0]
+depth = [2, 4]
+"""
+
+
+def test_train_keys_belong_to_train_sweeps(tmp_path):
+    """A train sweep takes train's options (steps) and not run's alone (jacobian); a run sweep refuses train's."""
+    s = sweep.load_sweep(write(tmp_path, TRAIN_SWEEP))
+    assert len(s.points) == 4 and all(p.steps == 4 for p in s.points)
+    assert all(rid.startswith("train-") for rid in s.run_ids)
+    with pytest.raises(ConfigError, match="base.jacobian: unknown key"):
+        sweep.load_sweep(write(tmp_path, TRAIN_SWEEP.replace("[grid]", "jacobian = true\n[grid]")))
+    with pytest.raises(ConfigError, match="base.steps: unknown key"):
+        sweep.load_sweep(write(tmp_path, TINY + "steps = 3\n"))
+
+
+@pytest.fixture(scope="module")
+def train_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    result = sweep.run_sweep(sweep.load_sweep(write(tmp, TRAIN_SWEEP)), out_dir=tmp / "out", backend="local")
+    return result
+
+
+@pytest.mark.slow
+def test_a_train_sweep_records_each_runs_outcome_and_trainability(train_sweep):
+    """runs.csv: each run's final accuracy and mean-field trainability, as its summary.json has them; layers.csv has
+    every recorded step; the report adds the trainability heatmap, with the depth scales over the sigma_w^2 it
+    spans."""
+    runs = read_runs(train_sweep.path)
+    assert set(runs["status"]) == {"ok"} and len(runs) == 4
+    for _, row in runs.iterrows():
+        summary = sweep_report.results.read_json(train_sweep.path / row["path"] / "summary.json")
+        assert row["final_test_accuracy"] == pytest.approx(summary["final_test_accuracy"])
+        assert row["six_xi_c"] == pytest.approx(summary["trainability"]["six_xi_c"])
+        assert row["predicted"] == summary["trainability"]["predicted"]
+        assert row["sigma_w2"] == pytest.approx(row["scale"])  # variance_scaling, fan_in: sigma_w^2 is the scale
+    assert sorted(pd.read_csv(train_sweep.path / "layers.csv")["step"].unique()) == [0, 2, 4]
+    assert (train_sweep.path / "figures" / "trainability.png").stat().st_size > 10_000
+    assert "Trainability" in train_sweep.report.read_text()
+    curves = sweep_report.trainability_curves(runs)
+    assert curves["sigma_w2"].min() < 0.5 and curves["sigma_w2"].max() > 2.0  # the outer cells' edges
+
+
+def test_trainability_heatmap_colours_each_cells_mean_accuracy_and_draws_the_depth_scales():
+    """Cells are (sigma_w^2, depth), coloured by the mean final accuracy of their runs (two seeds pooled here); the
+    curves are the depth scales given (predict.trainability_curves); depth is on a log axis."""
+    from initprobe import predict
+
+    cells = [(w, d, s) for w in (0.5, 1.0, 2.0) for d in (3, 30) for s in (0, 1)]
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(len(cells))], "status": "ok",
+                         "sigma_w2": [w for w, _, _ in cells], "depth": [d for _, d, _ in cells],
+                         "seed": [s for _, _, s in cells], "final_test_accuracy": np.linspace(0.1, 0.9, len(cells))})
+    curves = predict.trainability_curves("tanh", np.linspace(0.3, 2.5, 5), 0.05)
+    ax = sweep_figures.trainability_figure(runs, ["sigma_w2", "depth", "seed"], "t", curves).axes[0]
+    want = runs.pivot_table(index="depth", columns="sigma_w2", values="final_test_accuracy").to_numpy()
+    np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).reshape(want.shape), want)
+    drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    np.testing.assert_allclose(next(v for k, v in drawn.items() if k.startswith(r"$6")), curves["six_xi_c"])
+    np.testing.assert_allclose(next(v for k, v in drawn.items() if k.startswith(r"$\xi_q")), curves["xi_q"])
+    assert ax.get_yscale() == "log" and ax.get_xlabel().startswith(r"$\sigma_w^2$")
+
+
+@pytest.mark.slow
+def test_a_train_sweep_gives_the_same_numbers_on_the_process_backend(tmp_path, train_sweep):
+    s = sweep.load_sweep(write(tmp_path, TRAIN_SWEEP))
+    result = sweep.run_sweep(s, out_dir=tmp_path / "out", backend="process", workers=2, figures=False)
+    assert result.failed == 0
+    pd.testing.assert_frame_equal(numeric_layers(tmp_path / "out"), numeric_layers(train_sweep.path),
+                                  check_exact=True)
+
+
+def test_trainability_heatmap_axes_are_sigma_w2_and_depth_where_both_vary_else_the_swept_keys():
+    runs = pd.DataFrame({"depth": [10, 10, 20, 20], "sigma_w2": [1.0, 2.0, 1.0, 2.0], "scale": [1.0, 2.0, 1.0, 2.0],
+                         "init": ["a", "b", "a", "b"], "seed": [0, 1, 0, 1]})
+    assert sweep_figures.heatmap_axes(runs, ["scale", "depth"]) == ("sigma_w2", "depth")
+    one_depth = runs[runs["depth"] == 10]  # an init's sigma_w^2 is no axis of its own: the init is
+    assert sweep_figures.heatmap_axes(one_depth, ["init", "seed"]) == (None, "init")

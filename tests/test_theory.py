@@ -337,6 +337,7 @@ def _wick_moments(n, depth):
     return 1.0, b - a
 
 
+@pytest.mark.slow
 def test_jacobian_gaussian_linear_monte_carlo():
     """Product of 5 Gaussian 256 x 256 matrices, variance 1/256, 8 draws. The exact finite-n expectations
     (_wick_moments: mean 1, variance 5.059) tend to the free-probability prediction (1, L = 5) as n -> inf, and the
@@ -360,6 +361,7 @@ def test_jacobian_gaussian_linear_monte_carlo():
     assert abs(mc_var - var_n) <= 5 * 0.29 / math.sqrt(draws)
 
 
+@pytest.mark.slow
 def test_jacobian_tanh_orthogonal_monte_carlo():
     """tanh at q = 0.5, critical sigma_w2 = 1/mu1, orthogonal weights: var = L (mu2/mu1^2 - 1) = 1.496 (Gaussian
     weights would give 6.5, a linear net 0). J = prod D_l W_l with D_l = diag(phi'(h)), h ~ N(0, q) iid: 8 draws of
@@ -414,6 +416,7 @@ def _network(name, widths, weight_var, bias_var, batch, rng):
 
 
 @pytest.mark.parametrize("name,scale,bias_var", [("tanh", 1.3, 0.05), ("relu", 2.0, 0.0)])
+@pytest.mark.slow
 def test_predict_matches_numpy_networks(name, scale, bias_var):
     """Non-square layers (so fan_in and fan_out enter differently), 10 networks of widths 300..600, batch 32:
     every predicted column within 6 standard errors (the spread over the 10 networks) of the networks' average.

@@ -44,6 +44,7 @@ NONZERO_MEAN = {  # init options, and E[W^2] when the formula fixes it exactly (
 
 
 @pytest.mark.parametrize("case", NONZERO_MEAN)
+@pytest.mark.slow
 def test_layer_one_theory_uses_the_second_moment_of_the_weights(device, case):
     """An init with non-zero mean, where E[W^2] and Var(W) differ (constant 0.1: 0.01 against 0; U(0, 1): 1/3
     against 1/12). Layer 1's prediction is q^1 = fan_in E[W^2] E[x0^2] (E[x0^2] = 1, no bias), with E[W^2] from an
@@ -86,6 +87,7 @@ def test_layer_one_theory_uses_the_second_moment_of_the_weights(device, case):
     assert predict.jacobian(frame, cfg)["theory_mean_sq_sv"] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_constant_init_run_agrees_with_theory_command(device, tmp_path):
     """`initprobe run` and `initprobe theory` give the same sigma_w^2 for a constant init: 64 * 0.1^2 = 0.64."""
     cfg = RunConfig(init="constant", value=0.1, act="tanh", depth=3, width=64, seeds=2, dtype="float64",
@@ -190,6 +192,7 @@ CNN = dict(arch="cnn", act="tanh", init="glorot_uniform", depth=10, width=64, in
            kernel_size=3, padding="circular", batch=16, seeds=4, dtype="float64")
 
 
+@pytest.mark.slow
 def test_cnn_with_circular_padding_and_many_input_channels_follows_theory(device):
     """With circular padding every position sees a full k x k patch, and with C_in = 64 input channels layer 1's
     pre-activations are Gaussian to O(1/sqrt(k^2 C_in)), so theory should hold up to finite-width wander.

@@ -22,6 +22,8 @@ import pytest
 
 from initprobe import config, predict, runner
 
+pytestmark = pytest.mark.slow  # every test here is wide, deep and seeded several times
+
 N, B, DEPTH, SEEDS = 1024, 32, 50, 4
 SMOOTH = {
     "tanh-critical": dict(act="tanh", init="glorot_normal"),

@@ -7,6 +7,7 @@ the commands, so `initprobe --help` and `initprobe list` stay instant.
 
 import contextlib
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +27,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
+# emoji off: text such as "host:1234: refused" or a path would otherwise lose ":1234:" to an emoji
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _version(value: bool):
@@ -66,10 +68,61 @@ def run(ctx: typer.Context, **values):
         result = runner.run(cfg, on_seed=lambda i: progress.update(task, completed=i, refresh=True),
                             command=_command())
     out.print(tables.summary(result.summary, result.path))
-    out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
-                                                          f"{cfg.depth}"))
+    if result.summary["theory"] is not None:  # a --model has none: the summary's caption says why
+        out.print(tables.run_theory(result.summary["theory"], f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth "
+                                                              f"{cfg.depth}"))
     if result.summary["checkpoint"]["used"]:
         out.print(f"checkpointed ({result.summary['checkpoint']['why']})", markup=False)
+
+
+@app.command("train", help=text(
+    "Train the probed network briefly: the network of run plus a linear readout to the classes, minibatch SGD or "
+    "Adam on real data (scikit-learn's digits, or a teacher network's labels), recording run's per-layer statistics "
+    "on the batch being trained on every K steps. Writes results/train-<run>/ (config.json, layers.csv with a step "
+    "column, metrics.csv, summary.json with the trainability mean-field theory predicts, plots/). On the CPU it "
+    "uses one thread unless OMP_NUM_THREADS says otherwise: a training step of these sizes is a chain of small "
+    "operations that a second thread does not speed up.\n\n"
+    "Example: initprobe train --act tanh --init variance_scaling --scale 1.76 --bias normal --bias-std 0.2236 "
+    "--depth 50"))
+@with_options(*run_options(config.TRAIN), QUIET)
+def train_cmd(ctx: typer.Context, **values):
+    cfg = load(ctx, values, config.TRAIN)
+    with importing():
+        from .. import train
+
+        if cfg.plots:
+            from .. import plots  # noqa: F401  (train.train draws with it)
+    if values["quiet"]:
+        with one_thread():
+            print_path(train.train(cfg, command=_command()).path)
+        return
+    with progress_bar(*_progress_columns()) as progress, one_thread():
+        task = progress.add_task(f"training {cfg.seeds} network(s)", total=cfg.seeds * cfg.steps)
+        result = train.train(cfg, on_progress=lambda done: progress.update(task, completed=done, refresh=True),
+                             command=_command())
+    out.print(tables.training(result.summary, result.path))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's intra-op threads set to one inside the block (and restored after), unless OMP_NUM_THREADS names a
+    number of its own."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _progress_columns():
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), \
+        TimeRemainingColumn()
 
 
 def progress_bar(*columns):
@@ -101,7 +154,7 @@ def theory_cmd(ctx: typer.Context, **values):
     if cfg.out is not None:  # validated and reserved before anything is printed or drawn
         res = results.reserve(cfg.out, "theory")
     out.print(tables.scales({"nominal": scales}, f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth {cfg.depth}"))
-    out.print(tables.layers(frame))
+    out.print(tables.layers(frame, tables.layer_columns(cfg.block, cfg.norm)))
     if cfg.out is None:
         return
     with importing():
@@ -168,8 +221,9 @@ def sweep_cmd(ctx: typer.Context, **values):
             from .. import runner  # noqa: F401  (torch: local runs probe here, process workers are forks of here)
     kwargs = dict(options, command=_command())
     if values["quiet"]:
-        print_path(sweep.run_sweep(spec, values["out_dir"], **kwargs).path)
-        return
+        result = sweep.run_sweep(spec, values["out_dir"], **kwargs)
+        print_path(result.path)
+        return _every_run_failed(result)
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -188,8 +242,19 @@ def sweep_cmd(ctx: typer.Context, **values):
     failed = f", {result.failed} failed (see runs.csv)" if result.failed else ""
     out.print(f"{result.ran} run(s) in {result.seconds:.1f} s, {result.resumed} resumed{failed}", markup=False)
     for f in (result.path / "runs.csv", result.path / "layers.csv", result.report):
-        if f is not None:
+        if f is not None and f.exists():  # no layers.csv when no run is ok
             print_path(f)
+    return _every_run_failed(result)
+
+
+def _every_run_failed(result) -> int:
+    """The exit code of a finished sweep: 1, said in one line, when no run of it is ok (nothing to compare)."""
+    runs = result.runs
+    if len(runs) and not (runs["status"] == "ok").any():
+        _error(f"every run of the sweep failed ({len(runs)} of {len(runs)}); their errors are in "
+               f"{result.path / 'runs.csv'}")
+        return 1
+    return 0
 
 
 @app.command(help=text(
@@ -208,19 +273,21 @@ def bench(ctx: typer.Context, **values):
 
     target = results.writable_file(values["json_file"])
     result = bench_mod.run_all(devices.resolve(values["device"]), quick=values["quick"])
-    (out if out.is_terminal else Console(width=150)).print(tables.bench(result))  # a log gets the notes unfolded
+    wide = Console(width=150, emoji=False)  # a log gets the notes unfolded
+    (out if out.is_terminal else wide).print(tables.bench(result))
     print_path(bench_mod.write(result, target))
 
 
-LIST_WHAT = ("all", "inits", "activations", "options")
+LIST_WHAT = ("all", "inits", "activations", "blocks", "options")
 
 
-@app.command("list", help=text("The initializers (formulas, options and default gains), the activations (gains) and "
-                               "the run options."))
+@app.command("list", help=text("The initializers (formulas, options and default gains), the activations (gains), the "
+                               "blocks and norms, and the run options."))
 @with_options(argument("what", Optional[Literal.__getitem__(LIST_WHAT)], "What to list [default: all].", None))
 def list_registry(ctx: typer.Context, **values):
     what = values.get("what") or "all"
-    shown = {"inits": tables.initializers, "activations": tables.activation_table, "options": tables.option_table}
+    shown = {"inits": tables.initializers, "activations": tables.activation_table, "blocks": tables.block_table,
+             "options": tables.option_table}
     for name, make in shown.items():
         if what in ("all", name):
             out.print(make())

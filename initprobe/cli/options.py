@@ -1,11 +1,13 @@
-"""Command-line options made from the declarations of the options themselves: the run options of config.OPTIONS
-and the sweep options of sweep.spec.SWEEP_OPTIONS. Nothing about an option (its flag, help, panel, choices, default)
-is written here a second time; this module only says how a declaration becomes a typer option.
+"""Command-line options made from the declarations of the options themselves: the options of each command in
+config (config.command_fields) and the sweep options of sweep.spec.SWEEP_OPTIONS. Nothing about an option (its flag,
+help, panel, choices, default) is written here a second time; this module only says how a declaration becomes a
+typer option.
 
 A command is a function `fn(ctx, **values)`; `with_options` gives it the signature typer reads.
 """
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -31,9 +33,11 @@ def _choices_type(names):
     return Literal.__getitem__(tuple(names))
 
 
-def run_option(key: str) -> inspect.Parameter:
-    """The typer option of run option `key`, from its declaration in config.OPTIONS."""
-    opt, default = config.OPTIONS[key], config.FIELDS[key].default
+def run_option(key: str, declared=None) -> inspect.Parameter:
+    """The typer option of option `key`, from its declaration (`declared`, a config field; default: the run
+    option's)."""
+    declared = declared or config.DECLARED[key]
+    opt, default = declared.metadata["option"], declared.default
     types = config.value_types(key)
     help_text = opt.help + (f" [default: {opt.default_text}]" if opt.default_text else "")
     kwargs = dict(help=text(help_text), rich_help_panel=opt.panel, show_default=opt.default_text is None)
@@ -41,27 +45,34 @@ def run_option(key: str) -> inspect.Parameter:
     if types == (bool,):
         decls = [f"{config.flag(key)}/--no-{config.flag(key)[2:]}"]
         kind = bool
-    elif opt.choices is not None and not opt.open_choices:
+    elif opt.choices is not None and opt.open_choices is None:
         kind = _choices_type(opt.choices())
-    elif opt.choices is not None:  # open: a registry name or package.module:function
+    elif opt.choices is not None:  # open: a registry name or package.module:function, a regex
         kind = str
         kwargs["autocompletion"] = _complete(opt.choices())
-    elif str in types:  # gain: a number or 'auto'; config.check_value reads the number
+    elif opt.words:  # a number or one of its words (gain: 'auto'); config.check_value reads the number
         kind = str
+        kwargs["autocompletion"] = _complete(opt.words)
+    elif dict in types:  # a table: repeated KEY=VALUE, made a dict by config.check_value
+        kind = list[str]
+    elif str in types or any(typing.get_origin(t) is list for t in types):
+        kind = str  # a list of ints: "3,32,32"; config.check_value reads it
     else:
         kind = types[0]
     if opt.envvar:
         kwargs["envvar"] = opt.envvar
+    if opt.metavar:
+        kwargs["metavar"] = opt.metavar
     annotation = Annotated[Optional[kind] if default is None else kind, typer.Option(*decls, **kwargs)]
     return inspect.Parameter(key, _KW, default=default, annotation=annotation)
 
 
 def run_options(command: str) -> list[inspect.Parameter]:
-    """--config, then every run option that `command` takes, in declaration order."""
+    """--config, then every option that `command` takes, in declaration order."""
     config_file = inspect.Parameter("config_file", _KW, default=None, annotation=Annotated[Optional[Path], typer.Option(
         "--config", help=text("TOML file of run options (the keys below, flat or under [run]); options given on the "
                               "command line override it."), rich_help_panel=CONFIG_PANEL)])
-    return [config_file] + [run_option(key) for key, opt in config.OPTIONS.items() if command in opt.commands]
+    return [config_file] + [run_option(key, f) for key, f in config.command_fields(command).items()]
 
 
 def sweep_options() -> list[inspect.Parameter]:
@@ -106,16 +117,16 @@ def with_options(*params: inspect.Parameter):
 
 
 def given(ctx: typer.Context, values: dict) -> dict:
-    """The run options set on the command line (or by environment variable): a config file's values survive the
-    rest, which are only the options' defaults."""
+    """The options set on the command line (or by environment variable): a config file's values survive the rest,
+    which are only the options' defaults."""
     keep = ("COMMANDLINE", "ENVIRONMENT")
     return {k: v for k, v in values.items()
-            if k in config.OPTIONS and getattr(ctx.get_parameter_source(k), "name", None) in keep}
+            if k in config.DECLARED and getattr(ctx.get_parameter_source(k), "name", None) in keep}
 
 
-def load(ctx: typer.Context, values: dict) -> config.RunConfig:
-    """Defaults < --config file < the options given on the command line; validated."""
-    return config.load(values.get("config_file"), given(ctx, values), config.flag)
+def load(ctx: typer.Context, values: dict, command: str = config.RUN) -> config.RunConfig:
+    """Defaults < --config file < the options given on the command line; validated (the config of `command`)."""
+    return config.load(values.get("config_file"), given(ctx, values), config.flag, command)
 
 
 def choice_error(error: Exception) -> str | None:
@@ -123,7 +134,7 @@ def choice_error(error: Exception) -> str | None:
     'tanhh'; did you mean tanh?"), or None when `error` is something else."""
     param = getattr(error, "param", None)
     name = getattr(param, "name", None)
-    if name not in config.OPTIONS or config.OPTIONS[name].choices is None:
+    if name not in config.DECLARED_OPTIONS or config.DECLARED_OPTIONS[name].choices is None:
         return None
     cause = error.__cause__
     details = cause.errors() if hasattr(cause, "errors") else []

@@ -4,7 +4,7 @@ and `initprobe list`."""
 from rich.markup import escape
 from rich.table import Table
 
-from .. import activations, config, inits
+from .. import activations, blocks, config, inits
 from ..formatting import number
 
 VERDICT_COLOURS = {"stable": "green", "vanishing": "yellow", "exploding": "red"}
@@ -14,31 +14,88 @@ def summary(summary: dict, path) -> Table:
     table = Table(title=escape(f"initprobe — {path}"), show_header=True)
     for col in ("direction", "end-to-end ratio", "gain per layer", "verdict"):
         table.add_column(col, overflow="fold")
-    for direction, key in (("forward (act_var)", "forward"), ("backward (grad_preact_var)", "backward")):
+    gradient = summary.get("gradient_column", "grad_preact_var")
+    for direction, key in (("forward (act_var)", "forward"), (f"backward ({gradient})", "backward")):
         v = summary[f"{key}_verdict"]
         table.add_row(direction, number(summary[f"{key}_ratio"]), number(summary[f"{key}_gain_per_layer"]),
                       f"[{VERDICT_COLOURS.get(v, 'white')}]{v}[/]")
     first = [f"{d} at layer {summary[f'first_nonfinite_{d}']}" for d in ("forward", "backward")
              if summary.get(f"first_nonfinite_{d}") is not None]
-    table.caption = escape(f"first non-finite: {', '.join(first) or 'none'} · "
-                           f"probe {summary['timings']['probe_seconds']:.2f} s · stable band "
-                           f"[{number(summary['stable_band'][0])}, {number(summary['stable_band'][1])}]")
+    lines = [f"first non-finite: {', '.join(first) or 'none'} · probe {summary['timings']['probe_seconds']:.2f} s · "
+             f"stable band [{number(summary['stable_band'][0])}, {number(summary['stable_band'][1])}]"]
+    if summary.get("model"):
+        (low, high), (a, b) = summary["compared_layers"], summary["compared_modules"]
+        lines += [f"compared: {a} (layer {low}) -> {b} (layer {high}); gain per repeat",
+                  f"{summary['model']['input']} -> {summary['model']['output']}", summary.get("theory_note", "")]
+    table.caption = escape("\n".join(line for line in lines if line))
+    return table
+
+
+def training(summary: dict, path) -> Table:
+    """A training run's outcome per seed, with the mean, chance and what mean-field theory predicted."""
+    table = Table(title=escape(f"initprobe train — {path}"))
+    for col in ("seed", "last step", "diverged at", "train loss", "train accuracy", "test loss", "test accuracy"):
+        table.add_column(col, overflow="fold")
+    for s in summary["seeds"]:
+        diverged = "-" if s["diverged_at"] is None else f"[red]{s['diverged_at']}[/]"
+        table.add_row(str(s["seed"]), str(s["last_step"]), diverged, *[number(s[k]) for k in (
+            "train_loss", "train_accuracy", "test_loss", "test_accuracy")])
+    trainable = summary["trainability"]
+    table.caption = escape(
+        f"mean final test accuracy {number(summary['final_test_accuracy'])} (chance "
+        f"{number(summary['chance_accuracy'])}) · mean field: 6 xi_c = {number(trainable['six_xi_c'])} "
+        f"(sigma_w^2 = {number(trainable['sigma_w2'])}, sigma_b^2 = {number(trainable['sigma_b2'])}) vs depth "
+        f"{trainable['depth']}: predicted {trainable['predicted']} · trained in "
+        f"{summary['timings']['train_seconds']:.1f} s") + "\n[dim]train loss and accuracy: the last step's minibatch[/]"
     return table
 
 
 SCALE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "q*": "q_star", "chi_1": "chi_1", "xi_q": "xi_q",
                  "xi_c": "xi_c", "gradient scale": "xi_grad"}
+# what a residual or normalized network's prediction says instead (predict.architecture_scales)
+ARCHITECTURE_COLUMNS = {"sigma_w^2": "sigma_w2", "sigma_b^2": "sigma_b2", "alpha": "alpha",
+                        "forward ratio": "forward_ratio", "backward ratio": "backward_ratio",
+                        "gradient factor per layer": "gradient_factor",
+                        "large-batch factor": "gradient_factor_large_batch"}
+
+
+def scale_columns(values: dict) -> dict[str, str]:
+    """The scales' columns: a plain network's fixed point and depth scales, or the columns of a residual or
+    normalized network that its values hold."""
+    if "q_star" in values or "forward_ratio" not in values:
+        return SCALE_COLUMNS
+    return {name: key for name, key in ARCHITECTURE_COLUMNS.items() if key in values}
+
+
+def regime(values: dict) -> str:
+    if "regime" in values:
+        return str(values["regime"])
+    return f"forward {values.get('forward_verdict')}, backward {values.get('backward_verdict')}"
 
 
 def scales(rows: dict[str, dict], title: str) -> Table:
-    """Mean-field scales, one row per label ({'nominal': scales, ...})."""
+    """Mean-field scales, one row per label ({'nominal': scales, ...}); a residual or normalized network's notes
+    and missing predictions as the caption."""
     table = Table(title=escape(f"Mean-field theory — {title}"))
     table.add_column("")
-    for col in (*SCALE_COLUMNS, "regime"):
+    columns = scale_columns(next(iter(rows.values())))
+    for col in (*columns, "regime"):
         table.add_column(col, overflow="fold")
     for name, values in rows.items():
-        table.add_row(name, *[number(values.get(k)) for k in SCALE_COLUMNS.values()], str(values.get("regime")))
+        table.add_row(name, *[number(values.get(k)) for k in columns.values()], regime(values))
+    table.caption = escape("\n".join(theory_notes(next(iter(rows.values())))))
     return table
+
+
+def theory_notes(theory: dict) -> list[str]:
+    """The architecture, what its prediction leaves out and which columns have none (predict.summary)."""
+    lines = [f"architecture: {theory['architecture']}"] if theory.get("architecture") else []
+    lines += [f"note: {note}" for note in theory.get("notes") or []]
+    reasons = {}
+    for column, why in (theory.get("no_prediction") or {}).items():
+        reasons.setdefault(why, []).append(column.removeprefix("theory_"))
+    lines += [f"no prediction of {', '.join(columns)}: {why}" for why, columns in reasons.items()]
+    return lines
 
 
 def run_theory(theory: dict, title: str) -> Table:
@@ -50,9 +107,10 @@ def run_theory(theory: dict, title: str) -> Table:
     table.add_column("")
     table.add_column("nominal (init's formula)", overflow="fold")
     table.add_column("realized (run's weights)", overflow="fold")
-    for name, key in (*SCALE_COLUMNS.items(), ("regime", "regime")):
+    for name, key in scale_columns(realized).items():
         table.add_row(name, "-" if nominal is None else number(nominal.get(key)), number(realized.get(key)))
-    notes = []
+    table.add_row("regime", "-" if nominal is None else regime(nominal), regime(realized))
+    notes = theory_notes(theory)
     if nominal is None:
         notes.append(f"no nominal values: {theory.get('nominal_note') or 'the init has no formula'}")
     deviation = theory.get("max_relative_deviation") or {}
@@ -63,8 +121,22 @@ def run_theory(theory: dict, title: str) -> Table:
     return table
 
 
-def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_preact_var",
-                           "theory_preact_corr")) -> Table:
+PLAIN_LAYER_COLUMNS = ("theory_preact_var", "theory_act_var", "theory_grad_preact_var", "theory_preact_corr")
+# a residual network's stream (x^l, dL/dx^l) and branches; a normalized one's gradients and channel statistics
+LAYER_COLUMNS = {("plain", False): PLAIN_LAYER_COLUMNS,
+                 ("plain", True): ("theory_act_var", "theory_grad_preact_var", "theory_preact_corr",
+                                   "theory_chan_sq_mean", "theory_chan_var"),
+                 ("residual", False): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
+                                       "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean"),
+                 ("residual", True): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
+                                      "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean")}
+
+
+def layer_columns(block: str, norm: str) -> tuple[str, ...]:
+    return LAYER_COLUMNS[blocks.block(block).name, blocks.norm(norm).standardizes]
+
+
+def layers(frame, columns=PLAIN_LAYER_COLUMNS) -> Table:
     depth = int(frame["layer"].max())
     shown = sorted({n for n in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, depth) if n <= depth})
     table = Table(title="Per layer (dL/dh: backward from a unit-variance cotangent at the top)")
@@ -77,17 +149,21 @@ def layers(frame, columns=("theory_preact_var", "theory_act_var", "theory_grad_p
 
 
 def ranking(ranked, name: str) -> Table:
+    """The ranking of a sweep's runs; a train sweep's also show each run's final test accuracy."""
+    trained = "final_test_accuracy" in ranked
     table = Table(title=escape(f"Sweep {name} — ranked by |log10 forward ratio| + |log10 backward ratio| "
-                               "(0 is ideal)"))
-    for col in ("rank", "run", "forward ratio", "backward ratio", "score"):
+                               f"(0 is ideal){' at step 0' if trained else ''}"))
+    for col in ("rank", "run", "forward ratio", "backward ratio", "score", *(["final test accuracy"] * trained)):
         table.add_column(col, overflow="fold")
     for _, r in ranked.iterrows():
         label = escape(str(r.get("label", r.get("run_id"))))
         if r.get("status") == "failed":
-            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]))
+            table.add_row(str(r["rank"]), label, "-", "-", escape(f"failed: {r.get('error', '')}"[:80]),
+                          *(["-"] * trained))
             continue
+        accuracy = [number(r["final_test_accuracy"])] if trained else []
         table.add_row(str(r["rank"]), label, number(r["forward_ratio"]), number(r["backward_ratio"]),
-                      number(r["score"]))
+                      number(r["score"]), *accuracy)
     return table
 
 
@@ -111,7 +187,8 @@ def initializers() -> Table:
     for name, spec in inits.INITS.items():
         aliases = ", ".join(a for a, c in inits.ALIASES.items() if c == name)
         options = ", ".join(f"{k}={number(v)}" for k, v in spec.defaults.items()) or "-"
-        table.add_row(name + (" (cnn)" if spec.cnn_only else ""), aliases, escape(spec.formula), escape(options))
+        flags = " (cnn)" if spec.cnn_only else " (--model)" if spec.model_only else ""
+        table.add_row(name + flags, aliases, escape(spec.formula), escape(options))
     table.caption = "Also: package.module:function, a torch.nn.init-style in-place function of your own."
     return table
 
@@ -127,12 +204,26 @@ def activation_table() -> Table:
     return table
 
 
+def block_table() -> Table:
+    table = Table(title="Blocks (--block) and norms (--norm)")
+    for col in ("option", "name", "what it is"):
+        table.add_column(col, overflow="fold")
+    for name, entry in blocks.BLOCKS.items():
+        table.add_row("--block", name, escape(entry.description))
+    for name, entry in blocks.NORMS.items():
+        table.add_row("--norm", name, escape(entry.description))
+    table.caption = escape("--branch-scale alpha scales every residual branch: a number (0: SkipInit) or "
+                           "inv_sqrt_depth, 1/sqrt(depth - 1)")
+    return table
+
+
 def option_table() -> Table:
-    table = Table(title="Run options (config keys; on the command line --key-with-dashes)")
+    table = Table(title="Options (config keys; on the command line --key-with-dashes)")
     for col in ("key", "commands", "takes", "default", "meaning"):
         table.add_column(col, overflow="fold")
-    for key, opt in config.OPTIONS.items():
-        table.add_row(key, ", ".join(opt.commands), escape(config.type_text(key)), escape(config.default_text(key)),
-                      escape(opt.help))
+    for key in config.DECLARED:
+        default, meaning = config.described(key)
+        table.add_row(key, ", ".join(config.commands(key)), escape(config.type_text(key)), escape(default),
+                      escape(meaning))
     return table
 

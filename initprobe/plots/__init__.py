@@ -14,9 +14,19 @@ Conventions of every per-layer figure:
 Theory-only figures (`plot_theory`, `plot_phase`) take the frames of `predict`, not a run directory.
 """
 
+from pathlib import Path
+
 from .compare_figures import plot_compare
 from .labels import label
-from .run_figures import plot_run
+from .run_figures import plot_run as plot_probe
 from .theory_figures import plot_phase, plot_theory
+from .train_figures import plot_train
 
-__all__ = ["label", "plot_compare", "plot_phase", "plot_run", "plot_theory"]
+
+def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path]:
+    """A run directory's figures into its plots/: a training run's (it has metrics.csv) or a probe's."""
+    draw = plot_train if (Path(run_dir) / "metrics.csv").is_file() else plot_probe
+    return draw(run_dir, fmt, workers)
+
+
+__all__ = ["label", "plot_compare", "plot_phase", "plot_probe", "plot_run", "plot_theory", "plot_train"]

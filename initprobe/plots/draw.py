@@ -1,6 +1,7 @@
 """The drawing every per-layer figure shares: seed lines and bands, theory dashes, log axes that survive 0 and
 inf, marks where a pass overflows or underflows, and saving. See the package docstring for the conventions."""
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
+from ..formatting import ordinal
+
 FIGSIZE = (11, 4.2)
+NAME_INCHES = 0.05  # the length of one character of a module name under an axis (7 pt, turned upright)
+TITLE_CHARS_PER_INCH = 10  # characters of a figure's title that fit in an inch of its width
+VERDICT_PAD = 15  # points: a --model's panel title is lifted by this to make room for its verdict below it
+MAX_NAMES = 32  # module names on an x axis at most (thinned to every k-th beyond)
 SMALL_FIGSIZE = (7.5, 4.2)  # one-panel figures
 JACOBIAN_FIGSIZE = (8, 5.4)  # one panel, legend below
 JACOBIAN_COLOUR = "#4c72b0"
@@ -30,17 +37,88 @@ NAMES = {
     "saturated_frac": r"saturated: $|\phi'(h)|$ < 5% of its max",
     "zero_frac": r"exactly zero: $x = 0$",
     "preact_corr": r"$c^l$: correlation of $h^l$ between two inputs",
+    "chan_sq_mean": "average squared channel mean",
+    "chan_var": "average channel variance",
+    "branch_var": r"$\mathrm{Var}(\alpha(W^l\phi(h^l)+b^l))$ residual branch",
+    "token_corr": "token correlation: mean cosine between tokens",
+}
+MODEL_NAMES = {  # a --model's rows are module outputs y, not a layer's h and x
+    "act_var": r"$\mathrm{Var}(y)$ module output",
+    "grad_act_var": r"$\mathrm{Var}(\partial L/\partial y)$",
+    "weight_var": r"$\mathrm{Var}(W)$ the module's weight",
+    "weight_grad_var": r"$\mathrm{Var}(\partial L/\partial W)$",
 }
 COLOURS = {
     "act_var": "#1f77b4", "preact_var": "#ff7f0e", "grad_preact_var": "#d62728", "grad_act_var": "#9467bd",
     "weight_grad_var": "#2ca02c", "weight_var": "#8c564b", "saturated_frac": "#e377c2", "zero_frac": "#17becf",
-    "preact_corr": "#bcbd22",
+    "preact_corr": "#bcbd22", "chan_sq_mean": "#e6550d", "chan_var": "#3182bd", "token_corr": "#756bb1",
+    "branch_var": "#1b9e77",
 }
+POINTS = ("weight_var",)  # a --model's weights belong to unlike modules, not to a progression: points, no line
 FORWARD = ("act_var", "preact_var")
 BACKWARD = ("grad_preact_var", "grad_act_var")
+SPP = ("chan_sq_mean", "chan_var", "branch_var")  # Brock, De & Smith 2021's signal propagation plot
 LOG_RANGE = (-300.0, 300.0)  # decades a log axis may show (float64 denormals reach 1e-324)
 
 # ------------------------------------------------------------------------------------------ per-layer data
+
+
+def is_model_run(layers: pd.DataFrame) -> bool:
+    """Rows of a --model run: one per recorded module call, named."""
+    return "module" in layers
+
+
+def column_name(column: str, layers: pd.DataFrame) -> str:
+    return MODEL_NAMES.get(column, NAMES[column]) if is_model_run(layers) else NAMES[column]
+
+
+def module_names(layers: pd.DataFrame) -> list[str] | None:
+    """The name of each layer's module (a later call of a shared module: 'name #2'), from the first seed's rows, for a
+    --model run; None for the built-in network."""
+    if not is_model_run(layers):
+        return None
+    first = layers[layers["seed"] == layers["seed"].min()].sort_values("layer")
+    return [m if c == 1 else f"{m} #{c}" for m, c in zip(first["module"], first["call"])]
+
+
+def series_style(column: str, layers: pd.DataFrame, marker: str | None) -> tuple[str, str | None]:
+    """(line style, marker) of a column: a --model's weights as points (POINTS), anything else a line."""
+    return ("none", "o") if is_model_run(layers) and column in POINTS else ("-", marker)
+
+
+def constant_weights(layers: pd.DataFrame) -> list[str]:
+    """The modules of a --model run whose weight has variance exactly 0 in every seed: constant weights (a norm's
+    gamma = 1), which a log axis cannot show and which are not an underflow."""
+    if not is_model_run(layers) or "weight_var" not in layers:
+        return []
+    zero = layers.groupby("layer")["weight_var"].agg(lambda v: bool((v == 0).all()))
+    names = module_names(layers)
+    return [names[int(layer) - 1] for layer in zero.index[zero.to_numpy(dtype=bool)]]
+
+
+def constant_note(ax, layers: pd.DataFrame) -> None:
+    """A line at the foot of a weight panel naming how many modules have constant weights (not drawn)."""
+    constant = constant_weights(layers)
+    if constant:
+        foot_note(ax, f"Var(W) = 0 at {len(constant)} module{'s' * (len(constant) > 1)} (constant, e.g. a norm's "
+                      "gamma = 1): not drawn")
+
+
+def verdict_title(ax, text: str, model: bool) -> None:
+    """The end-to-end verdict in grey at the panel's top right: beside the title, or for a --model (whose verdict
+    names modules, too long to share the title's line) between the title, lifted, and the axes."""
+    if not model:
+        ax.set_title(text, loc="right", fontsize=8, color="0.35")
+        return
+    ax.set_title(ax.get_title(loc="left"), loc="left", fontsize=11, pad=VERDICT_PAD)
+    ax.annotate(text, (1, 1), xycoords="axes fraction", xytext=(0, 3), textcoords="offset points", ha="right",
+                va="bottom", fontsize=8, color="0.35")
+
+
+def foot_note(ax, text: str) -> None:
+    """A small grey line in the lower left corner of the axes: what the panel leaves out, and why."""
+    ax.text(0.01, 0.01, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=7, color="0.35",
+            bbox={"boxstyle": "square,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 def seed_matrix(layers: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +181,11 @@ def new_figure(ncols: int = 2, width_ratios=None, figsize=FIGSIZE) -> tuple[Figu
     return fig, list(axes)
 
 
+def new_grid(nrows: int, ncols: int, width_ratios=None, figsize=FIGSIZE) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios)
+
+
 def isolated(line: np.ndarray) -> np.ndarray:
     """Finite points whose neighbours are both missing."""
     ok = np.isfinite(line)
@@ -112,11 +195,12 @@ def isolated(line: np.ndarray) -> np.ndarray:
 
 
 def draw_series(ax, x, values, colour, name, log=True, band=True, style="-", marker=None) -> np.ndarray:
-    """Mean line and seed band of one quantity; returns the finite (positive, if log) values drawn."""
+    """Mean line and seed band of one quantity (`style`: a line style, "none" for points); returns the finite
+    (positive, if log) values drawn."""
     line = centre_line(values, log)
     if name is not None and not usable(values, log).any():
         name += ": all 0" if np.all(values[np.isfinite(values)] == 0) and np.isfinite(values).any() else ": inf/nan"
-    ax.plot(x, line, style, color=colour, lw=1.8, label=name, marker=marker, ms=3.5)
+    ax.plot(x, line, ls=style, color=colour, lw=1.8, label=name, marker=marker, ms=3.5)
     lonely = isolated(line)
     if lonely.any() and marker is None:  # a point between gaps draws no line: give it a dot
         ax.plot(x[lonely], line[lonely], "o", color=colour, ms=3.5)
@@ -124,8 +208,11 @@ def draw_series(ax, x, values, colour, name, log=True, band=True, style="-", mar
     if band and values.shape[1] > 1:
         lo, hi = seed_band(values, log)
         where = np.isfinite(lo) & np.isfinite(hi)
-        ax.fill_between(x, np.where(where, lo, 1.0), np.where(where, hi, 1.0), where=where, color=colour,
-                        alpha=BAND_ALPHA, lw=0)
+        if style == "none":  # points: each its own range over the seeds, not a band joining unlike modules
+            ax.vlines(x[where], lo[where], hi[where], color=colour, alpha=2 * BAND_ALPHA, lw=2)
+        else:
+            ax.fill_between(x, np.where(where, lo, 1.0), np.where(where, hi, 1.0), where=where, color=colour,
+                            alpha=BAND_ALPHA, lw=0)
         drawn += [lo, hi]
     everything = np.concatenate(drawn)
     return everything[usable(everything, log)]
@@ -141,14 +228,18 @@ def draw_theory(ax, layers, column, colour, log=True) -> np.ndarray:
     return line[usable(line, log)]
 
 
-def draw_quantities(ax, layers, columns, log=True, n_seeds=1) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Measured lines and bands, plus theory; returns (measured values, theory values, any theory column)."""
+def draw_quantities(ax, layers, columns, log=True, n_seeds=1, notes=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Measured lines and bands, plus theory; returns (measured values, theory values, any theory column).
+    `notes` ({column: text}) are added to the lines' names."""
     marker = "o" if layers["layer"].max() <= MARKER_DEPTH else None
     measured, theory = [np.array([])], [np.array([])]
     for column in columns:
         x, values = seed_matrix(layers, column)
-        measured.append(draw_series(ax, x, values, COLOURS[column], NAMES[column], log, n_seeds > 1,
-                                    marker=marker))
+        style, mark = series_style(column, layers, marker)
+        noted = notes and column in notes and usable(values, log).any()  # else draw_series says "all 0"
+        name = column_name(column, layers) + (f" ({notes[column]})" if noted else "")
+        measured.append(draw_series(ax, x, values, COLOURS[column], name, log, n_seeds > 1, style=style,
+                                    marker=mark))
         theory.append(draw_theory(ax, layers, column, COLOURS[column], log))
     has_theory = any("theory_" + c in layers for c in columns)
     return np.concatenate(measured), np.concatenate(theory), has_theory
@@ -173,15 +264,52 @@ def set_log_axis(ax, lo: float, hi: float) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
 
 
-def set_layer_axis(ax, depth: int) -> None:
+def name_step(names: list[str]) -> int:
+    """Every how many-th module an axis names: all up to MAX_NAMES, evenly fewer beyond."""
+    return -(-len(names) // MAX_NAMES)
+
+
+def model_figsize(names: list[str]) -> tuple[float, float]:
+    """A --model figure's size: FIGSIZE, taller by the longest module name the x axis shows (they stand upright
+    under it), so that the panels keep their height."""
+    longest = max((len(n) for n in names[::name_step(names)]), default=0)
+    return FIGSIZE[0], FIGSIZE[1] + NAME_INCHES * longest
+
+
+def wrapped(fig: Figure, text: str) -> str:
+    """`text` broken into lines that fit the figure's width (a --model's label carries its arguments): between its
+    ' · '-separated pieces where it can, inside a piece longer than a line."""
+    width = int(fig.get_figwidth() * TITLE_CHARS_PER_INCH)
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for piece in line.split(" · "):
+            joined = f"{current} · {piece}" if current else piece
+            if len(joined) <= width or not current:
+                current = joined
+            else:
+                lines += textwrap.wrap(current, width, break_on_hyphens=False)
+                current = piece
+        lines += textwrap.wrap(current, width, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
+def set_layer_axis(ax, depth: int, names: list[str] | None = None) -> None:
+    """Layers 1..depth on x, labelled by number, or by module name (a --model's `names`, every k-th where there
+    are more than MAX_NAMES)."""
     pad = max(0.5, 0.01 * depth)
     ax.set_xlim(1 - pad, depth + pad)
+    ax.grid(True, which="major", alpha=0.3)
+    if names:
+        step = name_step(names)
+        ax.set_xticks(range(1, len(names) + 1, step), names[::step], rotation=90, fontsize=7)
+        ax.set_xlabel("module, in forward order" + (f" (every {ordinal(step)} named)" if step > 1 else ""))
+        return
     if depth <= MARKER_DEPTH:
         ax.set_xticks(range(1, depth + 1))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer l")
-    ax.grid(True, which="major", alpha=0.3)
 
 
 def empty_note(ax, text: str) -> None:
@@ -213,16 +341,18 @@ def mark_layer(ax, layer: int, text: str, colour: str, side: str, top: bool) -> 
             bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
-def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None, underflow=True) -> None:
+def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None, underflow=True,
+                 exact_zeros=()) -> None:
     """Where the pass first meets inf/nan and where it first meets exact zeros, in `columns`. The summary's
-    first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data."""
+    first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data. Columns
+    in `exact_zeros` are 0 by construction (SkipInit's branches), not by underflow."""
     side = "right" if direction == "forward" else "left"
     down = "" if direction == "forward" else " down"
     bad = first_nonfinite(layers, columns, direction)
     if bad is not None and (summary.get("first_nonfinite_layer") is not None or not summary):
         ax_text = f"non-finite from layer {bad}{down}"
         mark_layer(ax, bad, ax_text, colour or NONFINITE_COLOUR, side, top=True)
-    zero = first_zero(layers, columns, direction) if underflow else None
+    zero = first_zero(layers, [c for c in columns if c not in exact_zeros], direction) if underflow else None
     if zero is not None:
         mark_layer(ax, zero, f"underflow to 0 from layer {zero}{down}", colour or UNDERFLOW_COLOUR, side, top=False)
 
@@ -258,8 +388,8 @@ def save(fig: Figure, path: Path, fmt: str) -> Path:
 
 
 
-def set_correlation_axis(ax, values: np.ndarray, depth: int) -> None:
-    set_layer_axis(ax, depth)
+def set_correlation_axis(ax, values: np.ndarray, depth: int, names: list[str] | None = None) -> None:
+    set_layer_axis(ax, depth, names)
     low = values.min() - 0.05 if values.size else 0.0
     ax.set_ylim(max(min(low, -0.05), -1.05), 1.05)
     ax.set_ylabel("correlation")

@@ -1,5 +1,5 @@
 """The figures of one run directory (its plots/ folder): variance, weight_grad, histograms, saturation,
-correlation, and jacobian with --jacobian."""
+correlation, spp (the signal propagation plot), and jacobian with --jacobian."""
 
 import functools
 from pathlib import Path
@@ -10,45 +10,103 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .. import forking, results
-from .draw import (BACKWARD, COLOURS, EPS, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH, NAMES,
-                   NONFINITE_COLOUR, SMALL_FIGSIZE, add_legend, draw_quantities, draw_series, empty_note,
-                   finish_log_panel, mark_trouble, new_figure, save, seed_matrix, set_correlation_axis,
-                   set_layer_axis, why_empty)
-from .labels import _as_float, _num, _split_config, label, theory_lines, verdict_text
+from .draw import (BACKWARD, COLOURS, EPS, FIGSIZE, FORWARD, JACOBIAN_COLOUR, JACOBIAN_FIGSIZE, MARKER_DEPTH,
+                   NAMES, NONFINITE_COLOUR, SMALL_FIGSIZE, SPP, add_legend, constant_note, draw_quantities,
+                   draw_series, empty_note, finish_log_panel, foot_note, is_model_run, mark_trouble, model_figsize,
+                   module_names, new_figure, save, seed_matrix, set_correlation_axis, set_layer_axis, verdict_title,
+                   why_empty, wrapped)
+from .labels import (_as_float, _num, _split_config, correlation_theory_text, label, theory_lines,
+                     verdict_text)
 
-def variance_panel(ax, run: dict, columns, title: str, direction: str) -> None:
+SPP_FIGSIZE = (15, 4.2)  # three panels side by side, as Brock et al.'s Figure 1
+SKIPINIT = "0 at every block: alpha = 0"
+
+
+def exact_zeros(run: dict) -> dict[str, str]:
+    """Columns that are 0 at every residual block by construction, with the words that say why: with alpha = 0
+    (SkipInit) every branch is 0 and so is its dL/dh. Not an underflow, and nothing a log axis can show."""
+    cfg, _ = _split_config(run["config"])
+    if cfg.get("block") == "residual" and _as_float(cfg.get("branch_scale")) == 0:
+        return {"grad_preact_var": SKIPINIT, "branch_var": SKIPINIT}
+    return {}
+
+
+def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd.DataFrame | None = None,
+                   ylabel: str = "variance (log scale)") -> None:
+    """The run's `columns` (those it has: a --model's rows have no h) per layer, log y, with their theory; `shown`:
+    the rows to draw, if not the run's own (where the pass overflows is still found in the run's). Columns that are
+    0 by construction (exact_zeros) say so instead of being marked as an underflow."""
     layers, n_seeds = run["layers"], run["layers"]["seed"].nunique()
-    measured, theory, has_theory = draw_quantities(ax, layers, columns, log=True, n_seeds=n_seeds)
-    set_layer_axis(ax, int(layers["layer"].max()))
-    ax.set_ylabel("variance (log scale)")
+    columns = [c for c in columns if c in layers]
+    zeros = exact_zeros(run)
+    measured, theory, has_theory = draw_quantities(ax, layers if shown is None else shown, columns, log=True,
+                                                   n_seeds=n_seeds, notes=zeros)
+    set_layer_axis(ax, int(layers["layer"].max()), module_names(layers))
+    ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left", fontsize=11)
-    finish_log_panel(ax, measured, theory, has_theory, why_empty(layers, columns))
-    mark_trouble(ax, layers, columns, direction, run["summary"])
+    only_zeros = [zeros[c] for c in columns if c in zeros]
+    note = only_zeros[0] if only_zeros and len(only_zeros) == len(columns) else why_empty(layers, columns)
+    finish_log_panel(ax, measured, theory, has_theory, note)
+    weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight, no underflow
+    mark_trouble(ax, layers, columns, direction, run["summary"], underflow=not weights, exact_zeros=tuple(zeros))
+    if weights:
+        constant_note(ax, layers)
 
 
 
 # ------------------------------------------------------------------------------------------ run figures
 
 
+def run_figure(run: dict, ncols: int = 2, width_ratios=None) -> tuple[Figure, list]:
+    """A figure of `ncols` panels, taller for a --model's module names under the axes."""
+    names = module_names(run["layers"])
+    return new_figure(ncols, width_ratios, model_figsize(names) if names else FIGSIZE)
+
+
 def variance_figure(run: dict) -> Figure:
-    fig, (fwd, bwd) = new_figure()
-    variance_panel(fwd, run, FORWARD, "Forward: activations", "forward")
-    variance_panel(bwd, run, BACKWARD, "Backward: gradients", "backward")
+    fig, (fwd, bwd) = run_figure(run)
+    model = is_model_run(run["layers"])
+    variance_panel(fwd, run, FORWARD, "Forward: module outputs" if model else "Forward: activations", "forward")
+    variance_panel(bwd, run, BACKWARD, "Backward: gradients w.r.t. them" if model else "Backward: gradients",
+                   "backward")
     for ax, direction in ((fwd, "forward"), (bwd, "backward")):
-        ax.set_title(verdict_text(run["summary"], direction), loc="right", fontsize=8, color="0.35")
+        verdict_title(ax, verdict_text(run["summary"], direction), model)
     theory = run["summary"].get("theory")
     if theory:
         fig.suptitle("\n".join([label(run["config"]), *theory_lines(theory)]), fontsize=10)
     else:
-        fig.suptitle(label(run["config"]))
+        fig.suptitle(wrapped(fig, label(run["config"])))
     return fig
 
 
 def weight_grad_figure(run: dict) -> Figure:
-    fig, (grads, weights) = new_figure(width_ratios=(3, 2))
+    fig, (grads, weights) = run_figure(run, width_ratios=None if is_model_run(run["layers"]) else (3, 2))
     variance_panel(grads, run, ("weight_grad_var",), "Weight gradients", "backward")
     variance_panel(weights, run, ("weight_var",), "Weights (as initialized)", "forward")
-    fig.suptitle(label(run["config"]))
+    fig.suptitle(wrapped(fig, label(run["config"])))
+    return fig
+
+
+def spp_figure(run: dict) -> Figure:
+    """The signal propagation plot (Brock, De & Smith 2021) of a built-in network or of a --model."""
+    return model_spp_figure(run) if is_model_run(run["layers"]) else network_spp_figure(run)
+
+
+def network_spp_figure(run: dict) -> Figure:
+    """Brock, De & Smith 2021's signal propagation plot (their Figure 1): the average channel squared mean and
+    the average channel variance of x^l, and for residual networks the branch's variance, over depth."""
+    layers = run["layers"]
+    residual = "branch_var" in layers and (layers["branch_var"].notna().any() or bool(exact_zeros(run)))
+    columns = SPP if residual else SPP[:2]
+    fig, axes = new_figure(len(columns), figsize=SPP_FIGSIZE if residual else FIGSIZE)
+    titles = {"chan_sq_mean": "Average channel squared mean", "chan_var": "Average channel variance",
+              "branch_var": "Residual branch variance"}
+    for ax, column in zip(axes, columns):
+        variance_panel(ax, run, (column,), titles[column], "forward", ylabel=f"{column} (log scale)")
+    where = "over the batch and positions" if _split_config(run["config"])[0].get("arch") == "cnn" else \
+        "over the batch"
+    fig.suptitle(f"{label(run['config'])}\nsignal propagation plot (Brock, De & Smith 2021): each channel of $x^l$ "
+                 f"{where}, averaged over channels", fontsize=10)
     return fig
 
 
@@ -144,6 +202,51 @@ def histograms_figure(run: dict) -> Figure:
 
 
 
+def model_spp_figure(run: dict) -> Figure:
+    """A --model's signal propagation plot (Brock, De & Smith 2021): each recorded output's average squared channel
+    mean and average channel variance (their sum is E[y^2]); beside it, for (N, T, C) outputs, the mean cosine
+    between a sequence's tokens (rank collapse drives it to 1: Dong et al. 2021, Noci et al. 2022)."""
+    layers, rounding = without_rounding_means(run)
+    tokens = "token_corr" in layers and np.isfinite(layers["token_corr"].to_numpy(dtype=float)).any()
+    fig, axes = run_figure(run, 2 if tokens else 1, (3, 2) if tokens else None)
+    variance_panel(axes[0], run, ("chan_sq_mean", "chan_var"), "Signal propagation: channel statistics", "forward",
+                   shown=layers)
+    axes[0].set_ylabel("channel statistic (log scale)")
+    if rounding:
+        foot_note(axes[0], f"squared channel means 0 up to rounding at {rounding} module{'s' * (rounding > 1)} "
+                           "(a norm's output): not drawn")
+    if tokens:
+        token_panel(axes[1], layers)
+    fig.suptitle(wrapped(fig, label(run["config"])))
+    return fig
+
+
+ROUNDING_UNITS = 100  # a channel mean within this many units of float rounding of its channel's spread is 0
+
+
+def without_rounding_means(run: dict) -> tuple[pd.DataFrame, int]:
+    """The run's rows with chan_sq_mean NaN where it is 0 up to the rounding of the float the statistics were taken
+    in (a BatchNorm's output has channel means 0 by construction; computed, they come out near (eps * std)^2, which
+    on a log axis would drown the rest), and how many modules that is in the first seed."""
+    layers = run["layers"]
+    dtype = _split_config(run["config"])[0].get("dtype")
+    eps = np.finfo(np.float64 if dtype == "float64" else np.float32).eps
+    noise = (layers["chan_sq_mean"] <= (ROUNDING_UNITS * eps) ** 2 * layers["chan_var"]).to_numpy()
+    if not noise.any():
+        return layers, 0
+    first = (layers["seed"] == layers["seed"].min()).to_numpy()
+    return layers.assign(chan_sq_mean=layers["chan_sq_mean"].mask(noise)), int((noise & first).sum())
+
+
+def token_panel(ax, layers) -> None:
+    x, values = seed_matrix(layers, "token_corr")
+    marker = "o" if layers["layer"].max() <= MARKER_DEPTH else None
+    drawn = draw_series(ax, x, values, COLOURS["token_corr"], NAMES["token_corr"], log=False, marker=marker)
+    set_correlation_axis(ax, drawn, int(layers["layer"].max()), module_names(layers))
+    ax.set_title("Rank collapse: similarity of tokens", loc="left", fontsize=11)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+
+
 def correlation_figure(run: dict) -> Figure:
     fig, (ax,) = new_figure(1, figsize=SMALL_FIGSIZE)
     layers = run["layers"]
@@ -155,8 +258,9 @@ def correlation_figure(run: dict) -> Figure:
         empty_note(ax, "no finite correlations measured")
     add_legend(ax, has_theory and theory.size > 0)
     mark_trouble(ax, layers, FORWARD, "forward", run["summary"], underflow=False)
-    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)",
-                 fontsize=10)
+    which = correlation_theory_text(run["config"])
+    fig.suptitle(f"{label(run['config'])}\nmean over pairs of inputs in the batch (input correlation 0)"
+                 + (f"\n{which}" if which else ""), fontsize=10)
     return fig
 
 
@@ -240,22 +344,37 @@ def jacobian_figure(run: dict) -> Figure:
 
 
 def plot_run(run_dir, fmt: str = "png", workers: int | None = None) -> list[Path]:
-    """Write variance, weight_grad, histograms and saturation figures into run_dir/plots/, plus correlation
-    (if layers.csv has preact_corr) and jacobian (if the run has jacobian.csv); returns the paths.
-    `workers` processes draw them (forking.run_shared; default: one per CPU, at most 2)."""
+    """Write the run's figures (figures_of) into run_dir/plots/; returns the paths. `workers` processes draw them
+    (forking.run_shared; default: one per CPU, at most 2)."""
     run = results.read_run(run_dir)
     out = Path(run_dir) / "plots"
-    # the processes take every other figure: in this order their shares take about equally long
-    figures = {"variance": variance_figure, "histograms": histograms_figure, "saturation": saturation_figure,
-               "weight_grad": weight_grad_figure}
-    if "preact_corr" in run["layers"]:
-        figures["correlation"] = correlation_figure
-    if run["jacobian"] is not None:
-        figures["jacobian"] = jacobian_figure
+    figures = figures_of(run)
     paths = [out / f"{name}.{fmt}" for name in figures]
     forking.run_shared([functools.partial(_draw, make, run, path, fmt) for make, path in zip(figures.values(), paths)],
                        workers)
     return paths
+
+
+def figures_of(run: dict) -> dict:
+    """{name: figure function} of a run: a --model's variance, spp and (where its modules have weights)
+    weight_grad; the built-in network's variance, histograms, saturation, weight_grad, correlation, spp (runs
+    written before the channel statistics have none), jacobian."""
+    layers = run["layers"]
+    if is_model_run(layers):
+        figures = {"variance": variance_figure, "spp": spp_figure}
+        if np.isfinite(layers["weight_var"].to_numpy(dtype=float)).any():
+            figures["weight_grad"] = weight_grad_figure
+        return figures
+    # the processes take every other figure: in this order their shares take about equally long
+    figures = {"variance": variance_figure, "histograms": histograms_figure, "saturation": saturation_figure,
+               "weight_grad": weight_grad_figure}
+    if "preact_corr" in layers:
+        figures["correlation"] = correlation_figure
+    if "chan_sq_mean" in layers:
+        figures["spp"] = spp_figure
+    if run["jacobian"] is not None:
+        figures["jacobian"] = jacobian_figure
+    return figures
 
 
 def _draw(make, run: dict, path: Path, fmt: str) -> None:

@@ -10,14 +10,28 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from .draw import (BACKWARD, COLOURS, FORWARD, MARKER_DEPTH, NAMES, add_legend, draw_series, empty_note,
-                   finish_log_panel, mark_trouble, new_figure, save, seed_matrix, set_correlation_axis,
+from .. import blocks
+from .draw import (BACKWARD, COLOURS, FORWARD, MARKER_DEPTH, NAMES, SPP, add_legend, draw_series, empty_note,
+                   finish_log_panel, mark_trouble, new_figure, new_grid, save, seed_matrix, set_correlation_axis,
                    set_layer_axis)
-from .labels import _num, join_parts, label_parts, scales_text
+from .labels import _num, _split_config, join_parts, label_parts, scales_text
 
 PHASE_FIGSIZE = (8, 5.6)
 PHASE_CMAP = "RdBu_r"  # blue: ordered (chi_1 < 1), red: chaotic
 THEORY_FIGSIZE = (13, 4.4)
+THEORY_SPP_FIGSIZE = (13, 8.4)  # a second row: the signal propagation plot's quantities
+SPP_TITLES = {"chan_sq_mean": "SPP: average channel squared mean", "chan_var": "SPP: average channel variance",
+              "branch_var": "SPP: residual branch variance"}
+
+def spp_columns(cfg_dict: dict) -> tuple[str, ...]:
+    """The signal propagation plot's quantities the theory figure of a residual or normalized network adds (the
+    branch's for residual blocks); none for plain blocks without a norm."""
+    cfg, _ = _split_config(cfg_dict)
+    block, norm = blocks.BLOCKS.get(cfg.get("block", "plain")), blocks.NORMS.get(cfg.get("norm", "none"))
+    if block is None or norm is None or not (block.stem or norm.standardizes):
+        return ()
+    return SPP if block.stem else SPP[:2]
+
 
 def theory_panel(ax, frame: pd.DataFrame, columns, title: str, direction: str) -> None:
     """Predicted variances, dashed like the theory lines of a run's figures."""
@@ -48,7 +62,17 @@ def theory_correlation_panel(ax, frame: pd.DataFrame) -> None:
 
 def theory_figure(frame: pd.DataFrame, scales: dict, cfg_dict: dict) -> Figure:
     frame = frame if "seed" in frame else frame.assign(seed=0)
-    fig, (fwd, bwd, corr) = new_figure(3, width_ratios=(3, 3, 2.2), figsize=THEORY_FIGSIZE)
+    spp = spp_columns(cfg_dict)
+    if spp:  # residual or normalized: the SPP quantities in a row underneath
+        fig, grid = new_grid(2, 3, width_ratios=(3, 3, 2.2), figsize=THEORY_SPP_FIGSIZE)
+        (fwd, bwd, corr), below = grid
+        for ax, column in zip(below, spp):  # a residual network's stem (layer 1) has no branch: not an overflow
+            rows = frame[frame["layer"] > 1] if column == "branch_var" else frame
+            theory_panel(ax, rows, (column,), SPP_TITLES[column], "forward")
+        for ax in below[len(spp):]:
+            ax.remove()
+    else:
+        fig, (fwd, bwd, corr) = new_figure(3, width_ratios=(3, 3, 2.2), figsize=THEORY_FIGSIZE)
     theory_panel(fwd, frame, FORWARD, "Forward: activations", "forward")
     theory_panel(bwd, frame, BACKWARD, "Backward: gradients", "backward")
     theory_correlation_panel(corr, frame)

@@ -17,16 +17,20 @@ spec.SWEEP_OPTIONS):
     act = "selu"             # (a list inside a point is crossed within that point only)
     init = "lecun_normal"
 
-Without [grid] and [[point]] a sweep is one run of [base]. Runs that resolve to the same configuration are run once.
+Without [grid] and [[point]] a sweep is one run of [base]. Runs that make the same network and measurement are run
+once (the first written is kept): an option the run's network ignores is set to its default (kernel_size of an MLP,
+slope of tanh), and init options count as they resolve (gain "auto" with sigmoid is Glorot's own gain, 1).
 `--set key=value` (TOML value) overrides the file everywhere: a single value fixes the key in every run (replacing
 its axis), a list `[a, b]` makes it an axis of every run; `--set sweep.KEY=value` sets a sweep option.
 Everything is validated before anything runs, and every problem is reported with its place in the file.
 
 The sweep directory (`results/<name>/` or --out; docs/output-format.md) holds sweep.json, runs/<id>/ (one run
-directory per point), runs.csv, layers.csv, figures/ and report.html. Running the same sweep again resumes it.
+directory per point), runs.csv, layers.csv, figures/ and report.html. Running the same sweep again resumes it; a
+second invocation while one runs is refused (lock).
 
 The modules, one reason to change each: spec (the file and its validation), ledger (runs.csv, layers.csv, resume),
-backends (local, process, ray), run (orchestration), report (report.html); the figures are plots.sweep_figures.
+backends (local, process, ray), lock (one invocation at a time per sweep directory), run (orchestration), report
+(report.html); the figures are plots.sweep_figures.
 """
 
 import importlib

@@ -4,36 +4,44 @@ error, wall_seconds}; every backend probes with the same number of torch threads
 - local: one after another in this process.
 - process: a persistent pool of processes (forked where that is safe, with torch already imported; else spawned,
   each importing torch) that write run directories straight into the sweep directory. A worker that dies takes the
-  runs in flight with it; those are retried one at a time, so that only the culprit fails.
+  runs in flight with it; those are retried one at a time, so that only the culprit fails. A driver that dies takes
+  its workers with it (forking.die_with_parent), SIGKILL included.
 - ray: each point a Ray task on a local Ray or a cluster; the task probes into a temporary folder on its node and
-  returns the run's files, which the driver writes and publishes atomically (no shared file system needed).
+  returns the run's files, which the driver writes and publishes atomically (no shared file system needed). A
+  cluster address is checked before Ray is asked (check_address): Ray itself retries one for many minutes.
 """
 
 import contextlib
 import dataclasses
 import os
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-from .. import forking, results
+from .. import config, forking, results
 from ..config import ConfigError, RunConfig
 
 RAY_MISSING = "the ray backend needs `pip install initprobe[ray]`"
+RAY_CONNECT_SECONDS = 5.0  # to resolve a cluster's name and open a connection to it (docs/output-format.md)
+RAY_JOIN_ATTEMPTS = "1"  # Ray's attempts to reach the GCS of an address that answers (each ends within a minute)
+RAY_ADDRESS_FORMS = "expected host:port, ray://host:port, auto or local"
 
 
 def _probe(cfg: RunConfig, threads: int, command) -> dict:
-    """One run with `threads` intra-op threads (restored after): what every backend executes for a point."""
+    """One run (a train run for a TrainConfig) with `threads` intra-op threads (restored after): what every backend
+    executes for a point."""
     import torch
 
-    from .. import runner
+    from .. import runner, train
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        runner.run(cfg, command=command)
+        (train.train if isinstance(cfg, config.TrainConfig) else runner.run)(cfg, command=command)
         return {"status": "ok", "error": "", "wall_seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001  (out of memory, a bug, bad input found late: recorded, sweep goes on)
         return {"status": "failed", "error": _one_line(e), "wall_seconds": time.perf_counter() - t0}
@@ -53,11 +61,12 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
         yield rid, outcome
 
 
-def _init_process_worker(threads: int) -> None:
+def _init_process_worker(threads: int, driver: int) -> None:
     import signal
 
     import torch
 
+    forking.die_with_parent(driver)  # a driver killed outright (SIGKILL, the OOM killer) takes its workers with it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's SIGTERM-as-Ctrl-C
     torch.set_num_threads(threads)
 
@@ -77,8 +86,8 @@ def start_method(threads: int, devices) -> str:
     return "fork" if safe else "spawn"
 
 
-def _process_task(cfg_dict: dict, threads: int, command) -> dict:
-    return _probe(RunConfig(**cfg_dict), threads, command)
+def _process_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
+    return _probe(config.CONFIGS[kind](**cfg_dict), threads, command)
 
 
 WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
@@ -126,13 +135,14 @@ def _process_pool(jobs, workers: int, opts, command):
 
     method = start_method(opts["threads"], {cfg.device for _, cfg in jobs})
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_process_worker, initargs=(opts["threads"],))
+                               initializer=_init_process_worker, initargs=(opts["threads"], os.getpid()))
     todo, running, broken = list(jobs), {}, []
     try:
         while running or (todo and not broken):
             while todo and len(running) < workers and not broken:
                 rid, cfg = todo.pop(0)
-                running[pool.submit(_process_task, dataclasses.asdict(cfg), opts["threads"], command)] = (rid, cfg)
+                task = (_process_task, dataclasses.asdict(cfg), opts["threads"], command, config.command_of(cfg))
+                running[pool.submit(*task)] = (rid, cfg)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
@@ -149,14 +159,14 @@ def _process_pool(jobs, workers: int, opts, command):
             _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
 
 
-def _ray_task(cfg_dict: dict, threads: int, command) -> dict:
+def _ray_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
     """Probe into a temporary folder on the Ray node and return the run directory's files (relative path ->
     bytes): the driver writes them, so the nodes need no shared file system."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="initprobe-ray-") as tmp:
         out = Path(tmp) / "run"
-        outcome = _probe(RunConfig(**{**cfg_dict, "out": str(out)}), threads, command)
+        outcome = _probe(config.CONFIGS[kind](**{**cfg_dict, "out": str(out)}), threads, command)
         if outcome["status"] == "ok":
             outcome["files"] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         return outcome
@@ -178,11 +188,66 @@ def _publish_files(final: Path, files: dict[str, bytes]) -> None:
         results.write_json(staging / "config.json", info)
 
 
-def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
-    """Each point is a Ray task (num_cpus=1, num_gpus=gpus_per_run) on the cluster at `address`, or a local Ray.
-    A Ray already initialised in this process (a notebook, a test) is used as it is."""
-    if not jobs:
+def check_address(address: str | None) -> None:
+    """ConfigError unless the cluster at `address` takes a TCP connection within RAY_CONNECT_SECONDS, name
+    resolution included (a name server that hangs cannot hold the sweep). None, 'auto' and 'local' are Ray's to
+    resolve: a local Ray, or the cluster this machine is part of."""
+    if address is None or address in ("auto", "local"):
         return
+    host, port = _host_port(address)
+    outcome: list[BaseException | None] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=RAY_CONNECT_SECONDS).close()
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001  (a name that is not one, IDNA, a NUL byte: not reachable either way)
+            outcome.append(e)
+
+    attempt = threading.Thread(target=connect, name="ray-address-check", daemon=True)
+    attempt.start()
+    attempt.join(RAY_CONNECT_SECONDS)
+    if not outcome:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {host}:{port} did not answer within "
+                          f"{RAY_CONNECT_SECONDS:g} s")
+    if outcome[0] is not None:
+        error = outcome[0]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {reason}")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of 'host:port', '[v6]:port' or 'ray://host:port'; ConfigError for anything else."""
+    rest = address.removeprefix("ray://")
+    host, colon, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {RAY_ADDRESS_FORMS}, got '{address}'")
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def _bounded_join(address: str | None):
+    """Joining a cluster that answers but whose GCS does not: one attempt of Ray's (its own timeouts end it within
+    about a minute) instead of its default twenty, unless the user set RAY_gcs_server_port_wait_time_s."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    if address in (None, "auto", "local") or key in os.environ:
+        yield
+        return
+    os.environ[key] = RAY_JOIN_ATTEMPTS
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Ray for a whole sweep: the cluster at `address` joined (checked first: check_address), or a local Ray started,
+    and shut down at the end if it was started here. A Ray already initialised in this process (a notebook, a test,
+    an enclosing session) is used as it is. The sweep opens it before writing into its directory, so a cluster that
+    cannot be joined leaves nothing behind."""
+    check_address(address)
     try:
         import ray
     except ImportError:
@@ -191,16 +256,49 @@ def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
     if own:
         import logging
 
-        kwargs = {"address": opts["address"]} if opts["address"] else {"include_dashboard": False}
+        kwargs = {"address": address} if address else {"include_dashboard": False}
         try:
-            ray.init(**kwargs, log_to_driver=False, logging_level=logging.WARNING)
+            with _bounded_join(address), _keeping_sigterm_handler():
+                ray.init(**kwargs, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"cannot start or join Ray (address {opts['address'] or 'local'}): {e}") from None
+            raise ConfigError(f"cannot start or join Ray (address {address or 'local'}): {e}") from None
+    try:
+        yield ray
+    finally:
+        if own:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """Ray's core worker takes SIGTERM over (it ends the process at once); a Python handler installed before (the
+    CLI's, which stops a sweep as Ctrl-C does: runs.csv written, Ray shut down) is put back."""
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
+    """Each point is a Ray task (num_cpus=1, num_gpus=gpus_per_run) on the cluster at `address`, or a local Ray
+    (ray_session)."""
+    if not jobs:
+        return
+    with ray_session(opts["address"]) as ray:
+        yield from _ray_tasks(ray, jobs, opts, command)
+
+
+def _ray_tasks(ray, jobs, opts, command) -> Iterator[tuple[str, dict]]:
     task = ray.remote(num_cpus=1, num_gpus=opts["gpus_per_run"])(_ray_task)
     finals, pending = {}, []
     try:
         for rid, cfg in jobs:
-            ref = task.remote(dataclasses.asdict(cfg), opts["threads"], command)
+            ref = task.remote(dataclasses.asdict(cfg), opts["threads"], command, config.command_of(cfg))
             finals[ref] = (rid, Path(cfg.out))
             pending.append(ref)
         while pending:
@@ -221,8 +319,6 @@ def _run_ray(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
         for ref in pending:
             with contextlib.suppress(Exception):
                 ray.cancel(ref)
-        if own:
-            ray.shutdown()
 
 
 BACKENDS = {"local": _run_local, "process": _run_process, "ray": _run_ray}

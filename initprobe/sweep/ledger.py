@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import results
-from .spec import Sweep, run_label
+from .. import config, results
+from .spec import Sweep, run_label, shown
 
 SUMMARY_COLUMNS = ("forward_ratio", "backward_ratio", "forward_verdict", "backward_verdict", "first_nonfinite_layer",
                    "first_nonfinite_forward", "first_nonfinite_backward", "forward_gain_per_layer",
                    "backward_gain_per_layer", "probe_seconds")
+# a train sweep's runs also get the outcome of training and the mean-field trainability (summary.json's top level
+# and its "trainability")
+TRAIN_COLUMNS = ("final_test_accuracy", "final_train_accuracy", "final_train_loss", "diverged_seeds")
+TRAINABILITY_COLUMNS = ("sigma_w2", "sigma_b2", "xi_q", "xi_c", "six_xi_c", "predicted")
 RUNS_CSV_EVERY = 1.0  # seconds: rewriting runs.csv after each of many small runs cost more than their probes
 
 
@@ -94,8 +98,14 @@ class Ledger:
         for col in SUMMARY_COLUMNS:
             value = summary.get("timings", {}).get(col) if col == "probe_seconds" else summary.get(col)
             row[col] = _float(value) if col.endswith(("ratio", "layer", "seconds")) and value is not None else value
+        if self.sweep.options.get("command") == config.TRAIN:
+            trainability = summary.get("trainability", {})
+            row.update({col: _float(summary.get(col)) for col in TRAIN_COLUMNS})
+            row.update({col: trainability.get(col) if col == "predicted" else _float(trainability.get(col))
+                        for col in TRAINABILITY_COLUMNS})
         row.update(wall_seconds=wall, error=error, path=f"runs/{rid}" if status == "ok" else "")
-        row.update({k: v for k, v in cfg.items() if k not in keys and k != "out"})
+        fixed = {k: v for k, v in cfg.items() if k not in keys and k != "out"}
+        row.update({k: v if shown(self.configs[rid], k) else None for k, v in fixed.items()})
         return row
 
     def _ok_row(self, rid: str, wall: float | None) -> dict:
@@ -110,7 +120,8 @@ class Ledger:
     def frame(self) -> pd.DataFrame:
         rows = [self.rows[rid] for rid in self.ids if rid in self.rows]
         if not rows:
-            return pd.DataFrame(columns=["run_id", "label", *self.sweep.varying, "status", *SUMMARY_COLUMNS,
+            train = TRAIN_COLUMNS + TRAINABILITY_COLUMNS if self.sweep.options.get("command") == config.TRAIN else ()
+            return pd.DataFrame(columns=["run_id", "label", *self.sweep.varying, "status", *SUMMARY_COLUMNS, *train,
                                          "wall_seconds", "error", "path"])
         frame = pd.DataFrame(rows)
         for col in ("first_nonfinite_layer", "first_nonfinite_forward", "first_nonfinite_backward"):
@@ -145,7 +156,7 @@ class Ledger:
             return
         parts = []
         for rid, text in texts.items():
-            layers = pd.read_csv(io.StringIO(text))
+            layers = results.read_layers(io.StringIO(text))
             for i, key in enumerate(keys):
                 layers.insert(i, key, rid if key == "run_id" else getattr(self.configs[rid], key))
             parts.append(layers)
@@ -175,6 +186,6 @@ def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 def load_layers(sweep_dir: str | Path) -> pd.DataFrame:
     """The combined layers.csv of a sweep directory (one row per run, seed and layer)."""
-    return pd.read_csv(Path(sweep_dir) / "layers.csv")
+    return results.read_layers(Path(sweep_dir) / "layers.csv")
 
 

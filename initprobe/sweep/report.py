@@ -10,9 +10,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .. import analysis, formatting, results
+from .. import analysis, formatting, predict, results
 
 
 def write_report(sweep_dir: str | Path) -> Path:
@@ -23,12 +24,31 @@ def write_report(sweep_dir: str | Path) -> Path:
     meta = results.read_json(sweep_dir / "sweep.json")
     runs_path, layers_path = sweep_dir / "runs.csv", sweep_dir / "layers.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=["run_id", "status"])
-    layers = pd.read_csv(layers_path) if layers_path.is_file() else None
+    layers = results.read_layers(layers_path) if layers_path.is_file() else None
     pngs = sweep_figures.draw(layers, runs, meta.get("varying", []), meta.get("name", sweep_dir.name),
-                              sweep_dir / "figures")
+                              sweep_dir / "figures", trainability_curves(runs))
     path = sweep_dir / "report.html"
     results.atomic_write(path, render_html(meta, runs, pngs))
     return path
+
+
+CURVE_POINTS = 80  # sigma_w^2 values at which the heatmap's depth scales are computed
+
+
+def trainability_curves(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The mean-field depth scales (predict.trainability_curves) along the sigma_w^2 a train sweep spans, where every
+    finished run has one activation and one sigma_b^2; else None."""
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    needed = ("sigma_w2", "sigma_b2", "act", "slope")
+    if not len(ok) or any(k not in ok for k in needed) or ok["act"].nunique() != 1 or ok["sigma_b2"].nunique() != 1:
+        return None
+    values = np.sort(ok["sigma_w2"].unique())
+    if len(values) < 2:
+        return None
+    lo, hi = values[0] - (values[1] - values[0]) / 2, values[-1] + (values[-1] - values[-2]) / 2  # outer edges
+    grid = np.linspace(max(lo, 1e-3), hi, CURVE_POINTS)
+    return predict.trainability_curves(ok["act"].iloc[0], grid, float(ok["sigma_b2"].iloc[0]),
+                                       float(ok["slope"].iloc[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,7 +107,10 @@ def render_html(meta: dict, runs: pd.DataFrame, pngs: dict[str, bytes]) -> str:
         parts += ["<h2>Ranking</h2><p>score = |log10 forward ratio| + |log10 backward ratio| "
                   "(0: the signal keeps its variance end to end in both directions; lower is better; "
                   "inf: failed, non-finite or zero).</p>", _table_html(ranked)]
-    captions = {"profiles": "Per-layer variance of the activations (forward) and of the back-propagated gradients "
+    captions = {"trainability": "Final held-out accuracy of the trained networks; the white curves are mean-field "
+                                "theory's depth scales of each sigma_w^2: a network trains while its depth is below "
+                                "about 6 xi_c (Schoenholz et al. 2017).",
+                "profiles": "Per-layer variance of the activations (forward) and of the back-propagated gradients "
                             "(backward); geometric mean over seeds, band min..max over seeds.",
                 "ratios": "End-to-end ratios on a log10 colour scale, red above 1 (exploding), blue below "
                           "(vanishing)."}

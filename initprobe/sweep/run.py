@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,9 +14,9 @@ from typing import Callable
 
 import pandas as pd
 
-from .. import environment, results, shapes
+from .. import config, environment, results, shapes
 from ..config import ConfigError, RunConfig
-from . import backends, ledger as ledger_mod
+from . import backends, ledger as ledger_mod, lock
 from .ledger import Ledger
 from .spec import Sweep, check_option, run_label
 
@@ -91,8 +91,27 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
 
         for device in sorted({p.device for p in sweep.points}):
             devices.resolve(device)
-    _prepare(target, sweep, ids, opts, command)
-    ledger_mod.remove_incomplete(target, ids)  # a run whose files were deleted or cut short since: run it again
+    _check_target(target, ids)
+    pending = any(not (target / "runs" / rid).is_dir() or results.incomplete(target / "runs" / rid) for rid in ids)
+    with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext(), \
+            lock.held(target):
+        _check_target(target, ids)  # again: another invocation may have written it before this one took the lock
+        _prepare(target, sweep, ids, opts, command)
+        ledger_mod.remove_incomplete(target, ids)  # a run whose files were deleted or cut short since: run it again
+        ledger, ran, resumed = _run_points(target, sweep, ids, opts, on_progress, command, t0)
+    path = None
+    if opts["figures"]:
+        from . import report as report_mod
+
+        path = report_mod.write_report(target)
+    return SweepResult(path=target, runs=ledger.frame(), ran=ran, resumed=resumed, failed=ledger.failed,
+                       seconds=time.perf_counter() - t0, report=path, options=opts)
+
+
+def _run_points(target: Path, sweep: Sweep, ids: list[str], opts: dict, on_progress, command, t0: float
+                ) -> tuple[Ledger, int, int]:
+    """Run the points whose directories are missing on the backend, recording each in the ledger as it finishes;
+    returns (the ledger, runs finished here, runs found complete)."""
     ledger = Ledger(target, sweep, ids)
     labels = dict(zip(ids, (run_label(p, sweep.varying) for p in sweep.points)))
     jobs = [(rid, dataclasses.replace(cfg, out=str(ledger.run_dir(rid))))
@@ -122,37 +141,52 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         ledger.refresh()
         ledger.write_runs()
         ledger.write_layers()
-    path = None
-    if opts["figures"]:
-        from . import report as report_mod
-
-        path = report_mod.write_report(target)
-    return SweepResult(path=target, runs=ledger.frame(), ran=ran, resumed=resumed, failed=ledger.failed,
-                       seconds=time.perf_counter() - t0, report=path, options=opts)
+    return ledger, ran, resumed
 
 
 def work(cfg: RunConfig) -> int:
-    """Multiply-adds of a run's forward passes, every seed: what orders a parallel sweep's runs, longest first
-    (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's recompute)."""
-    return cfg.seeds * shapes.multiply_adds(cfg)
+    """Multiply-adds of a run's forward passes, every seed (and step, training): what orders a parallel sweep's runs,
+    longest first (a model of a run's time good enough for that; it leaves out --jacobian and checkpointing's
+    recompute). A --model's size is known only once it is built: its input's elements, every seed, stand in for
+    it. A closed form: every layer after the first costs the same, so the driver builds nothing per layer and a
+    billion-layer point (refused later by its run) cannot exhaust the driver's memory."""
+    if cfg.model is not None:
+        per_input = math.prod(cfg.input_shape) if cfg.input_shape else cfg.seq_len or config.MODEL_SEQ_LEN
+        return cfg.seeds * (cfg.batch or config.MODEL_BATCH) * per_input
+    first = shapes.multiply_adds(dataclasses.replace(cfg, depth=1))
+    each_next = shapes.multiply_adds(dataclasses.replace(cfg, depth=2)) - first
+    return cfg.seeds * getattr(cfg, "steps", 1) * (first + (cfg.depth - 1) * each_next)
 
 
-def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
-    """Create or check the sweep directory, clear what an interrupted invocation left, write sweep.json."""
+def _check_target(target: Path, ids: list[str]) -> None:
+    """Refuse, before anything is written, a target that is not this sweep's directory: another sweep's (its
+    sweep.json lists other runs), something that is not a sweep directory, or an unreadable sweep.json."""
     meta_path = target / "sweep.json"
-    created = None
     if meta_path.is_file():
-        try:
-            old = results.read_json(meta_path)
-            old_ids, created = old["run_ids"], old.get("created")
-        except (OSError, ValueError, KeyError):
-            raise ConfigError(f"{meta_path} is unreadable; not a sweep directory?") from None
+        old_ids = _read_meta(meta_path)["run_ids"]
         if sorted(old_ids) != sorted(ids):
             new, gone = len(set(ids) - set(old_ids)), len(set(old_ids) - set(ids))
             raise ConfigError(f"{target} holds a different sweep ({new} run(s) not in it, {gone} of its runs not in "
                               "this one); choose another --out or [sweep] name, or remove it")
-    elif target.exists() and (not target.is_dir() or any(target.iterdir())):
+    elif target.exists() and (not target.is_dir() or any(p.name != lock.LOCK_NAME for p in target.iterdir())):
         raise ConfigError(f"{target} exists and is not a sweep directory; choose another --out")
+
+
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = results.read_json(meta_path)
+        if not isinstance(meta.get("run_ids"), list):
+            raise ValueError("no run ids")
+        return meta
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"{meta_path} is unreadable; not a sweep directory?") from None
+
+
+def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) -> None:
+    """Create the sweep directory (checked by _check_target), clear what an interrupted invocation left, write
+    sweep.json."""
+    meta_path = target / "sweep.json"
+    created = _read_meta(meta_path).get("created") if meta_path.is_file() else None
     runs_dir = target / "runs"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -168,15 +202,10 @@ def _prepare(target: Path, sweep: Sweep, ids: list[str], opts: dict, command) ->
 
 
 def _remove_stale(target: Path, runs_dir: Path) -> None:
-    """Remove staging folders and temp files of interrupted invocations. One whose process is still alive (and is
-    not this one) belongs to a sweep running right now: that is an error, not something to delete."""
+    """Remove the staging folders and temp files of interrupted invocations: with the directory's lock held, no
+    other sweep is writing into it, so each is stale (its process was killed, or its worker died with it)."""
     for entry in runs_dir.iterdir():
-        pid = results.staging_pid(entry)
-        if pid is None:
-            continue
-        if pid != os.getpid() and results.pid_alive(pid):
-            raise ConfigError(f"{entry} is being written by process {pid}: is this sweep running already? "
-                              "(if not, remove that folder)")
-        shutil.rmtree(entry, ignore_errors=True)
+        if results.staging_pid(entry) is not None:
+            shutil.rmtree(entry, ignore_errors=True)
     for entry in target.glob(".*.tmp-*"):
         entry.unlink(missing_ok=True)

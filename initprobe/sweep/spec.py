@@ -18,6 +18,7 @@ from ..names import did_you_mean
 
 TABLES = ("sweep", "base", "grid", "point")
 BACKENDS = ("local", "process", "ray")
+COMMANDS = tuple(config.CONFIGS)  # what each point runs: `initprobe run` or `initprobe train`
 NOT_IN_ID = ("out", "plots")  # where a run goes and whether it draws its own plots do not change its numbers
 
 
@@ -35,6 +36,9 @@ class SweepOption:
 
 SWEEP_OPTIONS = {
     "name": SweepOption(str, None, "The sweep directory, results/<name> (default: the file's stem).", cli=False),
+    "command": SweepOption(str, "run", "What every point runs: run (probe at initialization) or train (train it, "
+                           "recording the same statistics; the report adds a trainability heatmap). The file's "
+                           "keys are that command's options.", choices=COMMANDS, cli=False),
     "backend": SweepOption(str, "local", "Where the runs run: local (one after another, here), process (worker "
                            "processes), ray (Ray tasks on a local Ray or a cluster).", choices=BACKENDS),
     "workers": SweepOption(int, 2, "Processes of the process backend.", minimum=1),
@@ -146,7 +150,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
             options[key.removeprefix("sweep.")] = (value, loc)
             continue
         key = key.removeprefix("base.").removeprefix("grid.").replace("-", "_")
-        if isinstance(value, list):  # an axis of every run
+        if config.is_axis(key, value):  # an axis of every run
             base.pop(key, None)
             grid[key] = (value, loc)
             for point in extra:
@@ -158,9 +162,11 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
                 point.pop(key, None)
 
     opts = _check_options(options, bad)
-    base = _check_table(base, bad, axes=False)
-    grid = {k: (v if isinstance(v, list) else [v], loc) for k, (v, loc) in _check_table(grid, bad, True).items()}
-    extra = [_check_table(p, bad, axes=True) for p in extra]
+    keys = config.command_fields(opts["command"])
+    base = _check_table(base, bad, keys, axes=False)
+    grid = {k: (v if config.is_axis(k, v) else [v], loc)
+            for k, (v, loc) in _check_table(grid, bad, keys, True).items()}
+    extra = [_check_table(p, bad, keys, axes=True) for p in extra]
     for key, (_, loc) in grid.items():
         if key in base:
             bad(loc, f"also set in [base] ({base[key][1]}); a key is fixed in [base] or varied in [grid], not both")
@@ -171,7 +177,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
     points, seen, problems = [], set(), {}
     for values, loc in runs:
         try:
-            cfg = _resolve(values, opts["plots"])
+            cfg = _resolve(values, opts["plots"], opts["command"])
             config.validate(cfg)
         except ConfigError as e:
             problems.setdefault(str(e), []).append(loc)
@@ -188,7 +194,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
 
     name = opts["name"] or name
     keys = [*grid, *(k for p in extra for k in p)]
-    keys += [f for f in config.FIELDS if len({json.dumps(getattr(p, f)) for p in points}) > 1]
+    keys += [f for f in config.command_fields(opts["command"]) if len({json.dumps(getattr(p, f)) for p in points}) > 1]
     varying = [k for k in dict.fromkeys(keys) if k not in NOT_IN_ID]
     return Sweep(name=name, base={k: v for k, (v, _) in base.items()},
                  grid={k: v for k, (v, _) in grid.items()},
@@ -228,19 +234,20 @@ def _check_options(options: dict, bad) -> dict:
     return opts
 
 
-def _check_table(entries: dict, bad, axes: bool) -> dict:
-    """Type- and value-check each (key, value); in axes tables a list is an axis (each element checked)."""
+def _check_table(entries: dict, bad, keys: dict, axes: bool) -> dict:
+    """Type- and value-check each (key, value) against the options `keys` of the sweep's command; in axes tables a
+    list is an axis (each element checked)."""
     out = {}
     for key, (value, loc) in entries.items():
-        if key not in config.FIELDS or key in NOT_IN_ID:
+        if key not in keys or key in NOT_IN_ID:
             if key == "out":
                 bad(loc, "set by the sweep (each run goes to runs/<id>); use --out for the sweep directory")
             elif key == "plots":
                 bad(loc, "per-run plots are a sweep option: [sweep] plots = true (or --set sweep.plots=true)")
             else:
-                bad(loc, f"unknown key{did_you_mean(key, config.FIELDS)}")
+                bad(loc, f"unknown key{did_you_mean(key, keys)}")
             continue
-        if axes and isinstance(value, list):
+        if axes and config.is_axis(key, value):
             if not value:
                 bad(loc, "empty list: an axis needs at least one value")
                 continue
@@ -248,7 +255,7 @@ def _check_table(entries: dict, bad, axes: bool) -> dict:
             if all(c is not _BAD for c in checked):
                 out[key] = (checked, loc)
         else:
-            if isinstance(value, list):
+            if config.is_axis(key, value):
                 bad(loc, f"a list in [base] (lists of values to cross go in [grid]): {value!r}")
                 continue
             checked = _check_value(key, value, loc, bad)
@@ -275,8 +282,8 @@ def _expand(base: dict, grid: dict, extra: list[dict]) -> list[tuple[dict, str]]
     if grid or not extra:
         runs += [({**fixed, **combo}, "grid point " + _describe(combo)) for combo in _product(grid)]
     for i, point in enumerate(extra):
-        scalars = {k: v for k, (v, _) in point.items() if not isinstance(v, list)}
-        lists = {k: e for k, e in point.items() if isinstance(e[0], list)}
+        scalars = {k: v for k, (v, _) in point.items() if not config.is_axis(k, v)}
+        lists = {k: e for k, e in point.items() if config.is_axis(k, e[0])}
         for combo in _product(lists):
             values = {**scalars, **combo}
             runs.append(({**fixed, **values}, f"point[{i}] " + _describe(values)))
@@ -293,29 +300,62 @@ def _describe(values: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")"
 
 
-def _resolve(values: dict, plots: bool) -> RunConfig:
-    """A RunConfig with names canonical (aliases resolved) and float options as floats, so that the same run
-    written two ways gets the same id."""
-    cfg = RunConfig(**values, plots=plots)
+def _resolve(values: dict, plots: bool, command: str = config.RUN) -> RunConfig:
+    """The config of `command` with names canonical (aliases resolved), float options as floats, and the options
+    its network ignores (kernel_size of an MLP, slope of tanh) at their defaults, so that the same run written two
+    ways gets the same id."""
+    cfg = config.CONFIGS[command](**values, plots=plots)
     cfg.act = activations.canonical(cfg.act)
     if not inits.is_custom(cfg.init):
         cfg.init = inits.canonical(cfg.init)
     if isinstance(cfg.gain, int) and not isinstance(cfg.gain, bool):
         cfg.gain = float(cfg.gain)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key in config.inapplicable(cfg):
+        setattr(cfg, key, defaults[key])
     return cfg
 
 
 def run_id(cfg: RunConfig) -> str:
     """Stable directory name: readable prefix + first 12 hex of sha256 of the canonical config JSON (sorted keys,
-    without `out` and `plots`, which do not change the numbers)."""
-    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID}
+    without `out` and `plots`, which do not change the numbers; for a built-in network, without the --model
+    options: its id does not depend on options it never reads; the init's options as they resolve: see
+    _init_options)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_ID and not _unused_model_key(cfg, k)}
+    key.update(_init_options(cfg))
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
-    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.act}-{cfg.init.replace(':', '.')}-{cfg.arch}-d{cfg.depth}")
-    return f"{prefix}-{digest}"
+    command = "" if config.command_of(cfg) == config.RUN else config.command_of(cfg) + "-"  # train-tanh-...
+    if cfg.model is None:
+        readable = f"{command}{cfg.act}-{cfg.init}-{cfg.arch}-d{cfg.depth}"
+    else:
+        readable = f"{cfg.model}-{cfg.init}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", readable.replace(":", ".")) + f"-{digest}"
+
+
+def _unused_model_key(cfg: RunConfig, key: str) -> bool:
+    return cfg.model is None and (key == "model" or config.DECLARED_OPTIONS[key].scope == (config.MODEL_KIND,))
+
+
+def shown(cfg: RunConfig, key: str) -> bool:
+    """Whether runs.csv gives a run's value of `key`: every option but those across the built-in/--model line from
+    the run (a --model run's depth and act, a built-in run's record), which it never reads."""
+    kind = config.network_kind(cfg.model, cfg.arch)
+    across = kind == config.MODEL_KIND or (key in config.OPTIONS and config.OPTIONS[key].scope == (config.MODEL_KIND,))
+    return config.applies(key, kind) or not across
+
+
+def _init_options(cfg: RunConfig) -> dict:
+    """The init's options as they make the weights: None where one resolves to the scheme's own default (gain
+    'auto' with sigmoid is 1, Glorot's own gain; scale 1.0 is variance_scaling's own), else its resolved value
+    (gain 'auto' with tanh is 5/3). Two configs that differ only in how they name the same weights get one id."""
+    given = config.init_params(cfg)
+    own = config.init_params(dataclasses.replace(cfg, **{k: None for k in config.INIT_OPTIONS}))
+    return {k: None if given.get(k) == own.get(k) else given.get(k) for k in config.INIT_OPTIONS}
 
 
 def run_label(cfg: RunConfig, keys: list[str]) -> str:
-    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its arch (its name in tables)."""
+    """`act=tanh init=glorot_uniform`: the varying keys of a run that apply to its network (its name in tables)."""
     shown = [f"{k}={formatting.value(getattr(cfg, k))}" for k in keys
-             if getattr(cfg, k) is not None and config.applies(k, cfg.arch)]
+             if getattr(cfg, k) is not None
+             and config.applies(k, config.network_kind(cfg.model, cfg.arch), cfg.act, cfg.block)]
     return " ".join(shown) or "run"
