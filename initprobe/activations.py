@@ -66,6 +66,9 @@ class Activation:
     odd: bool = False  # phi(-x) = -phi(x): the zero-correlation fixed point of theory
     negative_slope: Callable | None = None  # piecewise linear, phi = x (x > 0), a x (x < 0): a as f(slope)
     takes_slope: bool = False  # phi depends on the `slope` option
+    # tensors of h's size autograd keeps per layer: what phi saves for its backward, and its output, which the next
+    # layer saves (one tensor when phi saves its output): the memory estimate's activations (memory.py)
+    saves: int = 2
 
     def gain(self, slope: float = 0.01) -> float:
         """PyTorch's gain where it defines one, else the gain that keeps a unit Gaussian's second moment."""
@@ -134,17 +137,17 @@ ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
         Activation("identity", "x", lambda x, s: x, lambda x, s: np.ones_like(x), _identity_torch, lambda s: 1.0,
-                   odd=True, negative_slope=lambda s: 1.0),
+                   odd=True, negative_slope=lambda s: 1.0, saves=1),
         Activation("tanh", "tanh(x)", lambda x, s: np.tanh(x), lambda x, s: 1.0 - np.tanh(x) ** 2, _torch("tanh"),
-                   lambda s: 5.0 / 3.0, odd=True),
+                   lambda s: 5.0 / 3.0, odd=True, saves=1),
         Activation("sigmoid", "1/(1+exp(-x))", lambda x, s: _sigmoid(x),
-                   lambda x, s: _sigmoid(x) * (1.0 - _sigmoid(x)), _torch("sigmoid"), lambda s: 1.0),
+                   lambda x, s: _sigmoid(x) * (1.0 - _sigmoid(x)), _torch("sigmoid"), lambda s: 1.0, saves=1),
         Activation("softsign", "x/(1+|x|)", lambda x, s: x / (1.0 + np.abs(x)),
-                   lambda x, s: 1.0 / (1.0 + np.abs(x)) ** 2, _torch("F.softsign"), odd=True),
+                   lambda x, s: 1.0 / (1.0 + np.abs(x)) ** 2, _torch("F.softsign"), odd=True, saves=3),
         Activation("hardtanh", "clip(x, -1, 1)", lambda x, s: np.clip(x, -1.0, 1.0),
                    lambda x, s: (np.abs(x) < 1.0).astype(float), _torch("F.hardtanh"), odd=True),
         Activation("relu", "max(x, 0)", lambda x, s: np.maximum(x, 0.0), lambda x, s: (x > 0).astype(float),
-                   _torch("F.relu"), lambda s: math.sqrt(2.0), negative_slope=lambda s: 0.0),
+                   _torch("F.relu"), lambda s: math.sqrt(2.0), negative_slope=lambda s: 0.0, saves=1),
         Activation("leaky_relu", "x if x>0 else slope*x", lambda x, s: np.where(x > 0, x, s * x),
                    lambda x, s: np.where(x > 0, 1.0, s), _torch("F.leaky_relu", negative_slope=None),
                    lambda s: math.sqrt(2.0 / (1.0 + s * s)), gain_formula="sqrt(2/(1+slope^2))",

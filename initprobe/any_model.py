@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import config, hf, inits, models
+from . import config, hf, inits, models, usercode
 from .config import ConfigError
 from .imports import import_callable
 from .names import one_line
@@ -40,12 +40,8 @@ def factory(cfg: config.RunConfig) -> Callable[[], nn.Module]:
             raise ConfigError(e.args[0]) from None
 
     def build() -> nn.Module:
-        try:
-            model = make()
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001  (the user's callable may fail in any way: its own message, one line)
-            raise ConfigError(f"{cfg.model}(**model_args) failed: {one_line(e)}") from None
+        # the user's callable may fail in any way, SystemExit included: its own message, one line
+        model = usercode.call(f"{cfg.model}(**model_args) failed", make, keep=(ConfigError,))
         if not isinstance(model, nn.Module):
             raise ConfigError(f"{cfg.model} returned a {type(model).__name__}, not an nn.Module")
         return model

@@ -23,11 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import activations, blocks, inits
+from .errors import ConfigError
 from .names import did_you_mean, unknown
-
-
-class ConfigError(ValueError):
-    """Bad user input: reported as one line with exit code 2."""
 
 
 ARCHS = ("mlp", "cnn")
@@ -45,8 +42,13 @@ INPUT_KINDS = ("auto", "normal", "tokens")
 MODEL_MODES = ("train", "eval")
 RECORDS = ("params", "blocks")
 JACOBIAN_MAX_DIM = 4096  # an (out x in) Jacobian per input; beyond that its SVD is no longer "moderate"
-SEED_LIMIT = 2**63  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
+INT64_LIMIT = 2**63  # torch's integers are int64: token ids below this
+SEED_LIMIT = INT64_LIMIT  # torch seeds are 64-bit; every seed s, s+1, ... of a run must stay below this
+DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max, "bfloat16": 3.3895313892515355e38}
+SPREAD = 3.0  # the largest number an init is given, in units of its weights' root mean square (a uniform's bound is
+# sqrt(3), a truncated normal's cut 2 / 0.88 of it)
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
+THEORY_MAX_DEPTH = 100_000  # `initprobe theory` computes a quadrature per layer: its time grows with the depth
 
 NETWORK, MODEL, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Model", "Initializer", "Measurement", "Output"
 RUN, THEORY, PHASE = "run", "theory", "phase"
@@ -170,7 +172,7 @@ class RunConfig:
                              "uniformly from the vocabulary; auto: tokens for a transformers model whose input is "
                              "input_ids, else normal.", **_MODEL, choices=_names(*INPUT_KINDS))
     seq_len: int | None = option(None, "Tokens per sequence.", **_MODEL, minimum=1, default_text=str(MODEL_SEQ_LEN))
-    vocab: int | None = option(None, "Vocabulary of the token ids.", **_MODEL, minimum=1,
+    vocab: int | None = option(None, "Vocabulary of the token ids.", **_MODEL, minimum=1, maximum=INT64_LIMIT,
                                default_text="the model config's vocab_size")
     model_mode: str = option("train", "train: batch statistics and dropout as at the first training step; eval: "
                              "dropout off, norms on their running statistics. (--mode is the fan of he_* and "
@@ -496,6 +498,8 @@ def _check_value(key: str, value):
     if not any(_is(t, value) for t in types):
         want = " or ".join(type_name(t) for t in types)
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    if isinstance(value, str) and "\x00" in value:  # no name, path or choice holds one (the OS refuses it in a path)
+        raise ConfigError(f"{key} holds a NUL byte: {value!r}")
     if float in types and _IS[float](value):
         value = float(value)
         if not math.isfinite(value):
@@ -712,8 +716,28 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} does not apply to init '{cfg.init}' (it takes {takes})")
     if (cfg.bias == "normal") != (cfg.bias_std is not None):
         raise ConfigError("bias_std goes with bias = normal, and bias = normal needs bias_std")
+    _check_range(cfg, spec)
     if isinstance(cfg, TrainConfig):
         _check_training(cfg)
+
+
+def _check_range(cfg: RunConfig, spec) -> None:
+    """torch takes the options it is given as numbers of the network's dtype: one beyond the dtype's range, or a
+    scheme whose weights' scale would be beyond it (at the smallest fan, 1, where E[W^2] is largest), cannot run.
+    Within the range, draws that overflow are data (inf), as any overflow is."""
+    top = DTYPE_MAX[cfg.dtype]
+    for key in (f.name for f in fields(cfg) if float in value_types(f.name)):
+        value = getattr(cfg, key)
+        if isinstance(value, float) and abs(value) > top:
+            raise ConfigError(f"{key} {value:g} is beyond the range of {cfg.dtype} (at most {top:.4g})")
+    try:
+        second_moment = spec.expected_second_moment((1, 1, 1, 1), init_params(cfg))
+    except OverflowError:
+        second_moment = math.inf
+    if second_moment is not None and not SPREAD * math.sqrt(second_moment) <= top:
+        given = ", ".join(f"{k} {v:g}" for k, v in init_params(cfg).items() if isinstance(v, float))
+        raise ConfigError(f"init '{cfg.init}' ({given}) draws weights beyond the range of {cfg.dtype} "
+                          f"(at most {top:.4g})")
 
 
 def _check_training(cfg: TrainConfig) -> None:

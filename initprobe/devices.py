@@ -1,12 +1,12 @@
 """Devices: which one a run uses, what it is called, how much memory is free, and the peak a run used."""
 
 import functools
-import os
 import platform
 import sys
 
 import torch
 
+from . import memory
 from .config import ConfigError
 
 
@@ -28,24 +28,28 @@ def name(device: torch.device) -> str:
     return platform.processor() or platform.machine() if device.type == "cpu" else device.type
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for the probe: CUDA's free memory, else the host's MemAvailable (Linux) or physical memory."""
+def free_memory(device: torch.device) -> memory.Free:
+    """Memory free for a run on `device`: CUDA's free memory and the host's, or the host's alone (MemAvailable on
+    Linux, else physical memory) for the CPU and MPS, whose tensors are in host memory."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return memory.Free(torch.cuda.mem_get_info(device)[0], memory.host_available(), shared=False)
+    return memory.Free(memory.host_available(), memory.host_available())
+
+
+def total_memory(device: torch.device) -> memory.Free:
+    """All the memory of `device` and of the host: what no run bigger than that can ever fit in."""
+    if device.type == "cuda":
+        return memory.Free(torch.cuda.mem_get_info(device)[1], memory.host_total(), shared=False)
+    return memory.Free(memory.host_total(), memory.host_total())
 
 
 def release_free_memory(device: torch.device) -> None:
     """Hand the host memory the allocator holds free back to the system (glibc's malloc_trim, which also releases
-    free pages inside the heap); nothing elsewhere. The checkpointed probe calls it once per segment: freed
-    activations of a layer size near glibc's mmap threshold are kept on the heap, and small blocks allocated between
-    them (batch norm's per-unit moments) stop the heap from shrinking, so without it the resident size grows with
-    depth although the memory in use does not."""
+    free pages inside the heap); nothing elsewhere. The checkpointed probe calls it once per segment, and a run
+    between seeds: freed activations of a layer size near glibc's mmap threshold are kept on the heap, and small
+    blocks allocated between them (batch norm's per-unit moments) stop the heap from shrinking, so without it the
+    resident size grows with depth, and with each seed, although the memory in use does not (memory.py estimates
+    the memory in use)."""
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return
     trim = _malloc_trim()

@@ -10,6 +10,7 @@ go on using a core and memory (and writing into a directory nobody reads) for as
 idle pool worker, for ever. Every child calls die_with_parent() first.
 """
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -35,7 +36,8 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
     """Call every task, sharing them between this process and `workers - 1` forked children (task k goes to
     process k % workers) where forking is safe, else all here. Pure-Python work such as drawing holds the GIL, so a
     second core needs a second process. A child that fails leaves its tasks to this process, which then raises any
-    error with a normal traceback."""
+    error with a normal traceback. If this process's own share raises (Ctrl-C, SIGTERM, an error), the children are
+    killed and reaped before the error goes on: none is left writing into a place the caller then removes."""
     workers = default_workers() if workers is None else workers
     workers = max(1, min(workers, len(tasks))) if fork_is_safe() else 1
     children, parent = {}, os.getpid()
@@ -51,12 +53,21 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
             finally:
                 os._exit(code)
         children[pid] = tasks[k::workers]
-    for task in tasks[0::workers]:
-        task()
-    for pid, share in children.items():
-        if os.waitpid(pid, 0)[1] != 0:
-            for task in share:
-                task()
+    try:
+        for task in tasks[0::workers]:
+            task()
+        for pid, share in list(children.items()):
+            failed = os.waitpid(pid, 0)[1] != 0
+            del children[pid]
+            if failed:
+                for task in share:
+                    task()
+    except BaseException:
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        raise
 
 
 def die_with_parent(parent: int) -> None:

@@ -9,20 +9,18 @@ import os
 import sys
 from typing import Callable
 
-from .names import did_you_mean, one_line
+from . import usercode
+from .names import did_you_mean
 
 
 def import_callable(spec: str, what: str) -> Callable:
     """The callable `spec` = package.module:name names; ValueError (one line, naming it as `what`) if it cannot be
-    imported, is missing or is not callable."""
+    imported (whatever the import raises, SystemExit included: usercode.call), is missing or is not callable."""
     module_name, _, attr = spec.partition(":")
     here = os.getcwd()
     if here not in sys.path and "" not in sys.path:
         sys.path.append(here)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot import {what} '{spec}': {one_line(e)}") from None
+    module = usercode.call(f"cannot import {what} '{spec}'", importlib.import_module, module_name)
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
         raise ValueError(f"cannot import {what} '{spec}': {module_name} has no '{attr}'{did_you_mean(attr, public)}")

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from . import usercode
 from .imports import import_callable
 from .names import unknown
 
@@ -59,6 +60,8 @@ def sample_(w, std: float, distribution: str, generator=None):
         return w.uniform_(-bound, bound, generator=generator)
     if distribution in ("normal", "untruncated_normal"):
         return w.normal_(0.0, std, generator=generator)
+    if std == 0:  # every distribution's limit (torch's truncated normal would divide by it)
+        return w.zero_()
     if distribution == "truncated_normal":
         s = std / TRUNC_STD
         return torch.nn.init.trunc_normal_(w, 0.0, s, -2.0 * s, 2.0 * s, generator=generator)
@@ -108,10 +111,13 @@ def lecun_normal_(w, gain=1.0, distribution="normal", generator=None):
 
 @_no_grad
 def orthogonal_(w, gain=1.0, generator=None):
-    """(Semi-)orthogonal rows or columns of the weight flattened to (out, in*k*k), times gain."""
+    """(Semi-)orthogonal rows or columns of the weight flattened to (out, in*k*k), times gain. Computed in float32
+    for a lower-precision weight (QR has no bfloat16 kernel), then rounded to it."""
     import torch
 
-    return torch.nn.init.orthogonal_(w, gain, generator=generator)
+    if w.dtype in (torch.float32, torch.float64):
+        return torch.nn.init.orthogonal_(w, gain, generator=generator)
+    return w.copy_(torch.nn.init.orthogonal_(torch.empty_like(w, dtype=torch.float32), gain, generator=generator))
 
 
 @_no_grad
@@ -130,8 +136,7 @@ def delta_orthogonal_(w, gain=1.0, generator=None):
 
     if w.dim() < 3:
         raise ValueError("delta_orthogonal needs a convolution weight (use --arch cnn)")
-    centre = torch.empty(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype)
-    torch.nn.init.orthogonal_(centre, gain, generator=generator)
+    centre = orthogonal_(torch.empty(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype), gain, generator)
     w.zero_()
     w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))] = centre
     return w
@@ -161,6 +166,9 @@ def uniform_(w, bound=0.05, generator=None):
 def truncated_normal_(w, std=0.05, generator=None):
     """N(0, std^2) cut at +-2 std, no rescaling (Keras TruncatedNormal): the realized std is 0.88 std."""
     import torch
+
+    if std == 0:  # the limit (torch's truncated normal would divide by it)
+        return w.zero_()
 
     return torch.nn.init.trunc_normal_(w, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
 
@@ -287,28 +295,73 @@ def is_custom(name: str) -> bool:
 def get(name: str) -> Init:
     """The scheme called `name`; `package.module:function` imports a user's torch.nn.init-style function."""
     if is_custom(name):
-        return Init(_load_custom(name), f"user function {name}")
+        return _custom(name)
     key = canonical(name)
     if key not in INITS:
         raise KeyError(unknown("init", name, choices()))
     return INITS[key]
 
 
+@functools.cache
+def _custom(spec: str) -> Init:
+    """The entry of a user's function, made once per name (a run asks for it at every layer)."""
+    return Init(_load_custom(spec), f"user function {spec}")
+
+
 def _load_custom(spec: str) -> Callable:
+    """A user's init as a registry function: `custom_(w, generator)` calls it (usercode.call: whatever it raises is
+    its error), seeds the global generators around it (usercode.seeded_globals) and checks what it returns.
+    KeyError, as for an unknown name, if it cannot be imported or called as fn(weight)."""
     try:
         fn = import_callable(spec, "init")
-    except ValueError as e:
+        takes_generator = _check_signature(spec, fn)
+    except ValueError as e:  # UserCodeError is one
         raise KeyError(e.args[0]) from None
-    takes_generator = "generator" in inspect.signature(fn).parameters
 
     def custom_(w, generator=None):
-        with _torch().no_grad():
-            out = fn(w, generator=generator) if takes_generator else fn(w)
+        shape, seed = tuple(w.shape), None if generator is None else generator.initial_seed()
+        with _torch().no_grad(), usercode.seeded_globals(seed, w.device):
+            kwargs = {"generator": generator} if takes_generator else {}
+            out = usercode.call(f"init '{spec}' failed", fn, w, **kwargs)
+            _check_result(spec, w, out, shape)
             if out is not None and out is not w:
                 w.copy_(out)
         return w
 
     return custom_
+
+
+def _check_signature(spec: str, fn: Callable) -> bool:
+    """Whether `fn` takes generator=; UserCodeError if it cannot be called as fn(weight)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: try it as fn(w)
+        return False
+    takes_generator = "generator" in signature.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        signature.bind(None, **({"generator": None} if takes_generator else {}))
+    except TypeError as e:
+        raise usercode.UserCodeError(f"init '{spec}' must take the weight tensor as its one argument "
+                                     f"(torch.nn.init style, fn(w, generator=None)): {e}") from None
+    return takes_generator
+
+
+def _check_result(spec: str, w, out, shape: tuple) -> None:
+    """An init fills `w` in place and returns it (or None), or returns a tensor of exactly w's shape. Anything else
+    (a list, a number, a tensor that would broadcast, a `w` resized in place) is an error, not something to guess."""
+    torch = _torch()
+    if tuple(w.shape) != shape:
+        raise usercode.UserCodeError(f"init '{spec}' changed the weight's shape from {list(shape)} to "
+                                     f"{list(w.shape)}")
+    if out is None or out is w:
+        return
+    if not isinstance(out, torch.Tensor):
+        raise usercode.UserCodeError(f"init '{spec}' returned {type(out).__name__}, expected the weight tensor "
+                                     f"(shape {list(shape)}) or None")
+    if tuple(out.shape) != shape:
+        raise usercode.UserCodeError(f"init '{spec}' returned a tensor of shape {list(out.shape)}, expected "
+                                     f"{list(shape)}")
 
 
 def _torch():

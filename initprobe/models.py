@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import activations, blocks, config, inits
-from .shapes import layer_sizes, weight_shape
+from .shapes import layer_size, weight_shape
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -37,7 +37,7 @@ def init_bias_(b, w, cfg: config.RunConfig, generator):
 def make_layer(cfg: config.RunConfig, l: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of layer index l (0-based), drawn from a generator seeded with `seed`.
     A data-dependent init (lsuv) starts orthogonal; build() rescales it on a batch."""
-    n_in, n_out = layer_sizes(cfg)[l]
+    n_in, n_out = layer_size(cfg, l)
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = DTYPES[cfg.dtype]
     w = torch.empty(weight_shape(cfg, n_in, n_out), device=device, dtype=dtype)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import any_model, config, probe, stats
+from . import any_model, config, probe, stats, usercode
 from .config import ConfigError
 from .names import one_line
 
@@ -279,12 +279,8 @@ def probe_model(model: nn.Module, inp: any_model.ModelInput, record: str, genera
 def run_forward(model: nn.Module, inp: any_model.ModelInput):
     """The model's forward pass; anything it raises (other than from initprobe's hooks) is the model rejecting its
     input, reported in one line."""
-    try:
-        return any_model.forward(model, inp)
-    except RecorderFailure:
-        raise
-    except Exception as e:  # noqa: BLE001  (the model's own checks raise whatever they raise)
-        raise ConfigError(f"{type(model).__name__} rejected its input ({inp.description}): {one_line(e)}") from None
+    return usercode.call(f"{type(model).__name__} rejected its input ({inp.description})", any_model.forward, model,
+                         inp, keep=(RecorderFailure,))
 
 
 def measure(cfg: config.RunConfig, make: Callable[[], nn.Module], device: torch.device,

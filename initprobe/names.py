@@ -30,6 +30,6 @@ ONE_LINE_LIMIT = 300  # characters of someone else's message kept (transformers 
 def one_line(error: BaseException | str, limit: int = ONE_LINE_LIMIT) -> str:
     """Another library's error as one line: `Type: message`, line breaks and runs of spaces collapsed, cut at
     `limit` characters."""
-    text = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}".removesuffix(": ")
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."

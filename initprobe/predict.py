@@ -33,7 +33,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import activations, analysis, blocks, config, inits, shapes, theory
+from . import activations, analysis, blocks, config, inits, memory, shapes, theory
 
 COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
 THEORY_COLUMNS = ("theory_preact_var", "theory_act_mean", "theory_act_var", "theory_grad_preact_var",
@@ -45,9 +45,17 @@ WEIGHT_MOMENT = "weight_sq_mean"  # the measured column theory reads: E[W^2], av
 INPUT_Q = 1.0  # E[x0^2] of the input x0 ~ N(0, 1)
 
 
+def per_layer(cfg: config.RunConfig, f) -> np.ndarray:
+    """f(weight shape) of every layer, as an array: layer 1's shape and the others' (all alike) are asked once."""
+    first = f(shapes.weight_shape(cfg, *shapes.layer_size(cfg, 0)))
+    rest = f(shapes.weight_shape(cfg, *shapes.layer_size(cfg, 1))) if cfg.depth > 1 else first
+    values = np.empty(cfg.depth, dtype=object if first is None or rest is None else float)
+    values[0], values[1:] = first, rest
+    return values
+
+
 def fans(cfg: config.RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.array([inits.fans(s) for s in shapes.weight_shapes(cfg)], dtype=float)
-    return pairs[:, 0], pairs[:, 1]
+    return per_layer(cfg, lambda s: inits.fans(s)[0]), per_layer(cfg, lambda s: inits.fans(s)[1])
 
 
 def bias_variance(cfg: config.RunConfig) -> np.ndarray:
@@ -61,8 +69,8 @@ def expected_second_moment(cfg: config.RunConfig) -> np.ndarray | None:
     """E[(W^l)^2] of each layer from the scheme's formula; None where there is none (nominal_note says why)."""
     spec = inits.get(cfg.init)
     params = config.init_params(cfg)
-    values = [spec.expected_second_moment(s, params) for s in shapes.weight_shapes(cfg)]
-    return None if None in values else np.array(values)
+    values = per_layer(cfg, lambda s: spec.expected_second_moment(s, params))
+    return None if values.dtype == object else values
 
 
 def nominal_note(cfg: config.RunConfig) -> str | None:
@@ -297,7 +305,13 @@ def trainability_curves(act: str, sigma_w2: np.ndarray, sigma_b2: float, slope: 
 
 def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
     """A-priori predictions (no network): per-layer theory_* columns from the scheme's formula, and scales (for a
-    residual or normalized network with its "architecture", "notes" and "no_prediction", as summary())."""
+    residual or normalized network with its "architecture", "notes" and "no_prediction", as summary()).
+    ConfigError, before any per-layer array is made, for a depth beyond config.THEORY_MAX_DEPTH or whose
+    predictions would not fit in memory."""
+    if cfg.depth > config.THEORY_MAX_DEPTH:
+        raise config.ConfigError(f"initprobe theory predicts at most {config.THEORY_MAX_DEPTH} layers (one quadrature "
+                                 f"each), got --depth {cfg.depth}; `initprobe run` predicts beside any depth it runs")
+    memory.check_theory(cfg, memory.host_available())
     moment = expected_second_moment(cfg)
     if moment is None:
         raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")

@@ -22,7 +22,7 @@ import torch
 from torch.func import jvp
 from torch.utils.checkpoint import checkpoint
 
-from . import devices, fused, models, shapes, stats
+from . import devices, fused, inits, models, shapes, stats, usercode
 
 COLUMNS = ["preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var", "grad_act_var",
            "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac", "preact_corr",
@@ -149,22 +149,24 @@ class Recorder:
         self.kept, self.work, self.one_node = {}, None, None
         self.stems = []  # layers without phi: their saturated_frac is empty
         self.leaves = None  # the plain probe's weights
+        self.nodes = []  # the hooked autograd nodes, layer by layer (release_graph)
+        self.buffers = {}  # (slot, shape) -> a tensor in the statistics' dtype (in_stat_dtype)
 
     def weight(self, l, w):
         """Statistics of W^l, taken once the layer's matmul has read W into cache (taken before it, they would read W
         from memory a second time)."""
-        self.weights.add(l, self.sums(w.detach()))
+        self.weights.add(l, self.sums(w, "w"))
 
     def forward(self, l, h, x, stem=False):
         """Statistics of layer index l (h^l, the input of phi, and x^l), and the hook for its gradients; a stem's h
         is its x."""
-        hd, xd = h.detach().to(self.dtype), x.detach().to(self.dtype)  # .to: no copy when already the dtype
+        hd, xd = self.in_stat_dtype(h, "h"), self.in_stat_dtype(x, "x")
         self.forward_stats(l, hd, xd)
         if stem:
             self.stems.append(l)
         keep = l + 1 in self.hist_layers
         if keep:
-            self.kept[("act", l + 1)] = xd
+            self.kept[("act", l + 1)] = xd if x.dtype == self.dtype else xd.clone()  # not the reused buffer
         self.hook_grads(l, h, x, ("grad_preact", l + 1) if keep else None)
 
     def workspace(self, hd) -> "Workspace":
@@ -193,7 +195,7 @@ class Recorder:
     def branch(self, l, branch):
         """Sum and sum of squares of a residual block's branch W phi(h) + b (its mean is small against its spread
         for zero-mean weights, as for W and the gradients)."""
-        self.branches.add(l, self.sums(branch.detach()))
+        self.branches.add(l, self.sums(branch, "h"))
 
     def hook_grads(self, l, h, x, key):
         """dL/dh and dL/dx in one post-hook of phi's node (input h, output x), or, when phi is no single node on h
@@ -202,7 +204,8 @@ class Recorder:
             node = x.grad_fn
             self.one_node = x is not h and len(node.next_functions) == 1 and node.next_functions[0][0] is h.grad_fn
         if self.one_node:
-            x.grad_fn.register_hook(functools.partial(self.node_hook, l, key))
+            self.nodes.append(x.grad_fn)
+            self.nodes[-1].register_hook(functools.partial(self.node_hook, l, key))
             return
         pending = {}
 
@@ -214,6 +217,16 @@ class Recorder:
 
         x.register_hook(gx_hook)
         h.register_hook(gh_hook)
+        self.nodes += [n for n in (h.grad_fn, x.grad_fn) if n is not None]
+
+    def release_graph(self) -> None:
+        """Free the autograd graph one layer at a time, from the top. A node Python has seen (a hook registered from
+        Python) is freed through its Python object, and freeing it frees the node below from inside that call:
+        a graph of some ten thousand layers let go at once from its top overflows the C stack (a segmentation
+        fault). Held here and released from the last layer down, each node goes when nothing above holds it.
+        The caller first drops its own references to the top (the last h and x)."""
+        while self.nodes:
+            self.nodes.pop()
 
     def node_hook(self, l, key, grad_inputs, grad_outputs):
         self.record_grads(l, grad_inputs[0], grad_outputs[0], key)
@@ -226,7 +239,7 @@ class Recorder:
         self.grad_stats(l, gh, gx)
 
     def grad_stats(self, l, gh, gx):
-        self.grads.add(l, self.sums(gh) + self.sums(gx))
+        self.grads.add(l, self.sums(gh, "h") + self.sums(gx, "x"))
 
     def take_weight_grad(self, l):
         """Statistics of the gradient accumulated in leaf weight l, then free it: memory stays one layer's worth.
@@ -238,13 +251,26 @@ class Recorder:
             w.grad = None
 
     def weight_grad(self, l, grad):
-        self.weight_grads.add(l, self.sums(grad))
+        self.weight_grads.add(l, self.sums(grad, "w"))
 
-    def sums(self, t: torch.Tensor) -> list:
+    def sums(self, t: torch.Tensor, slot: str) -> list:
         """Sum and sum of squares of all elements, in the statistics' dtype (W and gradients: their mean is small
         against their spread, so E[t^2] - E[t]^2 loses nothing)."""
-        v = t.reshape(-1).to(self.dtype)
+        v = self.in_stat_dtype(t, slot).reshape(-1)
         return [v.sum(), v.dot(v)]
+
+    def in_stat_dtype(self, t: torch.Tensor, slot: str) -> torch.Tensor:
+        """t (detached) in the statistics' dtype: t itself, or a narrower network's tensor (bfloat16) copied into a
+        buffer kept for `slot` and t's shape. A new float32 copy of every tensor of every layer would leave holes
+        between the network's own tensors that the allocator keeps: several times the memory in use (memory.py).
+        The forward's slots (h, x, w) are free again when the backward's gradients use them."""
+        t = t.detach()
+        if t.dtype == self.dtype:
+            return t
+        buf = self.buffers.get((slot, t.shape))
+        if buf is None:
+            buf = self.buffers[(slot, t.shape)] = torch.empty(t.shape, dtype=self.dtype, device=t.device)
+        return buf.copy_(t)
 
     def columns(self, batch, n, n_weights, alpha=1.0) -> torch.Tensor:
         """The COLUMNS of every layer; `alpha` scales the residual branches."""
@@ -326,8 +352,10 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=(), keep_grad
             rec.weight_grad(l, w.grad)
         else:
             rec.take_weight_grad(l)
-    n_weights = weight_counts(cfg, rec.fwd.buf.dtype, x0.device)
-    return rec.columns(x0.shape[0], x.numel(), n_weights, net.alpha), rec.kept
+    n_weights, n = weight_counts(cfg, rec.fwd.buf.dtype, x0.device), x.numel()
+    del x
+    rec.release_graph()
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
 
 
 def record(rec: Recorder, net: models.Net, l: int, step: models.Step, w) -> torch.Tensor:
@@ -342,7 +370,8 @@ def record(rec: Recorder, net: models.Net, l: int, step: models.Step, w) -> torc
 def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(), segment=None):
     """The same statistics in O(sqrt(depth)) memory: layers run in checkpointed segments of about
     sqrt(depth), and weights are made again from their seeds when a segment is recomputed in the backward
-    pass, so neither activations nor weights of the whole network are ever held at once."""
+    pass, so neither activations nor weights of the whole network are ever held at once. A user's init must then
+    give a layer the same weights twice: WeightCheck makes sure it did."""
     depth = len(seeds)
     segment = segment or max(1, math.ceil(math.sqrt(depth)))
     net = models.Net.of(cfg, phi)
@@ -350,6 +379,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     # W = Z + anchor: a non-leaf, so autograd hands us dL/dW in a tensor hook and keeps no leaf alive
     anchor = torch.zeros((), device=x0.device, dtype=x0.dtype, requires_grad=True)
     state = {"recomputing": False}
+    check = WeightCheck(depth, x0.device) if inits.is_custom(cfg.init) else None
 
     def weight_grad(l, grad):
         rec.weight_grad(l, grad)
@@ -359,6 +389,8 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     def run_segment(x, start):
         for l in range(start, min(start + segment, depth)):
             z, b = models.make_layer(cfg, l, seeds[l], x0.device)
+            if check is not None:
+                (check.compare if state["recomputing"] else check.record)(l, z)
             w = z + anchor
             step = net.layer(l, x, w, b)
             x = step.x
@@ -373,8 +405,42 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
         devices.release_free_memory(x0.device)
     state["recomputing"] = True
     backward(x, cotangent)
-    n_weights = weight_counts(cfg, rec.fwd.buf.dtype, x0.device)
-    return rec.columns(x0.shape[0], x.numel(), n_weights, net.alpha), rec.kept
+    n_weights, n = weight_counts(cfg, rec.fwd.buf.dtype, x0.device), x.numel()
+    del x
+    rec.release_graph()
+    if check is not None:
+        check.verify(cfg.init)
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
+
+
+class WeightCheck:
+    """A fingerprint of each layer's weight as the forward pass made it, compared on the device with the weight the
+    recompute makes from the same seed; one host sync at the end. A user's init that is not a function of its seed
+    (state of its own, a clock) would otherwise give the backward pass another network than the forward."""
+
+    def __init__(self, depth, device):
+        self.prints = torch.empty(depth, dtype=torch.float64, device=device)
+        self.differ = torch.zeros((), dtype=torch.int64, device=device)
+        self.ramps = {}  # elements -> weights 1..2: a weighted sum also tells permuted entries apart
+
+    def fingerprint(self, z):
+        flat = z.detach().reshape(-1).to(torch.float64)
+        if flat.numel() not in self.ramps:
+            self.ramps[flat.numel()] = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=z.device)
+        return flat.dot(self.ramps[flat.numel()])
+
+    def record(self, l, z):
+        self.prints[l] = self.fingerprint(z)
+
+    def compare(self, l, z):  # bit patterns, so that a nan fingerprint equals itself
+        self.differ += self.fingerprint(z).view(torch.int64) != self.prints[l].view(torch.int64)
+
+    def verify(self, init: str) -> None:
+        if self.differ.item():
+            raise usercode.UserCodeError(
+                f"init '{init}' gave a layer other weights when the checkpointed probe made it again from the same "
+                "seed; an init must depend only on its generator (or the global generators, which initprobe seeds "
+                "per layer), else the statistics would mix two networks")
 
 
 def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
@@ -389,13 +455,10 @@ def backward(x: torch.Tensor, cotangent: torch.Tensor) -> None:
 
 def weight_counts(cfg, dtype, device) -> torch.Tensor:
     """Elements of each layer's weight, made on the device by fills: torch.tensor(list, device=cuda) copies from
-    the host and waits for the copy (a host sync). Every layer but the first has the last one's count, so that is
-    two fills, not one a layer and a stack."""
-    counts = shapes.weight_sizes(cfg)
-    filled = torch.full((len(counts),), counts[-1], dtype=dtype, device=device)
-    for l, n in enumerate(counts):
-        if n != counts[-1]:
-            filled[l].fill_(n)  # `filled[l] = n` would copy a host tensor in, and wait for it
+    the host and waits for the copy (a host sync). Every layer but the first has the same count, so that is two
+    fills, not one a layer and a stack."""
+    filled = torch.full((cfg.depth,), shapes.weight_size(cfg, cfg.depth - 1), dtype=dtype, device=device)
+    filled[0].fill_(shapes.weight_size(cfg, 0))  # `filled[0] = n` would copy a host tensor in, and wait for it
     return filled
 
 
@@ -419,21 +482,32 @@ def finish(r: dict, batch: int, n: int, n_weights: torch.Tensor, alpha: float = 
 
 def histograms(kept: dict, bins: int = HIST_BINS):
     """Per quantity: counts (n_layers, bins) over a common [lo, hi] of the finite values, and (lo, hi).
-    The range stays on the device (values scaled to [0, 1]); non-finite values fall outside and are not counted."""
+    The range stays on the device (values scaled to [0, 1]); non-finite values fall outside and are not counted.
+    One layer's tensor is worked on at a time: temporaries of every layer at once would take several times the
+    memory of the kept tensors themselves."""
     out = {}
     for quantity in HIST_QUANTITIES:
         keys = sorted(k for k in kept if k[0] == quantity)
         if not keys:
             continue
-        vals = torch.stack([kept[k].reshape(-1).float() for k in keys])  # (n_layers, elements)
-        finite = torch.isfinite(vals)
-        lo = torch.where(finite, vals, torch.inf).amin()
-        hi = torch.where(finite, vals, -torch.inf).amax()
+        lo = torch.stack([_finite_extreme(kept[k], torch.inf, torch.amin) for k in keys]).amin()
+        hi = torch.stack([_finite_extreme(kept[k], -torch.inf, torch.amax) for k in keys]).amax()
         span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-        scaled = torch.where(finite, (vals - lo) / span, torch.full_like(vals, 2.0))
-        counts = torch.stack([torch.histc(s, bins=bins, min=0.0, max=1.0) for s in scaled])
+        counts = torch.stack([torch.histc(_scaled(kept[k], lo, span), bins=bins, min=0.0, max=1.0) for k in keys])
         out[quantity] = (counts, torch.stack([lo, hi]), [k[1] for k in keys])
     return out
+
+
+def _finite_extreme(t: torch.Tensor, fill: float, reduce) -> torch.Tensor:
+    """reduce (amin or amax) over the finite values of t, `fill` if there are none."""
+    v = t.reshape(-1).float()
+    return reduce(torch.where(torch.isfinite(v), v, fill))
+
+
+def _scaled(t: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """(t - lo) / span, and 2 (outside [0, 1], so not counted) where t is not finite."""
+    v = t.reshape(-1).float()
+    return torch.where(torch.isfinite(v), (v - lo) / span, 2.0)
 
 
 def hist_layers(depth: int, n: int = 5) -> tuple[int, ...]:

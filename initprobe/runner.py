@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import (activations, analysis, any_model, blocks, config, devices, environment, inits, models, module_probe,
-               predict, probe, results, shapes)
+from . import (activations, analysis, any_model, blocks, config, devices, environment, memory, models, module_probe,
+               predict, probe, results)
 
 
 @dataclass
@@ -23,29 +23,6 @@ class RunResult:
     layers: pd.DataFrame
     summary: dict
     config: dict
-
-
-def estimated_bytes(cfg: config.RunConfig) -> int:
-    """Memory of the plain probe: every weight, plus the tensors autograd keeps per layer (a plain block's
-    pre-activation and output; a residual block's and a norm's more: blocks.py)."""
-    weights = sum(shapes.weight_sizes(cfg))
-    per_input = cfg.width * shapes.positions(cfg)
-    element = torch.finfo(models.DTYPES[cfg.dtype]).bits // 8
-    saved = blocks.block(cfg.block).saved_per_layer + blocks.norm(cfg.norm).saved_per_layer
-    return (weights + saved * cfg.depth * cfg.batch * per_input) * element
-
-
-def use_checkpoint(cfg: config.RunConfig, device: torch.device) -> tuple[bool, str]:
-    """(checkpoint?, why): as asked, or automatically when the plain probe would take over half the free memory."""
-    data_dependent = inits.get(cfg.init).data_dependent
-    if cfg.checkpoint is not None:
-        if cfg.checkpoint and data_dependent:
-            raise config.ConfigError(f"{cfg.init} rescales stored weights, so it cannot run with --checkpoint")
-        return cfg.checkpoint, "asked for"
-    need, free = estimated_bytes(cfg), devices.available_memory(device)
-    if need > free // 2 and not data_dependent:
-        return True, f"automatic: the plain probe needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free"
-    return False, "not needed"
 
 
 def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int], None] | None = None,
@@ -60,6 +37,8 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     stats, hists, extra = [], {}, []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):
+        if i:  # the last seed's freed blocks, kept by the allocator (devices.release_free_memory)
+            devices.release_free_memory(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         per_layer = models.layer_seeds(cfg.depth, gen)
         x0 = models.make_input(cfg, cfg.batch, device, gen)
@@ -113,38 +92,45 @@ def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
 
 def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         command: list[str] | None = None, root: Path = results.RESULTS_ROOT) -> RunResult:
-    """Validate, probe, write the run directory, plot. Raises ConfigError for bad input before any work."""
+    """Validate, choose the probe that fits in memory, probe, write the run directory and its plots, publish it.
+    Raises ConfigError for bad input, a size that cannot fit included, before anything is written."""
     t0 = time.perf_counter()
     config.validate(cfg)
     device = devices.resolve(cfg.device)
     make = any_model.factory(cfg) if cfg.model is not None else None  # an import that fails: before any directory
-    final, staging = results.reserve(cfg.out, results.default_name(cfg), root)
+    free, plan = devices.free_memory(device), None
+    if make is None:
+        plan = memory.plan(cfg, free)  # what cannot fit is refused now, with what would
+    else:
+        memory.check_model_input(cfg, free)
+    res = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
-        resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
+        resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "environment": environment.environment(command, str(device), devices.name(device))}
         devices.reset_peak_memory(device)
         if make is None:
-            frame, hist, summary, jac = probe_network(cfg, device, on_seed)
+            frame, hist, summary, jac = probe_network(cfg, device, on_seed, plan)
         else:
             frame, hist, summary, jac = probe_any_model(cfg, make, device, on_seed)
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         summary["peak_memory_bytes"] = devices.peak_memory(device)
-        results.write_run(staging, info, frame, hist, summary, jac)
-    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
-        results.discard(staging)
-        raise
-    results.publish(staging, final)
-    if cfg.plots:
-        from . import plots
+        results.write_run(res.staging, info, frame, hist, summary, jac)
+        if cfg.plots:  # drawn before publication: a run directory that exists holds everything asked of it
+            from . import plots
 
-        plots.plot_run(final, cfg.plot_format)
+            plots.plot_run(res.staging, cfg.plot_format)
+    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
+        results.discard(res)
+        raise
+    final = results.publish(res)
     return RunResult(final, frame, summary, info)
 
 
-def probe_network(cfg: config.RunConfig, device: torch.device, on_seed):
-    """The built-in network: (layers with theory columns, histograms, summary, Jacobian spectrum or None)."""
-    checkpointed, why = use_checkpoint(cfg, device)
+def probe_network(cfg: config.RunConfig, device: torch.device, on_seed, plan: tuple[bool, str]):
+    """The built-in network, probed plainly or checkpointed as `plan` (memory.plan) says: (layers with theory
+    columns, histograms, summary, Jacobian spectrum or None)."""
+    checkpointed, why = plan
     frame, hist, probe_seconds, jac = measure(cfg, device, on_seed, checkpointed)
     summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
                                  gradient=blocks.block(cfg.block).stream_gradient)

@@ -1,15 +1,23 @@
 """The shapes a config describes: each layer's (in, out) size, its weight's shape, element and operation counts.
-No torch: theory, the sweep's run order and the memory estimate need them before any tensor exists."""
-
-import math
+No torch: theory, the sweep's run order and the memory estimate need them before any tensor exists. Every layer but
+the first has the same shape, so counts over the network are closed forms: nothing here makes a list per layer
+except the per-layer lists themselves (theory's), which a config is checked to fit before they are made."""
 
 from .config import RunConfig
 
 
+def input_size(cfg: RunConfig) -> int:
+    """Features (MLP) or channels (CNN) of the network's input: what layer 1 maps to `width`."""
+    return cfg.in_channels if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
+
+
+def layer_size(cfg: RunConfig, l: int) -> tuple[int, int]:
+    """(in, out) features or channels of layer index l (0-based)."""
+    return (input_size(cfg) if l == 0 else cfg.width), cfg.width
+
+
 def layer_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
-    """(in, out) features or channels of each layer; the first maps the input to `width`."""
-    first = cfg.in_channels if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
-    return [(first if l == 0 else cfg.width, cfg.width) for l in range(cfg.depth)]
+    return [layer_size(cfg, l) for l in range(cfg.depth)]
 
 
 def weight_shape(cfg: RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
@@ -21,9 +29,15 @@ def weight_shapes(cfg: RunConfig) -> list[tuple[int, ...]]:
     return [weight_shape(cfg, *io) for io in layer_sizes(cfg)]
 
 
-def weight_sizes(cfg: RunConfig) -> list[int]:
-    """Elements of each layer's weight."""
-    return [math.prod(s) for s in weight_shapes(cfg)]
+def weight_size(cfg: RunConfig, l: int) -> int:
+    """Elements of layer index l's weight."""
+    n_in, n_out = layer_size(cfg, l)
+    return n_in * n_out * (cfg.kernel_size**2 if cfg.arch == "cnn" else 1)
+
+
+def total_weights(cfg: RunConfig) -> int:
+    """Elements of every layer's weight."""
+    return weight_size(cfg, 0) + (cfg.depth - 1) * weight_size(cfg, 1)
 
 
 def positions(cfg: RunConfig) -> int:
@@ -33,4 +47,4 @@ def positions(cfg: RunConfig) -> int:
 
 def multiply_adds(cfg: RunConfig) -> int:
     """Multiply-adds of one forward pass of a batch (the backward pass costs twice that)."""
-    return cfg.batch * positions(cfg) * sum(weight_sizes(cfg))
+    return cfg.batch * positions(cfg) * total_weights(cfg)

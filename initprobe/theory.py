@@ -274,7 +274,9 @@ def _kernel(phi, q: float, c: float, m2: float, negative_slope: float | None = N
 
 
 def _arc_cosine(c: float) -> float:
-    """E[relu(z1) relu(z2)] for unit Gaussians with correlation c."""
+    """E[relu(z1) relu(z2)] for unit Gaussians with correlation c (rounding may take c past +-1 in a deep network's
+    correlation map: it is clamped)."""
+    c = min(1.0, max(-1.0, c))
     return (math.sqrt(max(0.0, (1.0 - c) * (1.0 + c))) + (math.pi - math.acos(c)) * c) / (2.0 * math.pi)
 
 

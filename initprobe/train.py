@@ -265,9 +265,9 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
         raise config.ConfigError(f"batch {cfg.batch} is more than the {len(data.y_train)} training examples of "
                                  f"{cfg.data}")
     lr = config.learning_rate(cfg)
-    final, staging = results.reserve(cfg.out, default_name(cfg), root)
-    with results.publishing(staging, final):  # nothing half-written is left behind (Ctrl-C, a crash)
-        resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
+    res = results.reserve(cfg.out, default_name(cfg), root)
+    with results.publishing(res) as staging:  # nothing half-written is left behind (Ctrl-C, a crash)
+        resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
         info = {"config": resolved, "init_params": config.init_params(cfg),
                 "training": {"lr": lr, "momentum": config.momentum(cfg), "data": data.describe()},
                 "environment": environment.environment(command, str(device), devices.name(device))}
@@ -275,11 +275,11 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         results.write_run(staging, info, layers, hist, summary)
         results.write_csv(metrics, staging / "metrics.csv")
-    if cfg.plots:
-        from . import plots
+        if cfg.plots:  # drawn before publication: a run directory that exists holds everything asked of it
+            from . import plots
 
-        plots.plot_run(final, cfg.plot_format)
-    return TrainResult(final, layers, metrics, summary, info)
+            plots.plot_run(staging, cfg.plot_format)
+    return TrainResult(res.final, layers, metrics, summary, info)
 
 
 def _train_all(cfg, data, device, lr, on_progress):

@@ -461,7 +461,8 @@ def test_a_sweep_whose_every_run_failed_exits_1_and_says_so(tmp_path, monkeypatc
     assert printed[-1] == ("out" if quiet else "out/runs.csv")
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert list(runs["status"]) == ["failed", "failed"]
-    assert set(runs["error"]) == {"RuntimeError: this init always fails"}
+    assert set(runs["error"]) == {
+        "UserCodeError: init 'failing_init:bad_' failed: RuntimeError: this init always fails"}
 
 
 def test_a_sweep_with_one_run_ok_exits_0_and_names_its_files(tmp_path, monkeypatch, capsys):

@@ -140,8 +140,9 @@ def print_path(path) -> None:
 
 
 @app.command("theory", help=text(
-    "Mean-field predictions per layer without running a network (instant; no torch): q^l, activation and gradient "
-    "variances, the fixed point q*, chi_1, depth scales and the regime (ordered / critical / chaotic).\n\n"
+    f"Mean-field predictions per layer without running a network (no torch; up to {config.THEORY_MAX_DEPTH:,} "
+    "layers): q^l, activation and gradient variances, the fixed point q*, chi_1, depth scales and the regime "
+    "(ordered / critical / chaotic).\n\n"
     "Example: initprobe theory --act tanh --init glorot_normal --depth 100"))
 @with_options(*run_options(config.THEORY))
 def theory_cmd(ctx: typer.Context, **values):
@@ -151,7 +152,7 @@ def theory_cmd(ctx: typer.Context, **values):
 
     frame, scales = predict.for_config(cfg)
     if cfg.out is not None:  # validated and reserved before anything is printed or drawn
-        final, staging = results.reserve(cfg.out, "theory")
+        res = results.reserve(cfg.out, "theory")
     out.print(tables.scales({"nominal": scales}, f"{cfg.init} · {cfg.act} · {cfg.arch.upper()} depth {cfg.depth}"))
     out.print(tables.layers(frame, tables.layer_columns(cfg.block, cfg.norm)))
     if cfg.out is None:
@@ -159,12 +160,12 @@ def theory_cmd(ctx: typer.Context, **values):
     with importing():
         from .. import plots
 
-    with results.publishing(staging, final):
+    with results.publishing(res) as staging:
         results.write_csv(frame, staging / "theory.csv")
         results.write_json(staging / "theory.json", {"config": config.asdict(cfg), "scales": scales})
         names = [p.name for p in plots.plot_theory(frame, scales, config.asdict(cfg), staging, cfg.plot_format)]
     for name in ("theory.csv", "theory.json", *names):
-        print_path(final / name)
+        print_path(res.final / name)
 
 
 @app.command(help=text(
@@ -179,8 +180,8 @@ def phase(ctx: typer.Context, **values):
         from .. import phase as phase_mod, plots, results
 
         device = _measuring_device(cfg.device) if values["measure"] else None
-    final, staging = results.reserve(cfg.out, f"phase-{cfg.act}")
-    with results.publishing(staging, final):
+    res = results.reserve(cfg.out, f"phase-{cfg.act}")
+    with results.publishing(res) as staging:
         grid, sb2, critical = phase_mod.predicted(cfg.act, cfg.slope)
         results.write_csv(grid, staging / "phase.csv")
         measured = phase_mod.measured(cfg.act, cfg.slope, device) if device is not None else None
@@ -188,7 +189,7 @@ def phase(ctx: typer.Context, **values):
             results.write_csv(measured, staging / "phase_measured.csv")
         files = [p.name for p in plots.plot_phase(grid, sb2, critical, measured, cfg.act, staging, cfg.plot_format)]
     for name in ("phase.csv", *(["phase_measured.csv"] if measured is not None else []), *files):
-        print_path(final / name)
+        print_path(res.final / name)
 
 
 def _measuring_device(name: str):
@@ -310,9 +311,10 @@ def plot(ctx: typer.Context, **values):
         files = plots.plot_run(runs[0], fmt)
     else:
         name = ("compare-" + "-vs-".join(p.name for p in runs))[:120]
-        final, staging = results.reserve(None if values["out_dir"] is None else str(values["out_dir"]), name)
-        with results.publishing(staging, final):
-            files = [final / p.name for p in plots.plot_compare(runs, staging, fmt)]
+        res = results.reserve(None if values["out_dir"] is None else str(values["out_dir"]), name)
+        with results.publishing(res) as staging:
+            names = [p.name for p in plots.plot_compare(runs, staging, fmt)]
+        files = [res.final / n for n in names]
     for f in files:
         print_path(f)
 

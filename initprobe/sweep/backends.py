@@ -174,9 +174,9 @@ def _ray_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> 
 
 def _publish_files(final: Path, files: dict[str, bytes]) -> None:
     """Write a run directory from its files' contents, atomically (staging folder + rename, like the runner)."""
-    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    res = results.Reservation(final, final.parent / f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(res.staging, ignore_errors=True)
+    with results.publishing(res) as staging:
         for rel, data in files.items():
             path = staging / rel
             if ".." in Path(rel).parts or Path(rel).is_absolute():
@@ -186,10 +186,6 @@ def _publish_files(final: Path, files: dict[str, bytes]) -> None:
         info = results.read_json(staging / "config.json")
         info["config"]["out"] = str(final)  # it ran in a temporary folder on its node
         results.write_json(staging / "config.json", info)
-        results.publish(staging, final)
-    except BaseException:
-        results.discard(staging)
-        raise
 
 
 def check_address(address: str | None) -> None:

@@ -1,7 +1,8 @@
 """A sweep's ledger: runs.csv (one row per run, as they finish) and the tidy layers.csv of every ok run.
 
-Disk is the truth: a run directory that exists is a finished run (the runner publishes it atomically), and
-failures are remembered from the previous runs.csv until the run is redone. runs.csv is rewritten atomically at most
+Disk is the truth: a run directory that exists is a finished run (the runner publishes it atomically; one whose files
+were deleted or cut short since is removed at the start, and run again), and failures are remembered from the
+previous runs.csv until the run is redone. runs.csv is rewritten atomically at most
 once every RUNS_CSV_EVERY seconds while runs finish, and always at the end, Ctrl-C included.
 """
 
@@ -9,6 +10,8 @@ import contextlib
 import csv
 import dataclasses
 import io
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +27,21 @@ SUMMARY_COLUMNS = ("forward_ratio", "backward_ratio", "forward_verdict", "backwa
 TRAIN_COLUMNS = ("final_test_accuracy", "final_train_accuracy", "final_train_loss", "diverged_seeds")
 TRAINABILITY_COLUMNS = ("sigma_w2", "sigma_b2", "xi_q", "xi_c", "six_xi_c", "predicted")
 RUNS_CSV_EVERY = 1.0  # seconds: rewriting runs.csv after each of many small runs cost more than their probes
+
+
+def remove_incomplete(target: Path, ids: list[str]) -> list[str]:
+    """Remove the run directories of `ids` under target/runs that are not complete runs (results.incomplete), so that
+    they are run again; returns their ids. Each is renamed to a staging folder first: an interruption leaves a hidden
+    folder (cleared at the next start), never a partly deleted directory that looks like a run."""
+    removed = []
+    for rid in ids:
+        run_dir = target / "runs" / rid
+        if run_dir.is_dir() and results.incomplete(run_dir) is not None:
+            doomed = run_dir.parent / f".{rid}.partial-{os.getpid()}"
+            os.rename(run_dir, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(rid)
+    return removed
 
 
 class Ledger:

@@ -92,11 +92,12 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         for device in sorted({p.device for p in sweep.points}):
             devices.resolve(device)
     _check_target(target, ids)
-    pending = any(not (target / "runs" / rid).is_dir() for rid in ids)
+    pending = any(not (target / "runs" / rid).is_dir() or results.incomplete(target / "runs" / rid) for rid in ids)
     with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext(), \
             lock.held(target):
         _check_target(target, ids)  # again: another invocation may have written it before this one took the lock
         _prepare(target, sweep, ids, opts, command)
+        ledger_mod.remove_incomplete(target, ids)  # a run whose files were deleted or cut short since: run it again
         ledger, ran, resumed = _run_points(target, sweep, ids, opts, on_progress, command, t0)
     path = None
     if opts["figures"]:
