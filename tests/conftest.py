@@ -90,3 +90,9 @@ FINITE_WIDTH_Z = 4.0
 def finite_width_tolerance(walk, bias, width: int, seeds: int, floor):
     """The tolerance above for T(l), walk and bias the sums of a l_eff and b l_eff (arrays over layers)."""
     return FINITE_WIDTH_Z * np.sqrt(np.asarray(walk) / width + floor) / math.sqrt(seeds) + np.asarray(bias) / width
+
+
+def snapshot(root) -> dict:
+    """Every path under root (hidden ones included) with its bytes (None for directories): equal before and after
+    a command that must change nothing."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}

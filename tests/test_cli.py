@@ -17,14 +17,11 @@ import initprobe
 from initprobe import activations, config, inits
 from initprobe.cli import main
 
+from conftest import snapshot
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ["--depth", "2", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]  # if validation let it through
-
-
-def snapshot(root: Path) -> dict:
-    """Every path under root (hidden ones included) with its bytes (None for directories)."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

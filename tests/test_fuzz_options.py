@@ -12,6 +12,8 @@ import pytest
 from initprobe import config, results
 from initprobe.cli import main
 
+from conftest import snapshot
+
 TINY = {"depth": 3, "width": 8, "batch": 4, "seeds": 1, "plots": False, "device": "cpu"}
 CNN = {"arch": "cnn", "width": 4, "batch": 2, "image_size": 6}
 MODEL = {"model": "fuzz_tokens:make", "input_kind": "tokens", "vocab": 50, "seq_len": 4, "batch": 2}
@@ -46,10 +48,6 @@ HOSTILE_TEXT = ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e400", "-1e40
 HOSTILE_TOML = ["nan", "inf", "-inf", pytest.param("true", marks=SLOW), '"x"', '""', '"nan"', "[1, 2]", "[]",
                 "{ a = 1 }", "1979-05-27", "07:32:00", "1979-05-27T07:32:00Z", "-1", "0", "9223372036854775807",
                 "-9223372036854775808", "1e308", "5e-324", "1.5", '"\\u0000"']
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

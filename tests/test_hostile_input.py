@@ -10,11 +10,9 @@ import pytest
 
 from initprobe.cli import main
 
+from conftest import snapshot
+
 TINY = ["--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def refused(capsys, argv, *fragments):

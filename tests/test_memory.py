@@ -16,12 +16,10 @@ from initprobe import devices, memory, runner
 from initprobe.cli import main
 from initprobe.config import ConfigError, RunConfig
 
+from conftest import snapshot
+
 GiB = 2**30
 FREE = memory.Free(8 * GiB, 8 * GiB)  # a machine of 8 GiB free, whatever this one has
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ from initprobe.cli import main
 from initprobe.config import ConfigError, RunConfig
 from initprobe.plots import run_figures
 
+from conftest import snapshot
+
 
 def small(**kw) -> RunConfig:
     return RunConfig(**{**dict(depth=3, width=8, batch=4, seeds=1, plots=False, device="cpu"), **kw})
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

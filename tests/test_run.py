@@ -14,6 +14,8 @@ import initprobe
 from initprobe import inits, probe, results, runner
 from initprobe.config import ConfigError, RunConfig
 
+from conftest import snapshot
+
 LAYER_COLUMNS = ["seed", "layer", "preact_mean", "preact_var", "act_mean", "act_var", "grad_preact_var",
                  "grad_act_var", "weight_var", "weight_sq_mean", "weight_grad_var", "saturated_frac", "zero_frac",
                  "preact_corr", "chan_sq_mean", "chan_var", "branch_var"]
@@ -38,11 +40,6 @@ def strict_json(path):
         raise ValueError(f"{path} holds the non-JSON token {token}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
-
-
-def snapshot(root):
-    """Every path under root (hidden ones included) with its bytes (None for directories)."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def geomean(values) -> float:

@@ -8,6 +8,8 @@ import pytest
 
 from initprobe import results, sweep
 
+from conftest import snapshot
+
 ACTS = ["tanh", "relu", "selu", "softsign", "sigmoid", "gelu", "elu"]
 
 
@@ -45,10 +47,6 @@ DAMAGE = {  # act of the run: what happens to its directory after the sweep
     "sigmoid": lambda d: (d / "config.json").write_text("[]\n"),
     "gelu": lambda d: (d / "summary.json").write_text(""),
 }
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def test_resume_runs_again_every_run_whose_files_are_not_complete(tmp_path):

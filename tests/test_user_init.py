@@ -18,6 +18,8 @@ from initprobe import inits, runner
 from initprobe.cli import main
 from initprobe.config import RunConfig
 
+from conftest import snapshot
+
 TINY = ["--depth", "3", "--width", "8", "--batch", "4", "--seeds", "1", "--no-plots"]
 
 SOURCE = """
@@ -95,10 +97,6 @@ def user_module(tmp_path, monkeypatch):
     yield name
     for module in (name, f"{name}_exits"):
         sys.modules.pop(module, None)
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
 def call(capsys, argv):
