@@ -139,9 +139,14 @@ def test_a_module_that_exits_on_import_is_one_line_and_exit_2(user_module, capsy
 
 def test_an_interrupt_from_outside_during_an_init_stops_the_run(user_module, capsys):
     """SIGINT arriving while the user's code runs is the user's Ctrl-C, not the init's error: exit 130, nothing
-    written."""
-    before = snapshot(Path.cwd())
-    code, _, err = call(capsys, ["run", "--init", f"{user_module}:signals_itself", *TINY])
+    written. SIGINT gets Python's own handler here, as in a fresh `initprobe` process, whatever an earlier test in
+    this process left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = snapshot(Path.cwd())
+        code, _, err = call(capsys, ["run", "--init", f"{user_module}:signals_itself", *TINY])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and "interrupted" in err
     assert snapshot(Path.cwd()) == before
 
