@@ -39,6 +39,10 @@ NUMERIC = [k for k in config.OPTIONS if set(config.value_types(k)) & {int, float
 
 SLOW = pytest.mark.slow  # a valid value that makes a run of a thousand layers, seeds or positions, or draws plots
 
+# The whole table (some 1,500 cases) runs in `make test`, not in the edit-test loop of `make test-fast`;
+# tests/test_hostile_input.py and the option tests keep fast checks of the named hostile cases.
+pytestmark = pytest.mark.slow
+
 # text as typed on a command line
 HOSTILE_TEXT = ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e400", "-1e400", "1e308", "-1e308", "5e-324",
                 "-0.0", "0", "-1", "1.5", "1e3", "abc", "", "0x10", pytest.param("1_001", marks=SLOW), " 7",
