@@ -33,7 +33,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import activations, analysis, blocks, config, inits, memory, shapes, theory
+from . import activations, analysis, block_theory, blocks, config, inits, memory, shapes, theory
 
 COMPARED = ("preact_var", "act_var", "grad_preact_var")  # measured vs predicted in the summary's deviation
 THEORY_COLUMNS = ("theory_preact_var", "theory_act_mean", "theory_act_var", "theory_grad_preact_var",
@@ -101,17 +101,17 @@ def columns(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = 
             input_corr: float = 0.0) -> dict[str, np.ndarray]:
     """theory_* columns (THEORY_COLUMNS), one value per layer, for these second moments E[(W^l)^2], and inputs with
     E[x0^2] = input_q and mean correlation input_corr between two of them (a run's x0 ~ N(0, 1): 1 and 0): the
-    recursion of the config's architecture (theory.predict, theory.residual, theory.normalized); nan where
+    recursion of the config's architecture (theory.predict, block_theory.residual, block_theory.normalized); nan where
     no_prediction() names a reason."""
     fan_in, fan_out = fans(cfg)
     n = samples(cfg)
     common = dict(bias_var=bias_variance(cfg), input_q=input_q, input_corr=input_corr, slope=cfg.slope, n_terms=n)
     norm = blocks.norm(cfg.norm)
     if blocks.block(cfg.block).stem:
-        out = theory.residual(cfg.act, weight_sq_mean, fan_in, fan_out, config.branch_alpha(cfg), norm, samples=n,
+        out = block_theory.residual(cfg.act, weight_sq_mean, fan_in, fan_out, config.branch_alpha(cfg), norm, samples=n,
                               **common)
     elif norm.standardizes:
-        out = theory.normalized(cfg.act, weight_sq_mean, fan_in, fan_out, norm, samples=n, **common)
+        out = block_theory.normalized(cfg.act, weight_sq_mean, fan_in, fan_out, norm, samples=n, **common)
     else:
         out = theory.predict(cfg.act, weight_sq_mean, fan_in, fan_out, samples=n, **common)
         out["theory_preact_corr"] = out.pop("theory_corr")
@@ -127,9 +127,9 @@ def no_prediction(cfg: config.RunConfig) -> dict[str, str]:
     if blocks.norm(cfg.norm).over != "batch":
         return {}
     n = samples(cfg)
-    if n < theory.SPHERE_MIN and activations.get(cfg.act).negative_slope is None:
+    if n < block_theory.SPHERE_MIN and activations.get(cfg.act).negative_slope is None:
         why = (f"batch norm over {n} values with {cfg.act}: its moments on the batch's sphere have no closed form "
-               f"(piecewise-linear phi only) and the quadrature needs at least {theory.SPHERE_MIN} values")
+               f"(piecewise-linear phi only) and the quadrature needs at least {block_theory.SPHERE_MIN} values")
         return dict.fromkeys(THEORY_COLUMNS, why)
     if n <= 3:
         why = (f"batch norm over {n} values: its backward pass divides by the batch variance, whose inverse has no "
@@ -200,7 +200,7 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input
     layers' sigma_w^2 and sigma_b^2, the predicted forward ratio act_var[depth]/act_var[1] and backward ratio of
     the gradient that carries the signal down (blocks.Block.stream_gradient), their per-layer gains and verdicts
     (analysis.verdict, as the measured ones); alpha for residual blocks; for plain normalized blocks the per-layer
-    gradient factor of theory.gradient_factor (and, for batch norm, its large-batch limit E[phi'^2]/Var phi)."""
+    gradient factor of block_theory.gradient_factor (and, for batch norm, its large-batch limit E[phi'^2]/Var phi)."""
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
     sigma_w2, sigma_b2 = float(fan_in[l] * weight_sq_mean[l]), float(bias_variance(cfg)[l])
@@ -225,10 +225,10 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input
         pass
     else:
         n = samples(cfg)
-        out["gradient_factor"] = theory.gradient_factor(cfg.act, norm, sigma_w2, sigma_b2, n, cfg.slope)
+        out["gradient_factor"] = block_theory.gradient_factor(cfg.act, norm, sigma_w2, sigma_b2, n, cfg.slope)
         if norm.over == "batch":
-            out["gradient_factor_large_batch"] = theory.gradient_factor(cfg.act, norm, sigma_w2, sigma_b2, math.inf,
-                                                                        cfg.slope)
+            out["gradient_factor_large_batch"] = block_theory.gradient_factor(cfg.act, norm, sigma_w2, sigma_b2,
+                                                                              math.inf, cfg.slope)
     return out
 
 

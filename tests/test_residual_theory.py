@@ -1,6 +1,6 @@
-"""Mean-field theory of residual and normalized networks (theory.residual, theory.normalized, theory.batch_moments,
-theory.gradient_factor): the facts it must reproduce, its batch-norm moments against sampling, each recursion against
-an independent Monte Carlo written here (numpy in float64, the backward pass by hand: not torch, not initprobe's
+"""Mean-field theory of residual and normalized networks (block_theory: residual, normalized, batch_moments,
+gradient_factor): the facts it must reproduce, its batch-norm moments against sampling, each recursion against an
+independent Monte Carlo written here (numpy in float64, the backward pass by hand: not torch, not initprobe's
 models or probe), and a run end to end (runner.measure + predict) against its own theory_* columns.
 
 Monte Carlo tolerances: conftest.finite_width_tolerance, with a and b per family of network (family, crossed)."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import N_SE, finite_width_tolerance
-from initprobe import activations, config, predict, runner, theory
+from initprobe import activations, block_theory, config, predict, runner, theory
 
 BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
 
@@ -29,7 +29,7 @@ def test_residual_relu_he_doubles_the_variance_per_block_in_both_directions():
     """sigma_w^2 E[phi(x)^2] = q and sigma_w^2 E[phi'^2] = 1 for ReLU + He: each block adds the stream's own q
     (x^l = 2^l forward) and dL/dx doubles per block going down; the branch carries q^{l-1}."""
     depth, n = 30, 512
-    out = theory.residual("relu", he(depth, n), n, n, alpha=1.0)
+    out = block_theory.residual("relu", he(depth, n), n, n, alpha=1.0)
     l = np.arange(1, depth + 1)
     np.testing.assert_allclose(out["theory_act_var"], 2.0**l, rtol=1e-12)
     np.testing.assert_allclose(out["theory_grad_act_var"], 2.0 ** (depth - l), rtol=1e-12)
@@ -40,7 +40,7 @@ def test_residual_relu_he_doubles_the_variance_per_block_in_both_directions():
 def test_inverse_sqrt_depth_branches_keep_relu_bounded_by_e():
     """alpha^2 = 1/(depth - 1): both directions grow by (1 + 1/(depth - 1)) per block, e over the network at most."""
     for depth in (10, 50, 1000):
-        out = theory.residual("relu", he(depth), 512, 512, alpha=1 / math.sqrt(depth - 1))
+        out = block_theory.residual("relu", he(depth), 512, 512, alpha=1 / math.sqrt(depth - 1))
         growth = (1 + 1 / (depth - 1)) ** (depth - 1)
         assert out["theory_act_var"][-1] == pytest.approx(2 * growth, rel=1e-12)
         assert out["theory_grad_act_var"][0] == pytest.approx(growth, rel=1e-12)
@@ -53,7 +53,7 @@ def test_a_norm_makes_residual_relu_grow_linearly(norm, alpha):
     """Behind a norm the branch sees unit variance: q^l = q^{l-1} + alpha^2 sigma_w^2 / 2 for ReLU (De & Smith 2020),
     whatever the stream's size."""
     depth = 40
-    out = theory.residual("relu", he(depth), 512, 512, alpha=alpha, norm=norm)
+    out = block_theory.residual("relu", he(depth), 512, 512, alpha=alpha, norm=norm)
     np.testing.assert_allclose(np.diff(out["theory_act_var"]), alpha**2, rtol=1e-12)
     np.testing.assert_allclose(out["theory_branch_var"][1:], alpha**2, rtol=1e-12)
 
@@ -62,16 +62,16 @@ def test_layer_norm_residual_gradients_mirror_the_forward_growth():
     """Layer norm divides dL/dh by the stream's std: p^{l-1} = p^l (1 + 1/q^{l-1}) with q^{l-1} = l for ReLU + He,
     so dL/dx^1 = prod_{l=2}^{D} (l + 1)/l = (D + 1)/2 (eps 1e-5 against q >= 2: 1e-5 relative)."""
     depth = 50
-    out = theory.residual("relu", he(depth), 512, 512, alpha=1.0, norm="layer")
+    out = block_theory.residual("relu", he(depth), 512, 512, alpha=1.0, norm="layer")
     assert out["theory_grad_act_var"][0] == pytest.approx((depth + 1) / 2, rel=1e-4)
 
 
 def test_plain_batch_norm_relu_factor_is_pi_over_pi_minus_1_only_as_the_batch_grows():
     """Yang et al. 2019: per layer E[phi'^2] / Var phi = pi/(pi - 1) for ReLU as the batch grows without bound; a
     finite batch explodes faster, lambda_B decreasing towards it (1.522 at batch 32, 3.7% above)."""
-    limit = theory.gradient_factor("relu", "batch", 2.0, samples=math.inf)
+    limit = block_theory.gradient_factor("relu", "batch", 2.0, samples=math.inf)
     assert limit == pytest.approx(math.pi / (math.pi - 1), rel=1e-12)
-    factors = [theory.gradient_factor("relu", "batch", 2.0, samples=n) for n in (16, 32, 256, 4096, 10**6)]
+    factors = [block_theory.gradient_factor("relu", "batch", 2.0, samples=n) for n in (16, 32, 256, 4096, 10**6)]
     assert all(a > b > limit for a, b in zip(factors, factors[1:]))
     assert factors[1] / limit - 1 > 0.03 and factors[-1] == pytest.approx(limit, rel=1e-5)
 
@@ -79,27 +79,27 @@ def test_plain_batch_norm_relu_factor_is_pi_over_pi_minus_1_only_as_the_batch_gr
 def test_plain_batch_norm_explodes_whatever_the_init():
     """sigma_w and sigma_b drop out of lambda_B; linear phi still explodes at (n - 2)/(n - 3); and the large-batch
     factor E[phi'^2] / Var phi >= 1 for every activation (the Gaussian Poincare inequality)."""
-    assert theory.gradient_factor("relu", "batch", 0.3, 0.5, samples=64) == pytest.approx(
-        theory.gradient_factor("relu", "batch", 7.0, 0.0, samples=64), rel=1e-12)
+    assert block_theory.gradient_factor("relu", "batch", 0.3, 0.5, samples=64) == pytest.approx(
+        block_theory.gradient_factor("relu", "batch", 7.0, 0.0, samples=64), rel=1e-12)
     for n in (8, 32, 256):
-        linear = theory.gradient_factor("identity", "batch", 1.0, samples=n)
+        linear = block_theory.gradient_factor("identity", "batch", 1.0, samples=n)
         assert linear == pytest.approx((n - 2) / (n - 3), rel=1e-12)
     for name in activations.ACTIVATIONS:
-        assert theory.gradient_factor(name, "batch", 1.0, samples=math.inf) >= 1 - 1e-9, name
+        assert block_theory.gradient_factor(name, "batch", 1.0, samples=math.inf) >= 1 - 1e-9, name
 
 
 def test_plain_layer_norm_factor():
     """sigma_w^2 E[phi'^2] / (sigma_w^2 E[phi^2] + sigma_b^2): 1 for ReLU without bias at any sigma_w; tanh without
     bias explodes (E[tanh'^2] > E[tanh^2]); a bias of variance sigma_w^2 (E[phi'^2] - E[phi^2]) makes it critical."""
     for sw2 in (0.5, 2.0, 9.0):
-        assert theory.gradient_factor("relu", "layer", sw2) == pytest.approx(1.0, rel=1e-12)
-    assert theory.gradient_factor("tanh", "layer", 1.0) > 1.15
+        assert block_theory.gradient_factor("relu", "layer", sw2) == pytest.approx(1.0, rel=1e-12)
+    assert block_theory.gradient_factor("tanh", "layer", 1.0) > 1.15
     _, sq, dsq = theory.expect_all((np.tanh, lambda x: np.tanh(x) ** 2, lambda x: np.cosh(x) ** -4), 1.0)
-    assert theory.gradient_factor("tanh", "layer", 1.0, dsq - sq) == pytest.approx(1.0, rel=1e-10)
+    assert block_theory.gradient_factor("tanh", "layer", 1.0, dsq - sq) == pytest.approx(1.0, rel=1e-10)
 
 
 def test_skipinit_is_the_identity_after_the_stem():
-    out = theory.residual("tanh", np.full(8, 1 / 256), 256, 256, alpha=0.0, norm="batch")
+    out = block_theory.residual("tanh", np.full(8, 1 / 256), 256, 256, alpha=0.0, norm="batch")
     assert np.all(out["theory_act_var"] == out["theory_act_var"][0])
     assert np.all(out["theory_grad_act_var"] == 1.0)
     assert np.all(out["theory_grad_preact_var"][1:] == 0) and np.all(out["theory_branch_var"][1:] == 0)
@@ -124,7 +124,7 @@ def test_batch_moments_equal_sampling_on_the_sphere(act, n):
     ya, yb = y[:, 0:half:2], y[:, 1:half:2]
     per_draw = {"d": phi**2, "o": pa * pb, "m": phi, "A0": dphi**2, "A1": da * db, "A2": (y * dphi) ** 2,
                 "A3": ya * da * yb * db}
-    want = theory.batch_moments(act, n)
+    want = block_theory.batch_moments(act, n)
     for key, values in per_draw.items():
         draws = values.mean(axis=1)  # one number per draw: draws are independent, a draw's coordinates are not
         se = draws.std() / math.sqrt(draws.size)
@@ -135,8 +135,8 @@ def test_piecewise_linear_closed_forms_equal_the_sphere_quadrature():
     """The closed forms and the quadrature are two computations of the same integrals: they agree to the quadrature's
     accuracy (1e-10 and better from 12 values up, where the densities are smooth to their third derivative)."""
     for act, n in (("relu", 12), ("relu", 64), ("leaky_relu", 24), ("identity", 16), ("relu", 32768)):
-        closed = theory.batch_moments(act, n, 0.2)
-        quadrature = theory._sphere_quadrature(act, n, 0.2, -1 / (n - 1))
+        closed = block_theory.batch_moments(act, n, 0.2)
+        quadrature = block_theory._sphere_quadrature(act, n, 0.2, -1 / (n - 1))
         for key in closed:
             assert closed[key] == pytest.approx(quadrature[key], abs=1e-9), (act, n, key)
 
@@ -227,9 +227,9 @@ def predicted(block, norm, act, depth, width, batch, sigma_w2, alpha=1.0, sigma_
     common = dict(bias_var=sigma_b2, samples=batch, n_terms=batch)
     weight_sq = np.full(depth, sigma_w2 / width)
     if block == "residual":
-        out = theory.residual(act, weight_sq, width, width, alpha, norm, **common)
+        out = block_theory.residual(act, weight_sq, width, width, alpha, norm, **common)
     else:
-        out = theory.normalized(act, weight_sq, width, width, norm, **common)
+        out = block_theory.normalized(act, weight_sq, width, width, norm, **common)
     out = {k.removeprefix("theory_"): v for k, v in out.items()}
     return {k: out.get(k, np.full(depth, np.nan)) for k in STATS}  # plain blocks have no branch
 
@@ -325,7 +325,7 @@ def test_plain_batch_norm_gradient_grows_by_the_finite_batch_factor_not_pi_over_
     per_layer = (grads[:, 1] - grads[:, -2]) / (depth - 3)  # layers 2 .. depth - 1
     se = per_layer.std(ddof=1) / math.sqrt(seeds)
     measured = math.exp(per_layer.mean())
-    finite = theory.gradient_factor("relu", "batch", 2.0, samples=batch)
+    finite = block_theory.gradient_factor("relu", "batch", 2.0, samples=batch)
     assert abs(math.log(measured / finite)) <= N_SE * se + 4 / width, (measured, finite, se)
     assert abs(math.log(measured * (math.pi - 1) / math.pi)) > N_SE * se + 4 / width
 
@@ -398,7 +398,7 @@ def test_plain_batch_norm_summary_names_the_drift_it_does_not_predict():
     and says in words that a finite-width network's drift with depth is not predicted."""
     cfg = config.RunConfig(act="relu", init="he_normal", norm="batch", batch=256, depth=50, width=512)
     _, scales = predict.for_config(cfg)
-    assert scales["gradient_factor"] == pytest.approx(theory.gradient_factor("relu", "batch", 2.0, samples=256))
+    assert scales["gradient_factor"] == pytest.approx(block_theory.gradient_factor("relu", "batch", 2.0, samples=256))
     assert scales["gradient_factor_large_batch"] == pytest.approx(math.pi / (math.pi - 1))
     assert any("Not predicted: the drift" in note and "batch/width" in note for note in scales["notes"])
     assert scales["no_prediction"] == {}
