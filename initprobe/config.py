@@ -14,7 +14,6 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Callable, Sequence
 
 if sys.version_info >= (3, 11):
@@ -47,7 +46,6 @@ SEED_LIMIT = INT64_LIMIT  # torch seeds are 64-bit; every seed s, s+1, ... of a 
 DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max, "bfloat16": 3.3895313892515355e38}
 SPREAD = 3.0  # the largest number an init is given, in units of its weights' root mean square (a uniform's bound is
 # sqrt(3), a truncated normal's cut 2 / 0.88 of it)
-CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
 THEORY_MAX_DEPTH = 100_000  # `initprobe theory` computes a quadrature per layer: its time grows with the depth
 
 NETWORK, MODEL, INITIALIZER, MEASUREMENT, OUTPUT = "Network", "Model", "Initializer", "Measurement", "Output"
@@ -606,76 +604,6 @@ def checked(data: dict, where: str = "", name: Callable[[str], str] | None = Non
     return values
 
 
-# ---- files -----------------------------------------------------------------------------------------------------
-
-def read_text(path: str | Path) -> str:
-    """A config or sweep file's text; ConfigError (one line) for a missing, unreadable, binary or huge file (reads at
-    most CONFIG_FILE_LIMIT bytes, so /dev/zero is refused, not read forever)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(CONFIG_FILE_LIMIT + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    if len(raw) > CONFIG_FILE_LIMIT:
-        raise ConfigError(f"config file {path} is over {CONFIG_FILE_LIMIT >> 10} KiB; a config file is short text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not text (UTF-8)") from None
-
-
-def parse_toml(text: str, path: str | Path) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"malformed config file {path}: {e}") from None
-
-
-def read_toml(path: str | Path) -> dict:
-    return parse_toml(read_text(path), path)
-
-
-def file_options(data: dict, where: str, keys: dict | None = None) -> dict:
-    """The options of a config file (`keys`, default the run options): its keys, either all at the top level or all
-    under one [run] table."""
-    if "run" in data:
-        run = data["run"]
-        if not isinstance(run, dict):
-            raise ConfigError(f"{where}run: expected a table [run], got {run!r}")
-        others = [k for k in data if k != "run"]
-        if others:
-            raise ConfigError(f"{where}'{others[0]}' is outside [run]; put every key under [run] or use no table")
-        data = run
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if isinstance(value, dict) and not (name in DECLARED and dict in value_types(name)):
-            raise ConfigError(f"{where}unknown table [{key}]; a config file holds run options, flat or under [run]")
-    return checked(data, where, keys=keys)
-
-
-def load(path: str | Path | None = None, overrides: dict | None = None, override_name=None,
-         command: str = RUN) -> RunConfig:
-    """Defaults, then the file's keys (a flat table, or a [run] table), then `overrides` (their keys named in
-    messages as override_name(key): the command line's flags); validated. A RunConfig, or the config of `command`
-    (CONFIGS) with the options it takes. An option given that does not apply to the network (kernel_size for an
-    MLP, slope for tanh) is refused, even at its default value."""
-    keys = command_fields(command)
-    given = file_options(read_toml(path), f"{path}: ", keys) if path is not None else {}
-    overridden = checked(overrides or {}, name=override_name, keys=keys)
-    cfg = CONFIGS.get(command, RunConfig)(**{**given, **overridden})
-    for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
-        if key in overridden:
-            raise _not_applying(key, cfg, override_name(key) if override_name else None)
-        if key in given:
-            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
-    validate(cfg)
-    return cfg
-
-
 def parse_value(text: str):
     """A `--set key=value` value: TOML syntax where it parses (numbers, booleans, lists), else a string."""
     try:
@@ -833,71 +761,3 @@ def init_params(cfg: RunConfig) -> dict:
     if params.get("gain") == "auto":
         params["gain"] = activations.get(cfg.act).gain(cfg.slope)
     return params
-
-
-# ---- describing the options --------------------------------------------------------------------------------------
-
-def default_text(key: str, command: str = RUN) -> str:
-    """The default of option `key` as `command` declares it, in words where it is None or depends on other options."""
-    declared = command_fields(command).get(key, DECLARED[key])
-    opt, default = declared.metadata["option"], declared.default
-    if opt.default_text is not None:
-        return opt.default_text
-    return "-" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
-
-
-def type_text(key: str) -> str:
-    """'tanh | relu | ...' for choices, else the type ('int', 'float or auto')."""
-    opt = DECLARED_OPTIONS[key]
-    if opt.choices is not None:
-        names = " | ".join(opt.choices()) if len(opt.choices()) <= 6 else f"an {opt.kind}" if opt.kind[0] in "aeiou" \
-            else f"a {opt.kind}"
-        return names + (f" or {opt.open_choices}" if opt.open_choices else "")
-    types = [type_name(t) for t in value_types(key) if not (opt.words and t is str)]
-    return " or ".join(types + list(opt.words))
-
-
-def described(key: str) -> tuple[str, str]:
-    """(default, meaning) of option `key` for every command that takes it: the run option's, and train's where its
-    declaration differs."""
-    default, meaning = default_text(key), DECLARED_OPTIONS[key].help
-    if key in FIELDS and key in TRAIN_FIELDS:
-        if default_text(key, TRAIN) != default:
-            default += f"; train: {default_text(key, TRAIN)}"
-        if TRAIN_FIELDS[key].metadata["option"].help != meaning:
-            meaning += f" Train: {TRAIN_FIELDS[key].metadata['option'].help}"
-    return default, meaning
-
-def _applies_markdown() -> str:
-    """Which options mean something only for some networks, from their declarations."""
-    def keys(scope):
-        return ", ".join(f"`{k}`" for k, o in OPTIONS.items() if o.scope == scope)
-
-    by_arch = "; ".join(f"the {arch.upper()}'s {keys((arch,))}" for arch in ARCHS if keys((arch,)))
-    by_act = "; ".join(f"`{k}` only for " + ", ".join(n for n, a in activations.ACTIVATIONS.items()
-                                                      if getattr(a, o.act_flag))
-                       for k, o in OPTIONS.items() if o.act_flag)
-    return (f"Some options mean something only for some networks. The built-in network's ({keys(NETWORKS)}, and "
-            f"those of one arch: {by_arch}) mean nothing for a --model, whose own ({keys((MODEL_KIND,))}) mean "
-            f"nothing for the built-in network; {by_act}. `run`, `theory`, `phase` and `train` refuse one given for "
-            "another network; a sweep sets it to its default in the runs whose network ignores it, so those runs "
-            "collapse into one.")
-
-
-def options_markdown() -> str:
-    """docs/options.md: every option of run, theory, phase and train, from the declarations above (a test keeps the
-    file equal to this)."""
-    lines = ["# Options", "",
-             "Generated from `initprobe/config.py` (the one place each option is declared): the same keys go in "
-             "config files (flat or under `[run]`, dashes or underscores) and in a sweep's `[base]`, `[grid]` and "
-             "`[[point]]` tables; on the command line each is a flag. `initprobe list options` prints this table. "
-             f"`train` takes every run option except {', '.join(NOT_TRAINED)} and {', '.join(FROM_DATA)} (the data "
-             "sets these), and adds its own (the Data and Training panels of `initprobe train --help`).",
-             "", _applies_markdown(),
-             "", "| key | flag | commands | takes | default | meaning |", "|---|---|---|---|---|---|"]
-    for key in DECLARED:
-        flags = flag(key) if value_types(key) != (bool,) else f"{flag(key)} / --no-{flag(key)[2:]}"
-        default, meaning = described(key)
-        cells = [f"`{key}`", f"`{flags}`", ", ".join(commands(key)), type_text(key), default, meaning]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import initprobe
-from initprobe import activations, config, inits
+from initprobe import activations, inits, option_docs
 from initprobe.cli import main
 
 from conftest import snapshot
@@ -499,12 +499,12 @@ def test_init_completion_offers_every_registry_name(capsys, monkeypatch):
 
 
 def test_docs_options_md_is_generated_from_the_declarations():
-    """docs/options.md is the table config.options_markdown() makes from each option's declaration."""
+    """docs/options.md is the table option_docs.options_markdown() makes from each option's declaration."""
     path = ROOT / "docs" / "options.md"
-    regenerate = ("regenerate it: python -c \"from initprobe import config; "
-                  "open('docs/options.md','w').write(config.options_markdown())\"")
+    regenerate = ("regenerate it: python -c \"from initprobe import option_docs; "
+                  "open('docs/options.md','w').write(option_docs.options_markdown())\"")
     assert path.is_file(), f"docs/options.md is missing; {regenerate}"
-    assert path.read_text() == config.options_markdown(), f"docs/options.md is out of date; {regenerate}"
+    assert path.read_text() == option_docs.options_markdown(), f"docs/options.md is out of date; {regenerate}"
 
 
 @pytest.mark.parametrize("instrumented_s, verdict", [(1.1004, True), (1.1006, False)])

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from initprobe import activations, config, sweep
+from initprobe import activations, config, config_files, sweep
 from initprobe.cli import main
 from initprobe.config import ConfigError, RunConfig
 
@@ -39,9 +39,9 @@ def test_run_refuses_an_option_its_network_ignores(tmp_path, monkeypatch, capsys
 def test_config_files_and_the_python_api_refuse_them_too(tmp_path):
     (tmp_path / "c.toml").write_text('padding = "circular"\ndepth = 2\n')
     with pytest.raises(ConfigError, match=r"c.toml: padding does not apply to arch 'mlp' \(only to 'cnn'\)$"):
-        config.load(tmp_path / "c.toml")
+        config_files.load(tmp_path / "c.toml")
     (tmp_path / "c.toml").write_text('arch = "cnn"\npadding = "zeros"\nkernel_size = 5\n')  # a CNN takes both
-    assert config.load(tmp_path / "c.toml").kernel_size == 5
+    assert config_files.load(tmp_path / "c.toml").kernel_size == 5
     with pytest.raises(ConfigError, match=r"^kernel_size does not apply to arch 'mlp'"):
         config.validate(RunConfig(kernel_size=5))
     with pytest.raises(ConfigError, match=r"^slope does not apply to activation 'selu'"):

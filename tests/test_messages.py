@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from initprobe import config, inits
+from initprobe import config, inits, option_docs
 from initprobe.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,5 +25,5 @@ def test_every_distribution_accepted_is_documented_with_its_meaning():
     help_text = config.OPTIONS["distribution"].help
     options_md = (ROOT / "docs" / "options.md").read_text()
     for name in inits.DISTRIBUTIONS:
-        assert name in config.type_text("distribution") and name in options_md
+        assert name in option_docs.type_text("distribution") and name in options_md
     assert "untruncated_normal is Keras' name for normal" in help_text

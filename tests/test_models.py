@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from initprobe import any_model, config, module_probe
+from initprobe import any_model, config, config_files, module_probe
 from initprobe.cli import main
 from initprobe.config import ConfigError, RunConfig
 from initprobe.module_probe import COLUMNS
@@ -564,12 +564,12 @@ def test_sweep_reads_a_list_valued_option_as_one_value_and_a_list_of_lists_as_an
 def test_a_table_in_a_config_file_is_model_args_or_an_error(workdir):
     (workdir / "t.toml").write_text("[layers]\ndepth = 3\n")
     with pytest.raises(ConfigError, match=r"unknown table \[layers\]"):
-        config.load(workdir / "t.toml")
+        config_files.load(workdir / "t.toml")
 
 
 def test_model_options_in_a_config_file(workdir):
     (workdir / "m.toml").write_text('model = "test_models:make_net"\nmodel_args = {inplace = false}\n'
                                     'input_shape = [3, 4, 4]\nrecord = "blocks"\n')
-    cfg = config.load(workdir / "m.toml", {"model_args": ["inplace=true"]})
+    cfg = config_files.load(workdir / "m.toml", {"model_args": ["inplace=true"]})
     assert cfg.model_args == {"inplace": True} and cfg.input_shape == [3, 4, 4] and cfg.init == "model"
     assert cfg.width is None and cfg.batch == config.MODEL_BATCH

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.markup import escape
 
-from .. import config
+from .. import config, config_files
 
 CONFIG_PANEL = "Config file"
 _KW = inspect.Parameter.KEYWORD_ONLY
@@ -126,7 +126,7 @@ def given(ctx: typer.Context, values: dict) -> dict:
 
 def load(ctx: typer.Context, values: dict, command: str = config.RUN) -> config.RunConfig:
     """Defaults < --config file < the options given on the command line; validated (the config of `command`)."""
-    return config.load(values.get("config_file"), given(ctx, values), config.flag, command)
+    return config_files.load(values.get("config_file"), given(ctx, values), config.flag, command)
 
 
 def choice_error(error: Exception) -> str | None:

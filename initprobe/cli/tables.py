@@ -4,7 +4,7 @@ and `initprobe list`."""
 from rich.markup import escape
 from rich.table import Table
 
-from .. import activations, blocks, config, inits
+from .. import activations, blocks, config, inits, option_docs
 from ..formatting import number
 
 VERDICT_COLOURS = {"stable": "green", "vanishing": "yellow", "exploding": "red"}
@@ -222,8 +222,8 @@ def option_table() -> Table:
     for col in ("key", "commands", "takes", "default", "meaning"):
         table.add_column(col, overflow="fold")
     for key in config.DECLARED:
-        default, meaning = config.described(key)
-        table.add_row(key, ", ".join(config.commands(key)), escape(config.type_text(key)), escape(default),
+        default, meaning = option_docs.described(key)
+        table.add_row(key, ", ".join(config.commands(key)), escape(option_docs.type_text(key)), escape(default),
                       escape(meaning))
     return table
 

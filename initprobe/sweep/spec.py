@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .. import activations, config, formatting, inits
+from .. import activations, config, config_files, formatting, inits
 from ..config import ConfigError, RunConfig
 from ..names import did_you_mean
 
@@ -98,8 +98,8 @@ def load_sweep(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Swee
     """Read a sweep file, apply `--set key=value` overrides, validate everything, expand the grid.
     Every problem found is reported, each with its place (`configs/x.toml: grid.act[2]: ...`), in one ConfigError."""
     path = Path(path)
-    text = config.read_text(path)
-    sweep = parse_sweep(config.parse_toml(text, path), name=path.stem, where=str(path), sets=sets)
+    text = config_files.read_text(path)
+    sweep = parse_sweep(config_files.parse_toml(text, path), name=path.stem, where=str(path), sets=sets)
     sweep.description = header_comment(text)
     return sweep
 
