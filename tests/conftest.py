@@ -96,3 +96,13 @@ def snapshot(root) -> dict:
     """Every path under root (hidden ones included) with its bytes (None for directories): equal before and after
     a command that must change nothing."""
     return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """cwd = tmp_path, holding a results/ with an earlier run in it: what a command must leave untouched. Test
+    modules that need other files beside it define their own workdir."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "earlier").mkdir(parents=True)
+    (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
+    return tmp_path

@@ -22,14 +22,6 @@ GiB = 2**30
 FREE = memory.Free(8 * GiB, 8 * GiB)  # a machine of 8 GiB free, whatever this one has
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "results" / "earlier").mkdir(parents=True)
-    (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
-    return tmp_path
-
-
 # ------------------------------------------------------------------------------------------ refused up front
 
 HUGE = {  # the hostile sizes: each would take seconds to fail in an allocator, or exhaust the machine

@@ -21,14 +21,6 @@ def small(**kw) -> RunConfig:
     return RunConfig(**{**dict(depth=3, width=8, batch=4, seeds=1, plots=False, device="cpu"), **kw})
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "results" / "earlier").mkdir(parents=True)
-    (tmp_path / "results" / "earlier" / "layers.csv").write_text("seed,layer\n0,1\n")
-    return tmp_path
-
-
 # ------------------------------------------------------------------------------------------ plots before publishing
 
 
