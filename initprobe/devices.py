@@ -33,14 +33,8 @@ def free_memory(device: torch.device) -> memory.Free:
     Linux, else physical memory) for the CPU and MPS, whose tensors are in host memory."""
     if device.type == "cuda":
         return memory.Free(torch.cuda.mem_get_info(device)[0], memory.host_available(), shared=False)
-    return memory.Free(memory.host_available(), memory.host_available())
-
-
-def total_memory(device: torch.device) -> memory.Free:
-    """All the memory of `device` and of the host: what no run bigger than that can ever fit in."""
-    if device.type == "cuda":
-        return memory.Free(torch.cuda.mem_get_info(device)[1], memory.host_total(), shared=False)
-    return memory.Free(memory.host_total(), memory.host_total())
+    host = memory.host_available()
+    return memory.Free(host, host)
 
 
 def release_free_memory(device: torch.device) -> None:

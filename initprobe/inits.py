@@ -53,18 +53,13 @@ def _no_grad(fn):
 def sample_(w, std: float, distribution: str, generator=None):
     """Zero-mean samples with standard deviation `std`; truncated normal is cut at +-2 sigma' and rescaled
     (sigma' = std / 0.8796...) so that the realized std is `std`, as Keras' VarianceScaling does."""
-    import torch
-
     if distribution == "uniform":
         bound = math.sqrt(3.0) * std
         return w.uniform_(-bound, bound, generator=generator)
     if distribution in ("normal", "untruncated_normal"):
         return w.normal_(0.0, std, generator=generator)
-    if std == 0:  # every distribution's limit (torch's truncated normal would divide by it)
-        return w.zero_()
     if distribution == "truncated_normal":
-        s = std / TRUNC_STD
-        return torch.nn.init.trunc_normal_(w, 0.0, s, -2.0 * s, 2.0 * s, generator=generator)
+        return truncated_normal_(w, std / TRUNC_STD, generator=generator)
     raise ValueError(f"unknown distribution '{distribution}'")
 
 

@@ -11,7 +11,7 @@ that fits neither way.
 import math
 from dataclasses import dataclass
 
-from . import activations, blocks, inits
+from . import activations, blocks, inits, shapes
 from .config import MODEL_SEQ_LEN, RunConfig
 from .errors import ConfigError
 
@@ -48,17 +48,14 @@ class Sizes:
 
 
 def sizes(cfg: RunConfig) -> Sizes:
-    cnn = cfg.arch == "cnn"
-    positions = cfg.image_size**2 if cnn else 1
-    n_in = cfg.in_channels if cnn else (cfg.input_dim or cfg.width)
-    taps = cfg.kernel_size**2 if cnn else 1
-    first, rest = cfg.width * n_in * taps, cfg.width * cfg.width * taps
+    positions, n_in = shapes.positions(cfg), shapes.input_size(cfg)
+    first, rest = shapes.weight_size(cfg, 0), shapes.weight_size(cfg, 1)
     padded = 0
-    if cnn and cfg.padding == "circular":
+    if cfg.arch == "cnn" and cfg.padding == "circular":
         padded = cfg.batch * max(cfg.width, cfg.in_channels) * (cfg.image_size + cfg.kernel_size - 1) ** 2
     element = ELEMENT_BYTES[cfg.dtype]
     return Sizes(batch_units=cfg.batch * cfg.width * positions, batch_inputs=cfg.batch * n_in * positions,
-                 padded=padded, weights=first + (cfg.depth - 1) * rest, weight_max=max(first, rest),
+                 padded=padded, weights=shapes.total_weights(cfg), weight_max=max(first, rest),
                  biases=cfg.depth * cfg.width, element=element, stat=max(element, 4))
 
 
@@ -274,11 +271,6 @@ def _size(n: int) -> str:
 def host_available() -> int:
     """Bytes the host can give a process: MemAvailable (Linux), else physical memory."""
     return _meminfo("MemAvailable")
-
-
-def host_total() -> int:
-    """Physical memory of the host."""
-    return _meminfo("MemTotal")
 
 
 def _meminfo(key: str) -> int:

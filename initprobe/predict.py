@@ -179,13 +179,15 @@ def add_theory(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPU
     return frame.join(theory_cols, on="layer")
 
 
-def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q) -> dict:
+def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q, cols: dict | None = None
+           ) -> dict:
     """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one), for these
     second moments E[(W^l)^2]. q* is the fixed point the recursion reaches from the network's own q^1 (layer 1's
     sigma_w^2 E[x0^2] + sigma_b^2), which decides it where every q is a fixed point (relu, sigma_w^2 = 2).
-    Residual and normalized networks have no fixed point: architecture_scales."""
+    Residual and normalized networks have no fixed point: architecture_scales (from `cols`, these moments'
+    columns(), where the caller has them already)."""
     if not is_plain(cfg):
-        return architecture_scales(cfg, weight_sq_mean, input_q)
+        return architecture_scales(cfg, weight_sq_mean, input_q, cols)
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
     sigma_w2 = float(fan_in[l] * weight_sq_mean[l])
@@ -195,7 +197,8 @@ def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = I
     return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, **out}
 
 
-def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q) -> dict:
+def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q,
+                        cols: dict | None = None) -> dict:
     """What the prediction of a residual or normalized network says end to end, for these E[(W^l)^2]: the square
     layers' sigma_w^2 and sigma_b^2, the predicted forward ratio act_var[depth]/act_var[1] and backward ratio of
     the gradient that carries the signal down (blocks.Block.stream_gradient), their per-layer gains and verdicts
@@ -204,7 +207,7 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input
     fan_in, _ = fans(cfg)
     l = 1 if cfg.depth > 1 else 0
     sigma_w2, sigma_b2 = float(fan_in[l] * weight_sq_mean[l]), float(bias_variance(cfg)[l])
-    cols = columns(cfg, weight_sq_mean, input_q)
+    cols = columns(cfg, weight_sq_mean, input_q) if cols is None else cols
     stream = "theory_" + blocks.block(cfg.block).stream_gradient
     with np.errstate(divide="ignore", invalid="ignore"):
         forward = float(cols["theory_act_var"][-1] / cols["theory_act_var"][0])
@@ -221,9 +224,7 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input
     norm = blocks.norm(cfg.norm)
     if blocks.block(cfg.block).stem:
         out["alpha"] = config.branch_alpha(cfg)
-    elif stream in no_prediction(cfg):
-        pass
-    else:
+    elif stream not in missing:
         n = samples(cfg)
         out["gradient_factor"] = block_theory.gradient_factor(cfg.act, norm, sigma_w2, sigma_b2, n, cfg.slope)
         if norm.over == "batch":
@@ -267,16 +268,13 @@ def summary(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q
     return out
 
 
-BACKWARD_THEORY = ("theory_grad_preact_var", "theory_grad_act_var", "theory_weight_grad_var")
-
-
 def from_top_gradient(frame: pd.DataFrame) -> pd.DataFrame:
     """The backward predictions of `frame` (made for a unit-variance cotangent at the top) for the gradient that
     reached the top of this network, a loss's: the backward recursion is linear in E[(dL/dx^depth)^2], so each
     is scaled by the measured grad_act_var at the top layer over its prediction (means over the seeds)."""
     top = frame[frame["layer"] == frame["layer"].max()]
     ratio = top["grad_act_var"].mean() / top["theory_grad_act_var"].mean()
-    return frame.assign(**{c: frame[c] * ratio for c in BACKWARD_THEORY if c in frame})
+    return frame.assign(**{c: frame[c] * ratio for c in GRADIENT_COLUMNS if c in frame})
 
 
 TRAINABLE_DEPTHS = 6.0  # Schoenholz et al. 2017: a network trains while its depth is below about 6 xi_c
@@ -315,8 +313,9 @@ def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
     moment = expected_second_moment(cfg)
     if moment is None:
         raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")
-    frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), WEIGHT_MOMENT: moment, **columns(cfg, moment)})
-    out = scales(cfg, moment)
+    cols = columns(cfg, moment)
+    frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), WEIGHT_MOMENT: moment, **cols})
+    out = scales(cfg, moment, cols=cols)
     if not is_plain(cfg):
         out.update(architecture=describe(cfg), notes=notes(cfg), no_prediction=no_prediction(cfg))
     return frame, out
@@ -358,7 +357,7 @@ def residual_jacobian(cfg: config.RunConfig, moment: np.ndarray) -> dict:
     cols = columns(cfg, moment)
     first = cols["theory_grad_act_var"][0] if blocks.block(cfg.block).stem else \
         cols["theory_weight_grad_var"][0] / (samples(cfg) * INPUT_Q)
-    n_in, n_out = fan_in[0] / (cfg.kernel_size**2 if cfg.arch == "cnn" else 1), cfg.width
+    n_in, n_out = shapes.layer_size(cfg, 0)
     mean_sq = float(fan_out[0] * moment[0] * first * n_in / min(n_in, n_out))
     return {"theory_mean_sq_sv": mean_sq, "free_probability": {
         "note": "free probability's spectrum is for plain networks at a fixed point: no prediction for "

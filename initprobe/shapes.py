@@ -16,17 +16,9 @@ def layer_size(cfg: RunConfig, l: int) -> tuple[int, int]:
     return (input_size(cfg) if l == 0 else cfg.width), cfg.width
 
 
-def layer_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
-    return [layer_size(cfg, l) for l in range(cfg.depth)]
-
-
 def weight_shape(cfg: RunConfig, n_in: int, n_out: int) -> tuple[int, ...]:
     """As nn.Linear (out, in) / nn.Conv2d (out, in, k, k), so fans are PyTorch's."""
     return (n_out, n_in) if cfg.arch == "mlp" else (n_out, n_in, cfg.kernel_size, cfg.kernel_size)
-
-
-def weight_shapes(cfg: RunConfig) -> list[tuple[int, ...]]:
-    return [weight_shape(cfg, *io) for io in layer_sizes(cfg)]
 
 
 def weight_size(cfg: RunConfig, l: int) -> int:
