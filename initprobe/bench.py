@@ -303,9 +303,6 @@ def sweep_rows(quick: bool = False):
     ]
 
 
-TRAIN = dict(depth=20, width=128, batch=64, act="tanh")  # initprobe train's default network
-
-
 def training_rows(device, reps: int = 21) -> list[dict]:
     """What a recorded training step costs beside a plain one (train.recorded_step: the probe's statistics and the
     activation percentiles; then the held-out evaluation, which comes with every record), on train's default
@@ -313,7 +310,7 @@ def training_rows(device, reps: int = 21) -> list[dict]:
     thread, as `initprobe train` runs there."""
     from . import data as datasets, train
 
-    cfg = config.TrainConfig(**TRAIN, device=str(device))
+    cfg = config.TrainConfig(device=str(device))  # train's default network
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(1438, cfg.input_dim, device=device, generator=gen)
     y = torch.randint(10, (1438,), device=device, generator=gen)

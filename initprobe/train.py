@@ -91,10 +91,8 @@ def optimizer(cfg: config.TrainConfig, net: Network, lr: float) -> torch.optim.O
 
 
 def forward(cfg: config.TrainConfig, net: Network, phi, x) -> torch.Tensor:
-    """Logits (batch, classes): the blocks, then the readout."""
-    for w, b in net.blocks:
-        x = phi(models.block(cfg, x, w, b))
-    return models.readout(cfg, x, *net.readout)
+    """Logits (batch, classes): the blocks (models.Net, as the probe runs them), then the readout."""
+    return models.readout(cfg, models.Net.of(cfg, phi).forward(net.blocks, x), *net.readout)
 
 
 def plain_step(cfg: config.TrainConfig, net: Network, phi, x, y) -> torch.Tensor:

@@ -407,5 +407,6 @@ def test_the_benchs_training_rows_are_the_ratios_of_their_timed_steps(monkeypatc
     every = config.TRAIN_FIELDS["record_every"].default
     assert f"{3.0 / every:.1%}" in with_eval["note"]
     plain_loss, record, held_out = called[:3]
-    assert plain_loss.ndim == 0 and record["stats"].shape == (bench.TRAIN["depth"], len(probe.COLUMNS))
+    default_depth = config.TrainConfig(device="cpu").depth
+    assert plain_loss.ndim == 0 and record["stats"].shape == (default_depth, len(probe.COLUMNS))
     assert held_out.shape == (2,) and 0 <= float(held_out[1]) <= 1

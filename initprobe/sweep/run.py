@@ -92,8 +92,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path | None = None, backend: str | No
         for device in sorted({p.device for p in sweep.points}):
             devices.resolve(device)
     _check_target(target, ids)
-    pending = any(not (target / "runs" / rid).is_dir() or results.incomplete(target / "runs" / rid) for rid in ids)
-    with backends.ray_session(opts["address"]) if opts["backend"] == "ray" and pending else contextlib.nullcontext(), \
+    pending = opts["backend"] == "ray" and any(  # only Ray, which starts a session, needs to know
+        not (target / "runs" / rid).is_dir() or results.incomplete(target / "runs" / rid) for rid in ids)
+    with backends.ray_session(opts["address"]) if pending else contextlib.nullcontext(), \
             lock.held(target):
         _check_target(target, ids)  # again: another invocation may have written it before this one took the lock
         _prepare(target, sweep, ids, opts, command)
