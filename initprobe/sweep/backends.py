@@ -29,6 +29,8 @@ RAY_CONNECT_SECONDS = 5.0  # to resolve a cluster's name and open a connection t
 RAY_JOIN_ATTEMPTS = "1"  # Ray's attempts to reach the GCS of an address that answers (each ends within a minute)
 RAY_ADDRESS_FORMS = "expected host:port, ray://host:port, auto or local"
 
+_started_here: list[bool] = []  # per open ray_session, outermost first: did it init Ray (and will it shut it down)?
+
 
 def _probe(cfg: RunConfig, threads: int, command) -> dict:
     """One run (a train run for a TrainConfig) with `threads` intra-op threads (restored after): what every backend
@@ -262,9 +264,11 @@ def ray_session(address: str | None):
                 ray.init(**kwargs, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot start or join Ray (address {address or 'local'}): {e}") from None
+    _started_here.append(own)
     try:
         yield ray
     finally:
+        _started_here.pop()
         if own:
             ray.shutdown()
 
@@ -316,9 +320,13 @@ def _ray_tasks(ray, jobs, opts, command) -> Iterator[tuple[str, dict]]:
                     outcome.update(status="failed", error=f"writing the run's files: {_one_line(e)}")
             yield rid, outcome
     finally:
-        for ref in pending:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref)
+        # A session opened here ends its Ray job at shutdown, and the job's tasks with it. Cancelling them first
+        # only races Ray's own bookkeeping (a reply arriving for a task being cancelled aborts the driver), so
+        # tasks are cancelled only in a Ray someone else opened (a notebook's), which lives on after the sweep.
+        if not any(_started_here):
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
 
 
 BACKENDS = {"local": _run_local, "process": _run_process, "ray": _run_ray}
