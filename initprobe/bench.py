@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import activations, config, models, probe, shapes
+from . import activations, config, devices, models, probe, shapes
 
 MLP = dict(arch="mlp", depth=50, width=512, batch=256, act="tanh")
 RESIDUAL_BN = dict(arch="mlp", depth=50, width=512, batch=256, act="relu", init="he_normal", block="residual",
@@ -318,17 +318,12 @@ def training_rows(device, reps: int = 21) -> list[dict]:
     net, _ = train.build(cfg, data, 0, device)
     phi, sat = activations.torch_fn(cfg.act), activations.get(cfg.act).saturation()
     batch, labels = x[:cfg.batch], y[:cfg.batch]
-    previous = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        plain_t, recorded_t, eval_t = [], [], []
+    plain_t, recorded_t, eval_t = [], [], []
+    with devices.torch_threads(1 if device.type == "cpu" else None):
         for _ in range(reps):
             plain_t += timed(lambda: train.plain_step(cfg, net, phi, batch, labels), device, 1)
             recorded_t += timed(lambda: train.recorded_step(cfg, net, phi, sat, batch, labels), device, 1)
             eval_t += timed(lambda: train.evaluate(cfg, net, phi, data.x_test, data.y_test), device, 1)
-    finally:
-        torch.set_num_threads(previous)
     ratio = statistics.median(r / p for r, p in zip(recorded_t, plain_t))
     with_eval = statistics.median((r + e) / p for r, e, p in zip(recorded_t, eval_t, plain_t))
     every = config.TRAIN_FIELDS["record_every"].default

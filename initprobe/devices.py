@@ -1,5 +1,6 @@
 """Devices: which one a run uses, what it is called, how much memory is free, and the peak a run used."""
 
+import contextlib
 import functools
 import platform
 import sys
@@ -20,6 +21,18 @@ def resolve(name: str) -> torch.device:
     if name == "mps" and not has_mps:
         raise ConfigError("--device mps: no Apple MPS device is available")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` inside the block (None: left as they are), restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def name(device: torch.device) -> str:

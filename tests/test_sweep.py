@@ -789,3 +789,27 @@ def test_trainability_heatmap_axes_are_sigma_w2_and_depth_where_both_vary_else_t
     assert sweep_figures.heatmap_axes(runs, ["scale", "depth"]) == ("sigma_w2", "depth")
     one_depth = runs[runs["depth"] == 10]  # an init's sigma_w^2 is no axis of its own: the init is
     assert sweep_figures.heatmap_axes(one_depth, ["init", "seed"]) == (None, "init")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["ok", "failed"])
+def test_a_point_runs_with_the_sweeps_threads_and_gives_the_callers_back(monkeypatch, fails):
+    """Each backend runs a point through _probe with `threads` intra-op threads; the caller's number is restored
+    after, also when the run fails (a local sweep runs in the caller's process)."""
+    import torch
+
+    from initprobe import config
+
+    inside = []
+
+    def run(cfg, command=None):
+        inside.append(torch.get_num_threads())
+        if fails:
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "run", run)
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    outcome = backends._probe(config.RunConfig(), threads, None)
+    assert inside == [threads] and torch.get_num_threads() == before
+    assert outcome["status"] == ("failed" if fails else "ok")
+    assert outcome["error"] == ("RuntimeError: out of memory" if fails else "")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from initprobe import activations, config, data as datasets, models, probe, runner, train
+from initprobe import activations, config, data as datasets, devices, models, probe, runner, train
 from initprobe.cli import main
 from initprobe.config import ConfigError, TrainConfig
 
@@ -24,10 +24,8 @@ CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the digits' 
 def one_thread():
     """One intra-op thread, as `initprobe train` takes on the CPU: a training step of these sizes is many small
     operations, which a second thread does not speed up and, on a busy machine, slows many times over."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with devices.torch_threads(1):
+        yield
 
 
 def tiny(device, **kw) -> TrainConfig:
@@ -297,15 +295,11 @@ def two_runs(tmp_path_factory):
     from initprobe import results
 
     tmp = tmp_path_factory.mktemp("train")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # as one_thread does for each test
-    try:
+    with devices.torch_threads(1):  # as one_thread does for each test
         cpu = torch.device("cpu")
         train.train(tiny(cpu, steps=8, record_every=2, out=str(tmp / "ok")))
         train.train(tiny(cpu, act="relu", init="he_normal", lr=1e4, steps=8, record_every=4, seeds=1,
                          out=str(tmp / "diverged")))
-    finally:
-        torch.set_num_threads(previous)
     return results.read_run(tmp / "ok"), results.read_run(tmp / "diverged")
 
 

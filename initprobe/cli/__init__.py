@@ -107,15 +107,10 @@ def train_cmd(ctx: typer.Context, **values):
 def one_thread():
     """torch's intra-op threads set to one inside the block (and restored after), unless OMP_NUM_THREADS names a
     number of its own."""
-    import torch
+    from .. import devices
 
-    previous = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    try:
+    with devices.torch_threads(None if "OMP_NUM_THREADS" in os.environ else 1):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _progress_columns():

@@ -35,20 +35,15 @@ _started_here: list[bool] = []  # per open ray_session, outermost first: did it 
 def _probe(cfg: RunConfig, threads: int, command) -> dict:
     """One run (a train run for a TrainConfig) with `threads` intra-op threads (restored after): what every backend
     executes for a point."""
-    import torch
+    from .. import devices, runner, train
 
-    from .. import runner, train
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        (train.train if isinstance(cfg, config.TrainConfig) else runner.run)(cfg, command=command)
+        with devices.torch_threads(threads):
+            (train.train if isinstance(cfg, config.TrainConfig) else runner.run)(cfg, command=command)
         return {"status": "ok", "error": "", "wall_seconds": time.perf_counter() - t0}
     except Exception as e:  # noqa: BLE001  (out of memory, a bug, bad input found late: recorded, sweep goes on)
         return {"status": "failed", "error": _one_line(e), "wall_seconds": time.perf_counter() - t0}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _one_line(e: BaseException, limit: int = 1000) -> str:
