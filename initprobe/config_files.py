@@ -11,8 +11,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .config import (CONFIGS, DECLARED, RUN, RunConfig, _not_applying, checked, command_fields, inapplicable,
-                     validate, value_types)
+from .checks import checked, validate
+from .config import CONFIGS, DECLARED, RUN, RunConfig, command_fields, inapplicable, not_applying, value_types
 from .errors import ConfigError
 
 CONFIG_FILE_LIMIT = 1 << 20  # bytes: a config or sweep file is text of a few KB
@@ -79,8 +79,8 @@ def load(path: str | Path | None = None, overrides: dict | None = None, override
     cfg = CONFIGS.get(command, RunConfig)(**{**given, **overridden})
     for key in inapplicable(cfg):  # given, even at its default: the user expects it to do something
         if key in overridden:
-            raise _not_applying(key, cfg, override_name(key) if override_name else None)
+            raise not_applying(key, cfg, override_name(key) if override_name else None)
         if key in given:
-            raise ConfigError(f"{path}: {_not_applying(key, cfg)}")
+            raise ConfigError(f"{path}: {not_applying(key, cfg)}")
     validate(cfg)
     return cfg

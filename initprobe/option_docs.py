@@ -4,7 +4,8 @@
 
 from . import activations
 from .config import (ARCHS, DECLARED, DECLARED_OPTIONS, FIELDS, FROM_DATA, MODEL_KIND, NETWORKS, NOT_TRAINED, OPTIONS,
-                     RUN, TRAIN, TRAIN_FIELDS, command_fields, commands, flag, type_name, value_types)
+                     RUN, TRAIN, TRAIN_FIELDS, command_fields, commands, flag, value_types)
+from .checks import type_name
 
 
 def default_text(key: str, command: str = RUN) -> str:

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import (activations, analysis, any_model, blocks, config, devices, environment, memory, models, module_probe,
-               predict, probe, results)
+from . import (activations, analysis, any_model, blocks, checks, config, devices, environment, memory, models,
+               module_probe, predict, probe, results)
 
 
 @dataclass
@@ -95,7 +95,7 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     """Validate, choose the probe that fits in memory, probe, write the run directory and its plots, publish it.
     Raises ConfigError for bad input, a size that cannot fit included, before anything is written."""
     t0 = time.perf_counter()
-    config.validate(cfg)
+    checks.validate(cfg)
     device = devices.resolve(cfg.device)
     make = any_model.factory(cfg) if cfg.model is not None else None  # an import that fails: before any directory
     free, plan = devices.free_memory(device), None

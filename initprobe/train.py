@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import activations, analysis, config, data as datasets, devices, environment, models, predict, probe, results
+from . import (activations, analysis, checks, config, data as datasets, devices, environment, models, predict, probe,
+               results)
 from .runner import histogram_frame
 
 PERCENTILES = (0.02, 0.98)  # of each layer's activations: Glorot & Bengio 2010, figure 2
@@ -256,7 +257,7 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
     """Validate, load the data, train every seed, write the run directory, plot. Raises ConfigError for bad input
     before anything is written. on_progress(steps done, over every seed) is called at each recorded step."""
     t0 = time.perf_counter()
-    config.validate(cfg)
+    checks.validate(cfg)
     device = devices.resolve(cfg.device)
     data = datasets.load(cfg, device)
     if cfg.batch > len(data.y_train):

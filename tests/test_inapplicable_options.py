@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from initprobe import activations, config, config_files, sweep
+from initprobe import activations, checks, config, config_files, sweep
 from initprobe.cli import main
 from initprobe.config import ConfigError, RunConfig
 
@@ -43,11 +43,11 @@ def test_config_files_and_the_python_api_refuse_them_too(tmp_path):
     (tmp_path / "c.toml").write_text('arch = "cnn"\npadding = "zeros"\nkernel_size = 5\n')  # a CNN takes both
     assert config_files.load(tmp_path / "c.toml").kernel_size == 5
     with pytest.raises(ConfigError, match=r"^kernel_size does not apply to arch 'mlp'"):
-        config.validate(RunConfig(kernel_size=5))
+        checks.validate(RunConfig(kernel_size=5))
     with pytest.raises(ConfigError, match=r"^slope does not apply to activation 'selu'"):
-        config.validate(RunConfig(act="selu", slope=0.3))
-    config.validate(RunConfig(act="leaky_relu", slope=0.3))
-    config.validate(RunConfig())  # every default applies, or is the default of one that does not
+        checks.validate(RunConfig(act="selu", slope=0.3))
+    checks.validate(RunConfig(act="leaky_relu", slope=0.3))
+    checks.validate(RunConfig())  # every default applies, or is the default of one that does not
 
 
 MODEL_ONLY = ["model_args", "input_shape", "input_kind", "seq_len", "vocab", "model_mode", "record"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import KURTOSIS_NORMAL, KURTOSIS_UNIFORM, N_SE, se_second_moment, truncated_normal_moments
 
-from initprobe import activations, config, inits, models
+from initprobe import activations, checks, config, inits, models
 from initprobe.config import ConfigError, RunConfig
 from initprobe.inits import INITS
 
@@ -47,7 +47,7 @@ def fan_n(shape, mode):
 def apply(name, shape, device, generator, act="tanh", slope=0.01, **options):
     """The weight as a run makes it: RunConfig -> validate -> init_params -> spec.fn(w, generator=, **params)."""
     cfg = RunConfig(init=name, act=act, slope=slope, arch="cnn" if len(shape) == 4 else "mlp", **options)
-    config.validate(cfg)
+    checks.validate(cfg)
     params = config.init_params(cfg)
     w = torch.empty(shape, device=device)
     out = inits.get(name).fn(w, generator=generator, **params)
@@ -212,7 +212,7 @@ def test_delta_orthogonal_needs_conv(device):
     with pytest.raises(ValueError):
         inits.delta_orthogonal_(torch.empty(LINEAR, device=device))
     with pytest.raises(ConfigError):
-        config.validate(RunConfig(init="delta_orthogonal", arch="mlp"))
+        checks.validate(RunConfig(init="delta_orthogonal", arch="mlp"))
 
 
 @pytest.mark.parametrize("shape", [(16, 32, 3, 3), (32, 32, 5, 5), (8, 8, 3), (8, 4, 3, 3, 3)], ids=str)
@@ -389,7 +389,7 @@ def test_init_params_defaults_and_overrides():
     p = config.init_params(RunConfig(init="he_uniform", gain=1.0, mode="fan_out"))
     assert p == {"gain": 1.0, "mode": "fan_out", "distribution": "uniform"}
     with pytest.raises(ConfigError):  # an option a scheme does not take is an error, not ignored
-        config.validate(RunConfig(init="glorot_uniform", std=0.1))
+        checks.validate(RunConfig(init="glorot_uniform", std=0.1))
 
 
 @pytest.mark.parametrize("name", sorted(INITS))
@@ -421,7 +421,7 @@ def test_lsuv_unit_preactivation_variance(arch, device, generator):
     else:
         cfg = RunConfig(init="lsuv", act="tanh", arch="cnn", depth=4, width=16, in_channels=3, image_size=8, batch=16)
         x = torch.randn(16, 3, 8, 8, generator=generator, device=device)
-    config.validate(cfg)
+    checks.validate(cfg)
     params = models.build(cfg, models.layer_seeds(cfg.depth, generator), device, lsuv_input=x)
     phi = activations.torch_fn(cfg.act, cfg.slope)
     h = x
@@ -497,7 +497,7 @@ def test_custom_init_returning_new_tensor(user_module):
 
 def test_custom_init_in_a_run_config(user_module, device):
     cfg = RunConfig(init=f"{user_module}:myinit", depth=2, width=8)
-    config.validate(cfg)
+    checks.validate(cfg)
     w, _ = models.make_layer(cfg, 0, 0, device)
     assert torch.equal(w, torch.full((8, 8), 0.25, device=device))
 
@@ -510,7 +510,7 @@ def test_custom_init_not_importable(attr, user_module):
         inits.get(spec)
     assert spec in e.value.args[0]
     with pytest.raises(ConfigError, match=spec):
-        config.validate(RunConfig(init=spec))
+        checks.validate(RunConfig(init=spec))
 
 
 def test_custom_init_not_callable(user_module):

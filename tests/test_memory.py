@@ -139,14 +139,14 @@ import json, os, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from initprobe import config, devices, memory, predict, runner
+from initprobe import checks, config, devices, memory, predict, runner
 
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 cfg = config.RunConfig(**json.loads(sys.argv[1]))
-config.validate(cfg)
+checks.validate(cfg)
 before = rss()
 if sys.argv[2] == "theory":
     estimate = memory.theory_bytes(cfg)

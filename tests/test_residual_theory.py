@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import N_SE, finite_width_tolerance
-from initprobe import activations, block_theory, config, predict, runner, theory
+from initprobe import activations, block_theory, checks, config, predict, runner, theory
 
 BACKWARD = ("grad_preact_var", "grad_act_var", "weight_grad_var")
 
@@ -350,7 +350,7 @@ def test_a_runs_measurement_matches_its_theory_columns(name, device):
     options, case = RUNS[name]
     options = {"depth": DEPTH, "width": WIDTH, "batch": 64, **options}
     cfg = config.RunConfig(seeds=SEEDS, dtype="float64", plots=False, device=device.type, **options)
-    config.validate(cfg)
+    checks.validate(cfg)
     frame = predict.add_theory(runner.measure(cfg, device)[0], cfg)
     measured = {s: frame.pivot(index="seed", columns="layer", values=s).to_numpy(float) for s in STATS}
     want = {s: frame.groupby("layer")["theory_" + s].first().to_numpy(float) for s in STATS}

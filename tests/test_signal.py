@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 
-from initprobe import config, runner
+from initprobe import checks, runner
 from initprobe.config import RunConfig
 
 GH_Z, GH_W = np.polynomial.hermite_e.hermegauss(201)  # E[f(z)], z ~ N(0, 1) = sum(GH_W * f(GH_Z))
@@ -30,7 +30,7 @@ SELU_LAMBDA, SELU_ALPHA = 1.0507009873554804934193349852946, 1.67326324235437728
 def measure(device, **kw):
     """The layers frame of runner.measure for RunConfig(**kw) on the test device."""
     cfg = RunConfig(plots=False, device=device.type, **kw)
-    config.validate(cfg)
+    checks.validate(cfg)
     return runner.measure(cfg, device)[0]
 
 

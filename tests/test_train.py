@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from initprobe import activations, config, data as datasets, devices, models, probe, runner, train
+from initprobe import activations, checks, config, data as datasets, devices, models, probe, runner, train
 from initprobe.cli import main
 from initprobe.config import ConfigError, TrainConfig
 
@@ -283,7 +283,7 @@ def test_digits_without_the_extra_is_one_line_exit_2(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and err.splitlines() == ["error: " + datasets.DIGITS_MISSING], err
     with pytest.raises(ConfigError, match="train"):
-        config.validate(TrainConfig())
+        checks.validate(TrainConfig())
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from rich.markup import escape
 
-from .. import config, config_files
+from .. import checks, config, config_files
 
 CONFIG_PANEL = "Config file"
 _KW = inspect.Parameter.KEYWORD_ONLY
@@ -50,13 +50,13 @@ def run_option(key: str, declared=None) -> inspect.Parameter:
     elif opt.choices is not None:  # open: a registry name or package.module:function, a regex
         kind = str
         kwargs["autocompletion"] = _complete(opt.choices())
-    elif opt.words:  # a number or one of its words (gain: 'auto'); config.check_value reads the number
+    elif opt.words:  # a number or one of its words (gain: 'auto'); checks.check_value reads the number
         kind = str
         kwargs["autocompletion"] = _complete(opt.words)
-    elif dict in types:  # a table: repeated KEY=VALUE, made a dict by config.check_value
+    elif dict in types:  # a table: repeated KEY=VALUE, made a dict by checks.check_value
         kind = list[str]
     elif str in types or any(typing.get_origin(t) is list for t in types):
-        kind = str  # a list of ints: "3,32,32"; config.check_value reads it
+        kind = str  # a list of ints: "3,32,32"; checks.check_value reads it
     else:
         kind = types[0]
     if opt.envvar:
@@ -142,7 +142,7 @@ def choice_error(error: Exception) -> str | None:
     if not isinstance(value, str):
         return None
     try:
-        config.check_value(name, value, config.flag(name))
+        checks.check_value(name, value, config.flag(name))
     except config.ConfigError as e:
         return str(e)
     return None

@@ -1,5 +1,5 @@
 """The sweep file: its tables, options and `--set` overrides, validated with the run options' own checks
-(config.check_value, config.validate) and expanded into the runs, each with a stable id. See the package docstring
+(checks.check_value, checks.validate) and expanded into the runs, each with a stable id. See the package docstring
 for the file's format."""
 
 import dataclasses
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .. import activations, config, config_files, formatting, inits
+from .. import activations, checks, config, config_files, formatting, inits
 from ..config import ConfigError, RunConfig
 from ..names import did_you_mean
 
@@ -145,12 +145,12 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
         if not eq or not key:
             bad(f"--set {text}", "expected key=value")
             continue
-        value, loc = config.parse_value(raw.strip()), f"--set {key}"
+        value, loc = checks.parse_value(raw.strip()), f"--set {key}"
         if key.startswith("sweep."):
             options[key.removeprefix("sweep.")] = (value, loc)
             continue
         key = key.removeprefix("base.").removeprefix("grid.").replace("-", "_")
-        if config.is_axis(key, value):  # an axis of every run
+        if checks.is_axis(key, value):  # an axis of every run
             base.pop(key, None)
             grid[key] = (value, loc)
             for point in extra:
@@ -164,7 +164,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
     opts = _check_options(options, bad)
     keys = config.command_fields(opts["command"])
     base = _check_table(base, bad, keys, axes=False)
-    grid = {k: (v if config.is_axis(k, v) else [v], loc)
+    grid = {k: (v if checks.is_axis(k, v) else [v], loc)
             for k, (v, loc) in _check_table(grid, bad, keys, True).items()}
     extra = [_check_table(p, bad, keys, axes=True) for p in extra]
     for key, (_, loc) in grid.items():
@@ -178,7 +178,7 @@ def parse_sweep(data: dict, name: str = "sweep", where: str = "sweep", sets: lis
     for values, loc in runs:
         try:
             cfg = _resolve(values, opts["plots"], opts["command"])
-            config.validate(cfg)
+            checks.validate(cfg)
         except ConfigError as e:
             problems.setdefault(str(e), []).append(loc)
             continue
@@ -247,7 +247,7 @@ def _check_table(entries: dict, bad, keys: dict, axes: bool) -> dict:
             else:
                 bad(loc, f"unknown key{did_you_mean(key, keys)}")
             continue
-        if axes and config.is_axis(key, value):
+        if axes and checks.is_axis(key, value):
             if not value:
                 bad(loc, "empty list: an axis needs at least one value")
                 continue
@@ -255,7 +255,7 @@ def _check_table(entries: dict, bad, keys: dict, axes: bool) -> dict:
             if all(c is not _BAD for c in checked):
                 out[key] = (checked, loc)
         else:
-            if config.is_axis(key, value):
+            if checks.is_axis(key, value):
                 bad(loc, f"a list in [base] (lists of values to cross go in [grid]): {value!r}")
                 continue
             checked = _check_value(key, value, loc, bad)
@@ -269,7 +269,7 @@ _BAD = object()
 
 def _check_value(key: str, value, loc: str, bad):
     try:
-        return config.check_value(key, value)
+        return checks.check_value(key, value)
     except ConfigError as e:  # the place names the key already
         bad(loc, str(e).removeprefix(f"{key}: ").removeprefix(f"{key} "))
         return _BAD
@@ -282,8 +282,8 @@ def _expand(base: dict, grid: dict, extra: list[dict]) -> list[tuple[dict, str]]
     if grid or not extra:
         runs += [({**fixed, **combo}, "grid point " + _describe(combo)) for combo in _product(grid)]
     for i, point in enumerate(extra):
-        scalars = {k: v for k, (v, _) in point.items() if not config.is_axis(k, v)}
-        lists = {k: e for k, e in point.items() if config.is_axis(k, e[0])}
+        scalars = {k: v for k, (v, _) in point.items() if not checks.is_axis(k, v)}
+        lists = {k: e for k, e in point.items() if checks.is_axis(k, e[0])}
         for combo in _product(lists):
             values = {**scalars, **combo}
             runs.append(({**fixed, **values}, f"point[{i}] " + _describe(values)))
