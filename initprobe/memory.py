@@ -26,7 +26,6 @@ THEORY_FIXED = 16 * MiB  # `initprobe theory`: the quadrature's tables and what 
 TRANSIENT = 8  # the statistics' scratch, phi'(h) by forward-mode AD (mish: ~8), gradients in flight
 CONVERSIONS = 4  # h, x, dL/dh, dL/dx in float32 when the network's dtype is narrower (bfloat16)
 CONV_WORKSPACE = 4  # a convolution's own buffers
-HIST_LAYERS = 5  # probe.hist_layers: the histograms' depths, where x and a copy of dL/dh are kept (first seed)
 JACOBIAN_INPUTS = 4  # probe.jacobian_singular_values' inputs
 JACOBIAN_COPIES = 8  # per input, matrices of out x max(in, out) elements: the basis, vmapped gradients, the result,
 # its statistics-dtype copy, the SVD's workspace
@@ -72,7 +71,7 @@ def _working(cfg: RunConfig, s: Sizes, checkpointed: bool) -> int:
     transient tensors, the histograms' kept tensors: a copy of dL/dh, and x, which is autograd's own in the plain
     probe unless converted to the statistics' dtype, and kept alive only for them in the checkpointed one."""
     transient = TRANSIENT + (CONVERSIONS if s.element < s.stat else 0) + (CONV_WORKSPACE if cfg.arch == "cnn" else 0)
-    kept = min(cfg.depth, HIST_LAYERS) * (2 if s.element != s.stat or checkpointed else 1)
+    kept = len(shapes.spread_layers(cfg.depth)) * (2 if s.element != s.stat or checkpointed else 1)
     return (s.batch_inputs + s.batch_units + 2 * s.weight_max) * s.element + (transient + kept) * s.batch_units * s.stat
 
 

@@ -510,11 +510,6 @@ def _scaled(t: torch.Tensor, lo: torch.Tensor, span: torch.Tensor) -> torch.Tens
     return torch.where(torch.isfinite(v), (v - lo) / span, 2.0)
 
 
-def hist_layers(depth: int, n: int = 5) -> tuple[int, ...]:
-    """A few depths spread from the first layer to the last."""
-    return tuple(sorted({1 + round(i * (depth - 1) / (n - 1)) for i in range(n)}))
-
-
 def to_host(tensors: list[torch.Tensor]) -> list:
     """Move several device tensors to the host in one transfer (one sync on a GPU)."""
     flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()

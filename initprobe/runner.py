@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import (activations, analysis, any_model, blocks, checks, config, devices, environment, memory, models,
-               module_probe, predict, probe, results)
+               module_probe, predict, probe, results, shapes)
 
 
 @dataclass
@@ -33,7 +33,7 @@ def measure(cfg: config.RunConfig, device: torch.device, on_seed: Callable[[int]
     phi = activations.torch_fn(cfg.act, cfg.slope)
     saturation = act.saturation(cfg.slope)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    wanted = probe.hist_layers(cfg.depth)
+    wanted = shapes.spread_layers(cfg.depth)
     stats, hists, extra = [], {}, []
     start = time.perf_counter()
     for i, seed in enumerate(seeds):

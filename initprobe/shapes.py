@@ -5,6 +5,14 @@ except the per-layer lists themselves (theory's), which a config is checked to f
 
 from .config import RunConfig
 
+SPREAD_LAYERS = 5
+
+
+def spread_layers(depth: int, n: int = SPREAD_LAYERS) -> tuple[int, ...]:
+    """At most n layer numbers spread evenly from the first to the last: the layers a run keeps histograms of, and
+    the layers a training figure draws."""
+    return tuple(sorted({1 + round(i * (depth - 1) / max(n - 1, 1)) for i in range(n)}))
+
 
 def input_size(cfg: RunConfig) -> int:
     """Features (MLP) or channels (CNN) of the network's input: what layer 1 maps to `width`."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import (activations, analysis, checks, config, data as datasets, devices, environment, models, predict, probe,
-               results)
+               results, shapes)
 from .runner import histogram_frame
 
 PERCENTILES = (0.02, 0.98)  # of each layer's activations: Glorot & Bengio 2010, figure 2
@@ -162,7 +162,7 @@ class Records:
         """Step t's record: the recorded step's statistics and minibatch metrics, the held-out (loss, accuracy) and,
         with `histograms`, the histograms of a few layers (probe.histograms)."""
         if histograms:
-            shown = probe.hist_layers(len(step["stats"]))
+            shown = shapes.spread_layers(len(step["stats"]))
             self.hist = probe.histograms({k: v for k, v in step["kept"].items() if k[1] in shown})
         train = torch.stack([step["loss"].float(), step["correct"].float() / batch])
         self.metrics.append(torch.cat([train, held_out]))

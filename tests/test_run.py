@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import initprobe
-from initprobe import inits, probe, results, runner
+from initprobe import inits, results, runner, shapes
 from initprobe.config import ConfigError, RunConfig
 
 from conftest import snapshot
@@ -156,7 +156,7 @@ def test_histograms_count_every_element(device, tmp_path):
         assert (rows["bin_right"] > rows["bin_left"]).all()
     act = hist[hist["quantity"] == "act"]
     assert act["bin_left"].min() >= -1.0 and act["bin_right"].max() <= 1.0
-    assert set(act["layer"]) == set(probe.hist_layers(6)) and {1, 6} <= set(act["layer"])
+    assert set(act["layer"]) == set(shapes.spread_layers(6)) and {1, 6} <= set(act["layer"])
 
 
 # ------------------------------------------------------------------------------------------------ seeds

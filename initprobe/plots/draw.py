@@ -121,9 +121,10 @@ def foot_note(ax, text: str) -> None:
             bbox={"boxstyle": "square,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
-def seed_matrix(layers: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(layer numbers, values of shape (layers, seeds))."""
-    table = layers.pivot_table(index="layer", columns="seed", values=column, aggfunc="first", dropna=False)
+def seed_matrix(layers: pd.DataFrame, column: str, index: str = "layer") -> tuple[np.ndarray, np.ndarray]:
+    """(the `index` column's values, sorted: layer numbers or training steps; values of shape (those, seeds)), nan
+    where a seed has no row (a training seed that diverged earlier)."""
+    table = layers.pivot_table(index=index, columns="seed", values=column, aggfunc="first", dropna=False)
     table = table.sort_index()
     return table.index.to_numpy(dtype=float), table.to_numpy(dtype=float)
 

@@ -10,23 +10,16 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .. import forking, results
+from .. import forking, results, shapes
 from ..formatting import number, value
 from .draw import (BAND_ALPHA, NONFINITE_COLOUR, add_legend, draw_series, empty_note, log_limits, new_figure, save,
-                   set_log_axis)
+                   seed_matrix, set_log_axis)
 from .labels import label
 from .run_figures import histograms_figure, saturation_figure, variance_figure
 
 LOSS = (("train_loss", "train (its minibatch)", "#9467bd"), ("test_loss", "held out", "#1f77b4"))
 ACCURACY = (("train_accuracy", "train (its minibatch)", "#9467bd"), ("test_accuracy", "held out", "#1f77b4"))
-SHOWN_LAYERS = 5  # layers_over_training draws at most this many layers, spread from the first to the last
 CHANCE_COLOUR = "0.45"
-
-
-def by_step(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(recorded steps, values (steps, seeds)), nan where a seed has no record (it diverged earlier)."""
-    table = frame.pivot_table(index="step", columns="seed", values=column, aggfunc="first", dropna=False)
-    return table.index.to_numpy(dtype=float), table.sort_index().to_numpy(dtype=float)
 
 
 def training_text(run: dict) -> str:
@@ -61,7 +54,7 @@ def metric_panel(ax, metrics: pd.DataFrame, series, log: bool) -> np.ndarray:
     """Each metric's mean over seeds (only at steps where every seed has a usable value) and its min..max band."""
     drawn = [np.array([])]
     for column, name, colour in series:
-        steps, values = by_step(metrics, column)
+        steps, values = seed_matrix(metrics, column, "step")
         drawn.append(draw_series(ax, steps, values, colour, name, log=log, band=values.shape[1] > 1))
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
@@ -94,11 +87,6 @@ def training_figure(run: dict) -> Figure:
     return fig
 
 
-def shown_layers(depth: int, n: int = SHOWN_LAYERS) -> list[int]:
-    """At most n layers spread from the first to the last."""
-    return sorted({1 + round(i * (depth - 1) / max(n - 1, 1)) for i in range(n)})
-
-
 def layer_lines(ax, layers: pd.DataFrame, shown: list[int], line: str, edges: tuple[str, str] | None) -> None:
     """Per shown layer, `line` over the steps (mean over seeds), and thin dashed lines at the seed means of the two
     `edges` columns, or a band min..max of `line` over the seeds."""
@@ -106,21 +94,21 @@ def layer_lines(ax, layers: pd.DataFrame, shown: list[int], line: str, edges: tu
     marker = "o" if layers["step"].nunique() <= 30 else None
     for colour, layer in zip(colours, shown):
         rows = layers[layers["layer"] == layer]
-        steps, values = by_step(rows, line)
+        steps, values = seed_matrix(rows, line, "step")
         ax.plot(steps, np.nanmean(values, axis=1), color=colour, lw=1.8, label=f"layer {layer}", marker=marker, ms=3)
         if edges is None:
             ax.fill_between(steps, np.nanmin(values, axis=1), np.nanmax(values, axis=1), color=colour,
                             alpha=BAND_ALPHA, lw=0)
             continue
         for column in edges:
-            ax.plot(steps, np.nanmean(by_step(rows, column)[1], axis=1), color=colour, lw=0.9, ls="--")
+            ax.plot(steps, np.nanmean(seed_matrix(rows, column, "step")[1], axis=1), color=colour, lw=0.9, ls="--")
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
 
 
 def layers_over_training_figure(run: dict) -> Figure:
     layers = run["layers"]
-    shown = shown_layers(int(layers["layer"].max()))
+    shown = shapes.spread_layers(int(layers["layer"].max()))
     fig, (acts, sat) = new_figure()
     with np.errstate(all="ignore"):  # a diverged seed's records are nan
         layer_lines(acts, layers, shown, "act_mean", ("act_p02", "act_p98"))
