@@ -24,12 +24,13 @@ from .config import ConfigError
 RESULTS_ROOT = Path("results")
 
 
-def layers_frame(stats: np.ndarray, seeds: list[int], columns: list[str]) -> pd.DataFrame:
-    """Tidy rows (seed, layer) from stats of shape (n_seeds, depth, n_columns)."""
-    n_seeds, depth, _ = stats.shape
-    frame = pd.DataFrame(stats.reshape(n_seeds * depth, -1), columns=columns)
-    frame.insert(0, "layer", np.tile(np.arange(1, depth + 1), n_seeds))
-    frame.insert(0, "seed", np.repeat(seeds, depth))
+def layers_frame(stats: np.ndarray, outer: list[int], columns: list[str], name: str = "seed") -> pd.DataFrame:
+    """Tidy rows (name, layer) from stats of shape (len(outer), depth, n_columns): a run's seeds, or one training
+    seed's recorded steps (name "step")."""
+    n_outer, depth, _ = stats.shape
+    frame = pd.DataFrame(stats.reshape(n_outer * depth, -1), columns=columns)
+    frame.insert(0, "layer", np.tile(np.arange(1, depth + 1), n_outer))
+    frame.insert(0, name, np.repeat(outer, depth))
     return frame
 
 

@@ -90,6 +90,15 @@ def histogram_frame(hists: dict, host: list) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def run_info(cfg: config.RunConfig, final: Path, device: torch.device, command: list[str] | None,
+             **sections) -> dict:
+    """config.json: the resolved config (its out the run's final directory, its device the one used), the init's
+    resolved options, any `sections` of the command's own (train's "training"), and the environment."""
+    resolved = {**dataclasses.asdict(cfg), "out": str(final), "device": str(device)}
+    return {"config": resolved, "init_params": config.init_params(cfg), **sections,
+            "environment": environment.environment(command, str(device), devices.name(device))}
+
+
 def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         command: list[str] | None = None, root: Path = results.RESULTS_ROOT) -> RunResult:
     """Validate, choose the probe that fits in memory, probe, write the run directory and its plots, publish it.
@@ -105,9 +114,7 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
         memory.check_model_input(cfg, free)
     res = results.reserve(cfg.out, results.default_name(cfg), root)
     try:
-        resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
-        info = {"config": resolved, "init_params": config.init_params(cfg),
-                "environment": environment.environment(command, str(device), devices.name(device))}
+        info = run_info(cfg, res.final, device, command)
         devices.reset_peak_memory(device)
         if make is None:
             frame, hist, summary, jac = probe_network(cfg, device, on_seed, plan)

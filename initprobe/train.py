@@ -14,7 +14,6 @@ are kept on the device and checked at each recorded step (one flag read), the re
 and the first non-finite step is its `diverged_at`. Records move to the host in one transfer at the end.
 """
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import (activations, analysis, checks, config, data as datasets, devices, environment, models, predict, probe,
+from . import (activations, analysis, checks, config, data as datasets, devices, models, predict, probe,
                results, shapes)
-from .runner import histogram_frame
+from .runner import histogram_frame, run_info
 
 PERCENTILES = (0.02, 0.98)  # of each layer's activations: Glorot & Bengio 2010, figure 2
 PERCENTILE_COLUMNS = ["act_p02", "act_p98"]
@@ -220,12 +219,9 @@ def default_name(cfg: config.TrainConfig) -> str:
 
 def layers_frame(steps: list[int], seed: int, stats: np.ndarray, pct: np.ndarray) -> pd.DataFrame:
     """Rows (step, seed, layer) of one seed's records: stats (records, depth, columns), pct (records, depth, 2)."""
-    records, depth, _ = stats.shape
-    frame = pd.DataFrame(np.concatenate([stats, pct], axis=2).reshape(records * depth, -1),
-                         columns=probe.COLUMNS + PERCENTILE_COLUMNS)
-    frame.insert(0, "layer", np.tile(np.arange(1, depth + 1), records))
-    frame.insert(0, "seed", seed)
-    frame.insert(0, "step", np.repeat(steps, depth))
+    frame = results.layers_frame(np.concatenate([stats, pct], axis=2), steps, probe.COLUMNS + PERCENTILE_COLUMNS,
+                                 name="step")
+    frame.insert(1, "seed", seed)
     return frame
 
 
@@ -266,10 +262,8 @@ def train(cfg: config.TrainConfig, on_progress: Callable[[int], None] | None = N
     lr = config.learning_rate(cfg)
     res = results.reserve(cfg.out, default_name(cfg), root)
     with results.publishing(res) as staging:  # nothing half-written is left behind (Ctrl-C, a crash)
-        resolved = {**dataclasses.asdict(cfg), "out": str(res.final), "device": str(device)}
-        info = {"config": resolved, "init_params": config.init_params(cfg),
-                "training": {"lr": lr, "momentum": config.momentum(cfg), "data": data.describe()},
-                "environment": environment.environment(command, str(device), devices.name(device))}
+        info = run_info(cfg, res.final, device, command,
+                        training={"lr": lr, "momentum": config.momentum(cfg), "data": data.describe()})
         layers, metrics, hist, summary = _train_all(cfg, data, device, lr, on_progress)
         summary["timings"]["run_seconds"] = time.perf_counter() - t0
         results.write_run(staging, info, layers, hist, summary)
