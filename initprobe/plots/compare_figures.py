@@ -45,8 +45,7 @@ def compare_panel(ax, runs, labels, colours, columns, title, direction) -> None:
             line, marker = series_style(column, layers, None) if first else (style, None)
             measured.append(draw_series(ax, x, values, colour, name if first else None, band=first, style=line,
                                         marker=marker))
-        weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight
-        mark_trouble(ax, layers, columns, direction, run["summary"], colour=colour, underflow=not weights)
+        mark_trouble(ax, layers, columns, direction, run["summary"], colour=colour)
     depth = max(int(r["layers"]["layer"].max()) for r in runs)
     set_layer_axis(ax, depth, shared_names(runs))
     ax.set_ylabel("variance (log scale)")

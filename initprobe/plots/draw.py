@@ -346,7 +346,10 @@ def mark_trouble(ax, layers, columns, direction: str, summary: dict, colour=None
                  exact_zeros=()) -> None:
     """Where the pass first meets inf/nan and where it first meets exact zeros, in `columns`. The summary's
     first_nonfinite_layer says whether the run overflowed at all; each panel finds where in its own data. Columns
-    in `exact_zeros` are 0 by construction (SkipInit's branches), not by underflow."""
+    in `exact_zeros` are 0 by construction (SkipInit's branches), not by underflow, and so is a --model's weight
+    variance of 0: a constant weight (constant_weights)."""
+    if is_model_run(layers) and "weight_var" in columns:
+        underflow = False
     side = "right" if direction == "forward" else "left"
     down = "" if direction == "forward" else " down"
     bad = first_nonfinite(layers, columns, direction)

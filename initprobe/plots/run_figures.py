@@ -47,9 +47,8 @@ def variance_panel(ax, run: dict, columns, title: str, direction: str, shown: pd
     only_zeros = [zeros[c] for c in columns if c in zeros]
     note = only_zeros[0] if only_zeros and len(only_zeros) == len(columns) else why_empty(layers, columns)
     finish_log_panel(ax, measured, theory, has_theory, note)
-    weights = is_model_run(layers) and "weight_var" in columns  # a zero there is a constant weight, no underflow
-    mark_trouble(ax, layers, columns, direction, run["summary"], underflow=not weights, exact_zeros=tuple(zeros))
-    if weights:
+    mark_trouble(ax, layers, columns, direction, run["summary"], exact_zeros=tuple(zeros))
+    if "weight_var" in columns:
         constant_note(ax, layers)
 
 
