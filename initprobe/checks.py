@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import blocks, inits
+from . import blocks, inits, shapes
 from .config import (DECLARED, DECLARED_OPTIONS, DTYPE_MAX, FIELDS, INIT_OPTIONS, JACOBIAN_MAX_DIM, NOT_TRAINED,
                      SEED_LIMIT, SPREAD, TEACHER_OPTIONS, RunConfig, TrainConfig, data_shape, inapplicable,
                      init_params, not_applying, value_types)
@@ -272,8 +272,7 @@ def _check_architecture(cfg: RunConfig) -> None:
     if block.stem and cfg.depth < 2:
         raise ConfigError(f"--block {cfg.block} needs depth >= 2: layer 1 is its linear stem, the blocks are layers "
                           f"2..depth, got depth {cfg.depth}")
-    positions = cfg.image_size**2 if cfg.arch == "cnn" else 1
-    if norm.standardizes and norm.group_size(cfg.width, cfg.batch, positions) < 2:
+    if norm.standardizes and norm.group_size(cfg.width, cfg.batch, shapes.positions(cfg)) < 2:
         over, flag_, got = ("the batch", "--batch", cfg.batch) if norm.over == "batch" else \
             ("its units", "--width", cfg.width)
         where = " and positions" if cfg.arch == "cnn" else ""
@@ -310,11 +309,11 @@ def _check_model_run(cfg: RunConfig) -> None:
 
 
 def _check_jacobian(cfg: RunConfig) -> None:
-    spatial = cfg.image_size**2 if cfg.arch == "cnn" else 1
-    n_in = cfg.in_channels * spatial if cfg.arch == "cnn" else (cfg.input_dim or cfg.width)
-    if max(n_in, cfg.width * spatial) > JACOBIAN_MAX_DIM:
+    spatial = shapes.positions(cfg)
+    n_in, n_out = shapes.input_size(cfg) * spatial, cfg.width * spatial
+    if max(n_in, n_out) > JACOBIAN_MAX_DIM:
         raise ConfigError(f"--jacobian needs at most {JACOBIAN_MAX_DIM} inputs and outputs per example, got "
-                          f"{n_in} -> {cfg.width * spatial}; use a smaller --width or --image-size")
+                          f"{n_in} -> {n_out}; use a smaller --width or --image-size")
     if cfg.checkpoint:
         raise ConfigError("--jacobian needs the whole network in memory; drop --checkpoint")
     if blocks.norm(cfg.norm).over == "batch":
