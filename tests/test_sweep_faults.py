@@ -95,11 +95,12 @@ SPAWNING = ("import sys; from initprobe.sweep import backends; backends.start_me
             "from initprobe.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def initprobe(*args, cwd: Path, spawn: bool = False) -> subprocess.Popen:
-    """`initprobe ARGS` in a process of its own, with cwd on its path (for the user's init modules)."""
+def initprobe(*args, cwd: Path, spawn: bool = False, group: bool = False) -> subprocess.Popen:
+    """`initprobe ARGS` in a process of its own, with cwd on its path (for the user's init modules); with `group`,
+    the leader of a process group of its own, as a command started from a terminal is (its workers join it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])}
     entry = ["-c", SPAWNING] if spawn else ["-m", "initprobe.cli"]
-    return subprocess.Popen([sys.executable, *entry, *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([sys.executable, *entry, *args], cwd=cwd, env=env, text=True, start_new_session=group,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -185,6 +186,46 @@ def test_a_killed_driver_takes_its_workers_with_it_and_the_resume_runs_each_run_
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])  # no staging folder left
     layers = pd.read_csv(out / "layers.csv")
     assert layers.groupby("run_id").size().to_dict() == {rid: 3 for rid in runs["run_id"]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_stopped_process_sweep_stops_the_runs_in_flight_and_a_resume_runs_each_once(tmp_path, how):
+    """SIGTERM to the driver of a process-backend sweep, or Ctrl-C in its terminal (SIGINT to the whole process
+    group), while both workers are inside runs that would never end on their own: the sweep stops at once, exit
+    130, runs.csv written, the runs in flight interrupted and gone without a trace (no staging folder), the workers
+    ended; a resume then finishes every run exactly once."""
+    gated_sweep(tmp_path)
+    out = tmp_path / "out"
+    args = ("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet")
+    driver = initprobe(*args, cwd=tmp_path, group=True)
+    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
+    workers = {}
+    try:
+        wait_for(lambda: len(busy()) == 2 or driver.poll() is not None, "both workers inside a gated run")
+        assert driver.poll() is None, driver.communicate()
+        workers = {pid: started(pid) for pid in busy()}
+        if how == "sigterm":
+            driver.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(driver.pid, signal.SIGINT)
+        stdout, stderr = driver.communicate(timeout=HANG_GUARD)  # the gate stays shut: the runs must be stopped
+        assert driver.returncode == 130, stderr
+        assert stderr == "interrupted; nothing half-written was left behind (run a sweep again to resume it)\n"
+        assert (out / "runs.csv").is_file()
+        assert [p.name for p in (out / "runs").iterdir() if p.name.startswith(".")] == []  # no staging folder
+        wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+    finally:
+        driver.kill()
+        end({**{pid: started(pid) for pid in busy()}, **workers})
+    (tmp_path / "open").touch()
+    resume = initprobe(*args, cwd=tmp_path)
+    stdout, stderr = resume.communicate(timeout=600)
+    assert resume.returncode == 0, stderr
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])
 
 
 def descendants(root: int) -> set[int]:

@@ -339,6 +339,9 @@ def _command() -> list[str]:
     return ["initprobe", *(sys.argv[1:] if _ARGV is None else _ARGV)]
 
 
+INTERRUPTED = "interrupted; nothing half-written was left behind (run a sweep again to resume it)"
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(choice_error(e) or e.format_message())
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
-        err.print("interrupted; nothing half-written was left behind (run a sweep again to resume it)")
+        err.print(INTERRUPTED, markup=False, highlight=False, soft_wrap=True)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -59,13 +59,35 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
 
 
 def _init_process_worker(threads: int, driver: int) -> None:
+    """A worker stops on its driver's word alone: Ctrl-C in a terminal (SIGINT to the whole process group) is
+    ignored here, and the driver, stopping, sends each worker one SIGTERM (_stop_workers), which interrupts the run
+    it is in as Ctrl-C would (the run leaves nothing half-written) and is ignored between runs."""
     import signal
 
     import torch
 
     forking.die_with_parent(driver)  # a driver killed outright (SIGKILL, the OOM killer) takes its workers with it
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's SIGTERM-as-Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt_run)  # (a forked worker inherits the CLI's SIGTERM-as-Ctrl-C)
     torch.set_num_threads(threads)
+
+
+_in_run = False  # a process worker is inside _process_task
+
+
+def _interrupt_run(signum, frame) -> None:
+    if _in_run:
+        raise KeyboardInterrupt
+
+
+def _stop_workers(pool) -> None:
+    """One SIGTERM to each of the pool's worker processes (see _init_process_worker)."""
+    import signal
+
+    processes = getattr(pool, "_processes", None) or {}  # pid -> Process (ProcessPoolExecutor's own)
+    for process in list(processes.values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
 
 
 def start_method(threads: int, devices) -> str:
@@ -84,7 +106,12 @@ def start_method(threads: int, devices) -> str:
 
 
 def _process_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
-    return _probe(config.CONFIGS[kind](**cfg_dict), threads, command)
+    global _in_run
+    _in_run = True
+    try:
+        return _probe(config.CONFIGS[kind](**cfg_dict), threads, command)
+    finally:
+        _in_run = False
 
 
 WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
@@ -150,6 +177,9 @@ def _process_pool(jobs, workers: int, opts, command):
                     continue
                 yield job[0], outcome
         return broken, todo
+    except BaseException:  # Ctrl-C, SIGTERM, the sweep stopped otherwise: the runs in flight stop too
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if broken:
