@@ -3,6 +3,8 @@ No torch: theory, the sweep's run order and the memory estimate need them before
 the first has the same shape, so counts over the network are closed forms: nothing here makes a list per layer
 except the per-layer lists themselves (theory's), which a config is checked to fit before they are made."""
 
+from fractions import Fraction
+
 from .config import RunConfig
 
 SPREAD_LAYERS = 5
@@ -11,7 +13,7 @@ SPREAD_LAYERS = 5
 def spread_layers(depth: int, n: int = SPREAD_LAYERS) -> tuple[int, ...]:
     """At most n layer numbers spread evenly from the first to the last: the layers a run keeps histograms of, and
     the layers a training figure draws."""
-    return tuple(sorted({1 + round(i * (depth - 1) / max(n - 1, 1)) for i in range(n)}))
+    return tuple(sorted({1 + round(Fraction(i * (depth - 1), max(n - 1, 1))) for i in range(n)}))  # exact at any depth
 
 
 def input_size(cfg: RunConfig) -> int:

@@ -311,3 +311,14 @@ def test_lsuv_gives_unit_preact_var_on_a_fresh_batch(device, tmp_path):
         l = int(row["layer"])
         tol = inits.LSUV_TOL + 5 * math.sqrt(4.0 * (l + 1) / (n * b))
         assert abs(row["preact_var"] - 1.0) < tol, (l, row["preact_var"], tol)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 5, 6, 50, 10**400])
+def test_the_spread_layers_run_from_the_first_to_the_last_at_any_depth(depth):
+    """The histogram layers: the first and the last, at most five, evenly spread (to the nearest layer), in exact
+    arithmetic, so that an absurd depth reaches the size check instead of a float overflow."""
+    layers = shapes.spread_layers(depth)
+    assert layers[0] == 1 and layers[-1] == depth and len(layers) == min(depth, 5)
+    assert list(layers) == sorted(set(layers))
+    if depth >= 5:
+        assert all(abs(4 * (layer - 1) - i * (depth - 1)) <= 2 for i, layer in enumerate(layers))
