@@ -2,6 +2,7 @@
 mid-run, a cluster that cannot be reached, two sweeps on one directory, options that do not apply to a run, a sweep
 whose every run failed."""
 
+import contextlib
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from initprobe import shapes, sweep
+from initprobe import results, shapes, sweep
 from initprobe.sweep import backends, lock
 from initprobe.config import ConfigError, RunConfig
 
@@ -86,6 +87,16 @@ def gated_(w, generator=None):
     while not (HERE / "open").exists():
         time.sleep(0.02)
     return torch.nn.init.normal_(w, std=w.shape[1] ** -0.5, generator=generator)
+
+
+def deaf_(w, generator=None):  # as a run inside a long native call, which no signal handler interrupts
+    (HERE / f"busy-{os.getpid()}").touch()
+    while not (HERE / "open").exists():
+        try:
+            time.sleep(0.02)
+        except KeyboardInterrupt:
+            pass
+    return torch.nn.init.normal_(w, std=w.shape[1] ** -0.5, generator=generator)
 """
 HANG_GUARD = 60  # seconds: a bound on waiting for something that should happen at once, not a measured time
 
@@ -97,11 +108,14 @@ SPAWNING = ("import sys; from initprobe.sweep import backends; backends.start_me
 
 def initprobe(*args, cwd: Path, spawn: bool = False, group: bool = False) -> subprocess.Popen:
     """`initprobe ARGS` in a process of its own, with cwd on its path (for the user's init modules); with `group`,
-    the leader of a process group of its own, as a command started from a terminal is (its workers join it)."""
+    as a command started from a terminal: the leader of a process group of its own (its workers join it), with
+    Ctrl-C's default disposition (the suite may run in a background job, which a shell starts with SIGINT
+    ignored, and a process inherits that)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])}
     entry = ["-c", SPAWNING] if spawn else ["-m", "initprobe.cli"]
+    terminal = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if group else None
     return subprocess.Popen([sys.executable, *entry, *args], cwd=cwd, env=env, text=True, start_new_session=group,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            preexec_fn=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def wait_for(condition, what: str):
@@ -138,9 +152,9 @@ def end(processes: dict[int, int | None]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def gated_sweep(tmp_path: Path) -> Path:
+def gated_sweep(tmp_path: Path, init: str = "gated_") -> Path:
     (tmp_path / "gate_init.py").write_text(GATE)
-    (tmp_path / "s.toml").write_text(textwrap.dedent("""
+    (tmp_path / "s.toml").write_text(textwrap.dedent(f"""
         [base]
         depth = 3
         width = 16
@@ -148,9 +162,50 @@ def gated_sweep(tmp_path: Path) -> Path:
         seeds = 1
         [grid]
         act = ["tanh", "relu", "sigmoid"]
-        init = ["glorot_uniform", "gate_init:gated_"]
+        init = ["glorot_uniform", "gate_init:{init}"]
         """))
     return tmp_path / "s.toml"
+
+
+@contextlib.contextmanager
+def busy_process_sweep(tmp_path: Path, init: str = "gated_", **how):
+    """A process-backend sweep (2 workers) of gated runs (gated_sweep), held while both workers are inside one:
+    yields (the driver, {worker pid: its start}); leaves no process of it behind, whatever the test found. `how`:
+    initprobe()'s spawn and group."""
+    gated_sweep(tmp_path, init)
+    driver = initprobe("sweep", "s.toml", "--out", "out", "--backend", "process", "--workers", "2", "--quiet",
+                       cwd=tmp_path, **how)
+    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
+    workers = {}
+    try:
+        wait_for(lambda: len(busy()) == 2 or driver.poll() is not None, "both workers inside a gated run")
+        assert driver.poll() is None, driver.communicate()
+        workers = {pid: started(pid) for pid in busy()}
+        yield driver, workers
+    finally:
+        driver.kill()
+        end({**{pid: started(pid) for pid in busy()}, **workers})
+
+
+def resumed_every_run_once(tmp_path: Path) -> None:
+    """Open the gate, run the sweep again: every run once, ok, and nothing else in its runs/ (no staging folder)."""
+    (tmp_path / "open").touch()
+    resume = initprobe("sweep", "s.toml", "--out", "out", "--backend", "process", "--workers", "2", "--quiet",
+                       cwd=tmp_path)
+    stdout, stderr = resume.communicate(timeout=600)
+    assert resume.returncode == 0, stderr
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == sorted(runs["run_id"])
+    layers = pd.read_csv(tmp_path / "out" / "layers.csv")
+    assert layers.groupby("run_id").size().to_dict() == {rid: 3 for rid in runs["run_id"]}
+
+
+INTERRUPTED = "interrupted; nothing half-written was left behind (run a sweep again to resume it)\n"
+
+
+def staging_folders(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "out" / "runs").iterdir() if results.staging_pid(p) is not None]
 
 
 @pytest.mark.slow
@@ -159,33 +214,12 @@ def gated_sweep(tmp_path: Path) -> Path:
 def test_a_killed_driver_takes_its_workers_with_it_and_the_resume_runs_each_run_once(tmp_path, spawn):
     """SIGKILL the driver of a process-backend sweep while both workers are inside a run: the workers go too (they
     would otherwise sit in their runs, or idle, for ever), and a resume finishes every run exactly once."""
-    gated_sweep(tmp_path)
-    out = tmp_path / "out"
-    driver = initprobe("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet",
-                       cwd=tmp_path, spawn=spawn)
-    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
-    workers = {}
-    try:
-        wait_for(lambda: len(busy()) == 2 or driver.poll() is not None, "both workers inside a gated run")
-        assert driver.poll() is None, driver.communicate()
-        workers = {pid: started(pid) for pid in busy()}
+    with busy_process_sweep(tmp_path, spawn=spawn) as (driver, workers):
         assert driver.pid not in workers
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         wait_for(lambda: not any(alive(pid) for pid in workers), "the workers of the killed driver to die")
-    finally:  # a failed check leaves no process behind
-        driver.kill()
-        end({**{pid: started(pid) for pid in busy()}, **workers})
-    (tmp_path / "open").touch()
-    resume = initprobe("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet",
-                       cwd=tmp_path)
-    stdout, stderr = resume.communicate(timeout=600)
-    assert resume.returncode == 0, stderr
-    runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])  # no staging folder left
-    layers = pd.read_csv(out / "layers.csv")
-    assert layers.groupby("run_id").size().to_dict() == {rid: 3 for rid in runs["run_id"]}
+    resumed_every_run_once(tmp_path)
 
 
 @pytest.mark.slow
@@ -196,36 +230,48 @@ def test_a_stopped_process_sweep_stops_the_runs_in_flight_and_a_resume_runs_each
     group), while both workers are inside runs that would never end on their own: the sweep stops at once, exit
     130, runs.csv written, the runs in flight interrupted and gone without a trace (no staging folder), the workers
     ended; a resume then finishes every run exactly once."""
-    gated_sweep(tmp_path)
-    out = tmp_path / "out"
-    args = ("sweep", "s.toml", "--out", str(out), "--backend", "process", "--workers", "2", "--quiet")
-    driver = initprobe(*args, cwd=tmp_path, group=True)
-    busy = lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("busy-*")}  # noqa: E731
-    workers = {}
-    try:
-        wait_for(lambda: len(busy()) == 2 or driver.poll() is not None, "both workers inside a gated run")
-        assert driver.poll() is None, driver.communicate()
-        workers = {pid: started(pid) for pid in busy()}
+    with busy_process_sweep(tmp_path, group=True) as (driver, workers):
         if how == "sigterm":
             driver.send_signal(signal.SIGTERM)
         else:
             os.killpg(driver.pid, signal.SIGINT)
         stdout, stderr = driver.communicate(timeout=HANG_GUARD)  # the gate stays shut: the runs must be stopped
-        assert driver.returncode == 130, stderr
-        assert stderr == "interrupted; nothing half-written was left behind (run a sweep again to resume it)\n"
-        assert (out / "runs.csv").is_file()
-        assert [p.name for p in (out / "runs").iterdir() if p.name.startswith(".")] == []  # no staging folder
+        assert driver.returncode == 130 and stderr == INTERRUPTED, stderr
+        assert (tmp_path / "out" / "runs.csv").is_file() and staging_folders(tmp_path) == []
         wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
-    finally:
-        driver.kill()
-        end({**{pid: started(pid) for pid in busy()}, **workers})
-    (tmp_path / "open").touch()
-    resume = initprobe(*args, cwd=tmp_path)
-    stdout, stderr = resume.communicate(timeout=600)
-    assert resume.returncode == 0, stderr
-    runs = pd.read_csv(out / "runs.csv")
+    resumed_every_run_once(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_second_ctrl_c_ends_a_process_sweep_whose_runs_do_not_stop(tmp_path):
+    """Runs that the first Ctrl-C cannot interrupt (a long native call) hold the sweep until they end; a second
+    Ctrl-C ends it at once: the workers killed, their half-written runs removed, exit 130 with the one line."""
+    with busy_process_sweep(tmp_path, init="deaf_", group=True) as (driver, workers):
+        os.killpg(driver.pid, signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):  # the runs go on; so does the sweep, waiting for them
+            driver.communicate(timeout=1.0)
+        assert all(alive(pid) for pid in workers)
+        os.killpg(driver.pid, signal.SIGINT)
+        stdout, stderr = driver.communicate(timeout=HANG_GUARD)
+        assert driver.returncode == 130 and stderr == INTERRUPTED, stderr
+        assert not any(alive(pid) for pid in workers) and staging_folders(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_sent_sigterm_by_someone_else_loses_its_run_and_the_sweep_goes_on(tmp_path):
+    """SIGTERM to one worker (a plain `kill`, a memory watchdog's first warning) is not the sweep's stop: that
+    worker's run is taken as one whose worker was lost and retried alone, the other runs go on, and the sweep
+    ends with every run once and ok."""
+    with busy_process_sweep(tmp_path) as (driver, workers):
+        os.kill(min(workers), signal.SIGTERM)
+        (tmp_path / "open").touch()
+        stdout, stderr = driver.communicate(timeout=600)
+        assert driver.returncode == 0 and stderr == "", stderr
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert len(runs) == 6 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
-    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == sorted(runs["run_id"])
 
 
 def descendants(root: int) -> set[int]:

@@ -60,34 +60,57 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
 
 def _init_process_worker(threads: int, driver: int) -> None:
     """A worker stops on its driver's word alone: Ctrl-C in a terminal (SIGINT to the whole process group) is
-    ignored here, and the driver, stopping, sends each worker one SIGTERM (_stop_workers), which interrupts the run
-    it is in as Ctrl-C would (the run leaves nothing half-written) and is ignored between runs."""
+    ignored here (from the start: a spawned worker then spends seconds importing torch), and the driver, stopping,
+    sends each worker one SIGTERM (_stop_workers), which interrupts the run it is in as Ctrl-C would (the run
+    leaves nothing half-written) and every run it would start after. A SIGTERM from anyone else does the same: the
+    driver takes that worker's run for one whose worker was lost (retried alone)."""
     import signal
-
-    import torch
 
     forking.die_with_parent(driver)  # a driver killed outright (SIGKILL, the OOM killer) takes its workers with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_run)  # (a forked worker inherits the CLI's SIGTERM-as-Ctrl-C)
+    import torch
+
     torch.set_num_threads(threads)
 
 
+KILLED_WORKER_SECONDS = 5.0  # a bound on a SIGKILLed worker's exit, which is at once
 _in_run = False  # a process worker is inside _process_task
+_stopped = False  # a process worker was told to stop (SIGTERM): it starts no run any more
 
 
 def _interrupt_run(signum, frame) -> None:
+    global _stopped
+    _stopped = True
     if _in_run:
         raise KeyboardInterrupt
 
 
-def _stop_workers(pool) -> None:
-    """One SIGTERM to each of the pool's worker processes (see _init_process_worker)."""
+def _stop_workers(pool, how: int | None = None) -> None:
+    """A signal (default SIGTERM: see _init_process_worker) to each of the pool's worker processes."""
     import signal
 
     processes = getattr(pool, "_processes", None) or {}  # pid -> Process (ProcessPoolExecutor's own)
     for process in list(processes.values()):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM if how is None else how)
+
+
+def _shut_down(pool, runs_dir: Path) -> None:
+    """Shut the pool down once its workers are idle; an interrupt while waiting for them (a second Ctrl-C) kills
+    them, so that no wait is left behind (an interrupted shutdown would otherwise leave the interpreter's exit
+    waiting on workers that are never told to end), and removes the runs they were writing."""
+    import signal
+
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM))
+        for process in processes:
+            process.join(KILLED_WORKER_SECONDS)
+        _remove_dead_staging(runs_dir)
+        raise
 
 
 def start_method(threads: int, devices) -> str:
@@ -109,6 +132,8 @@ def _process_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN)
     global _in_run
     _in_run = True
     try:
+        if _stopped:  # the SIGTERM came between two runs
+            raise KeyboardInterrupt
         return _probe(config.CONFIGS[kind](**cfg_dict), threads, command)
     finally:
         _in_run = False
@@ -170,18 +195,16 @@ def _process_pool(jobs, workers: int, opts, command):
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool:
+                if isinstance(future.exception(), (BrokenProcessPool, KeyboardInterrupt)):  # a worker lost or stopped
                     broken.append(job)
                     continue
-                yield job[0], outcome
+                yield job[0], future.result()
         return broken, todo
     except BaseException:  # Ctrl-C, SIGTERM, the sweep stopped otherwise: the runs in flight stop too
         _stop_workers(pool)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _shut_down(pool, Path(jobs[0][1].out).parent)
         if broken:
             _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
 
