@@ -21,6 +21,7 @@ from typing import Callable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCH_SECONDS = 0.2  # how often a child without the kernel's help looks for its parent
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 
 
 def fork_is_safe() -> bool:
@@ -32,6 +33,58 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 2)
 
 
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT and SIGTERM held back inside the block and acted on as it ends. For starting children and for
+    clean-up that must not be cut short: an interrupt whose handler raises inside a fork is lost (Python reports
+    the exception of a fork callback and drops it), and one landing in a spawned child's start-up (its imports)
+    prints that child's traceback.
+
+    Held twice over: their Python handlers (in the main thread, where Python runs them, whichever thread the
+    signal reached) only note an arrival, and this thread blocks them, so that a child started inside inherits
+    them blocked until it calls release_interrupts(). At the end the handlers are put back and the first noted
+    interrupt is handled by its own handler (Ctrl-C's KeyboardInterrupt). Where threads cannot block signals
+    (Windows), only the handlers hold."""
+    arrived, handlers = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for s in INTERRUPTS:
+            handler = signal.getsignal(s)
+            if callable(handler):
+                handlers[s] = handler
+                signal.signal(s, lambda signum, frame: arrived.append((signum, frame)))
+    mask = getattr(signal, "pthread_sigmask", None)
+    blocked = mask(signal.SIG_BLOCK, INTERRUPTS) if mask is not None else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            mask(signal.SIG_SETMASK, blocked)
+        _handle_pending()  # what arrived meanwhile goes to the noting handlers
+        _put_back(list(handlers.items()))
+    for signum, frame in arrived[:1]:
+        handlers[signum](signum, frame)
+
+
+def _handle_pending() -> None:
+    """Nothing: calling a Python function is where the interpreter runs the handlers of signals that arrived."""
+
+
+def _put_back(handlers: list) -> None:
+    """signal.signal(s, handler) for each, every one even if an interrupt arriving meanwhile raises."""
+    if handlers:
+        try:
+            signal.signal(*handlers[0])
+        finally:
+            _put_back(handlers[1:])
+
+
+def release_interrupts() -> None:
+    """In a child started inside interrupts_held(), once its handlers are set: let SIGINT and SIGTERM through."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is not None:
+        mask(signal.SIG_UNBLOCK, INTERRUPTS)
+
+
 def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> None:
     """Call every task, sharing them between this process and `workers - 1` forked children (task k goes to
     process k % workers) where forking is safe, else all here. Pure-Python work such as drawing holds the GIL, so a
@@ -41,19 +94,13 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
     workers = default_workers() if workers is None else workers
     workers = max(1, min(workers, len(tasks))) if fork_is_safe() else 1
     children, parent = {}, os.getpid()
-    for k in range(1, workers):
-        pid = os.fork()
-        if pid == 0:  # child: do its share, and leave without running the parent's cleanup (atexit, buffers)
-            code = 1
-            try:
-                die_with_parent(parent)
-                for task in tasks[k::workers]:
-                    task()
-                code = 0
-            finally:
-                os._exit(code)
-        children[pid] = tasks[k::workers]
     try:
+        with interrupts_held():  # an interrupt meanwhile comes once every child is started and known
+            for k in range(1, workers):
+                pid = os.fork()
+                if pid == 0:
+                    _child(parent, tasks[k::workers])
+                children[pid] = tasks[k::workers]
         for task in tasks[0::workers]:
             task()
         for pid, share in list(children.items()):
@@ -68,6 +115,19 @@ def run_shared(tasks: list[Callable[[], None]], workers: int | None = None) -> N
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
         raise
+
+
+def _child(parent: int, tasks: list[Callable[[], None]]) -> None:
+    """A forked child's share of run_shared; it leaves without running the parent's cleanup (atexit, buffers)."""
+    code = 1
+    try:
+        die_with_parent(parent)
+        release_interrupts()
+        for task in tasks:
+            task()
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def die_with_parent(parent: int) -> None:

@@ -98,11 +98,11 @@ def reserve(out: str | None, name: str, root: Path = RESULTS_ROOT) -> Reservatio
         final = next_free(Path(root), name)
     staging = final.parent / f".{final.name}.partial-{os.getpid()}"
     created = _highest_missing(final.parent)
+    remove_stale_staging(final.parent)  # first: an interrupt while it works leaves no staging folder of this run's
     try:
         staging.mkdir(parents=True)
     except OSError as e:
         raise ConfigError(f"cannot write to {final.parent}: {e.strerror or e}") from None
-    remove_stale_staging(final.parent)
     return Reservation(final, staging, None if out is not None else name, created)
 
 

@@ -120,37 +120,118 @@ def test_a_late_failure_leaves_no_directory_it_created(workdir, monkeypatch, nam
     assert sorted(p.name for p in workdir.iterdir()) == ["results"]
 
 
-def test_drawing_processes_die_with_an_error_of_the_parent(tmp_path, monkeypatch):
-    """forking.run_shared: when the parent's own share raises, its forked children are killed and reaped before
-    the error goes on (a child still drawing would write into the staging folder the caller then removes)."""
+def recorded_forks(monkeypatch, interrupting: bool = False) -> list[int]:
+    """The pids of the children forking.run_shared forks from now on (forking made safe here); with
+    `interrupting`, a Ctrl-C arrives as each fork starts."""
+    import signal
+
     from initprobe import forking
 
     monkeypatch.setattr(forking, "fork_is_safe", lambda: True)
-    marker, forked, fork = tmp_path / "child-wrote", [], os.fork
+    forked, fork = [], os.fork
 
     def recording_fork():
+        if interrupting:
+            os.kill(os.getpid(), signal.SIGINT)
         pid = fork()
         if pid:
             forked.append(pid)
         return pid
 
     monkeypatch.setattr(os, "fork", recording_fork)
+    return forked
+
+
+def late_write(path):
+    """A share of work that writes `path` after 5 s: a child still at it when it should be gone would write it."""
+    def share():
+        import time
+
+        time.sleep(5)
+        path.write_text("late\n")
+    return share
+
+
+def assert_gone_and_reaped(pids: list[int]) -> None:
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_drawing_processes_die_with_an_error_of_the_parent(tmp_path, monkeypatch):
+    """forking.run_shared: when the parent's own share raises, its forked children are killed and reaped before
+    the error goes on (a child still drawing would write into the staging folder the caller then removes)."""
+    from initprobe import forking
+
+    forked, marker = recorded_forks(monkeypatch), tmp_path / "child-wrote"
 
     def parent_share():
         raise KeyboardInterrupt
 
-    def child_share():
-        import time
-
-        time.sleep(5)
-        marker.write_text("late\n")
-
     with pytest.raises(KeyboardInterrupt):
-        forking.run_shared([parent_share, child_share], workers=2)
+        forking.run_shared([parent_share, late_write(marker)], workers=2)
     assert len(forked) == 1
-    with pytest.raises(ChildProcessError):  # the child is gone and reaped
-        os.waitpid(forked[0], os.WNOHANG)
+    assert_gone_and_reaped(forked)
     assert not marker.exists()
+
+
+def test_an_interrupt_while_drawing_processes_start_waits_for_them_then_ends_them(tmp_path, monkeypatch):
+    """forking.run_shared: a Ctrl-C that arrives while it forks is held until every child is started (one that
+    lands inside a fork is dropped by Python, and the run would go on as if nothing happened), then raised before
+    the parent's share: the children are killed and reaped, and no share runs to its end."""
+    import signal
+
+    from initprobe import forking
+
+    forked, written = recorded_forks(monkeypatch, interrupting=True), tmp_path / "written"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # the suite may run with SIGINT ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            forking.run_shared([late_write(written)] * 3, workers=3)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(forked) == 2
+    assert_gone_and_reaped(forked)
+    assert not written.exists()
+
+
+def test_interrupts_held_inside_the_block_come_at_its_end_and_the_handlers_are_put_back():
+    import signal
+
+    from initprobe import forking
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # the suite may run with SIGINT ignored
+    terminate = signal.getsignal(signal.SIGTERM)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with forking.interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append(sum(range(1000)))  # Python code after the signal, not cut short
+                done.append("end")
+        assert done == [499500, "end"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is terminate
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_started_while_interrupts_are_held_holds_them_until_it_lets_them_through():
+    """So that a Ctrl-C cannot land in a spawned worker's start-up (its imports), where it would print the
+    worker's traceback: the worker lets SIGINT and SIGTERM through once its handlers are set."""
+    import signal
+
+    from initprobe import forking
+
+    code = ("import re; from initprobe import forking\n"
+            "blocked = lambda: int(re.search(r'SigBlk:\\s*(\\w+)', open('/proc/self/status').read()).group(1), 16)\n"
+            "before = blocked(); forking.release_interrupts(); print(before, blocked())")
+    both = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    with forking.interrupts_held():
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(int, child.stdout.split())
+    assert before & both == both and after & both == 0
 
 
 def test_a_sweep_rewrites_a_lagging_layers_csv_when_run_again(workdir, capsys):

@@ -691,7 +691,7 @@ def test_process_backend_a_killed_worker_fails_only_its_own_run(tmp_path, monkey
     runs = read_runs(out).set_index("init")
     assert result.ran == 4 and result.failed == 1
     assert runs.loc["killer_init:die_", "status"] == "failed"
-    assert runs.loc["killer_init:die_", "error"].startswith("its worker process died twice")
+    assert runs.loc["killer_init:die_", "error"].startswith("its worker process died or was stopped (SIGTERM) twice")
     ok = runs.drop("killer_init:die_")
     assert ok["status"].eq("ok").all()  # before it, or in flight with it (retried alone)
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(ok["run_id"])  # no staging folder left
@@ -813,3 +813,18 @@ def test_a_point_runs_with_the_sweeps_threads_and_gives_the_callers_back(monkeyp
     assert inside == [threads] and torch.get_num_threads() == before
     assert outcome["status"] == ("failed" if fails else "ok")
     assert outcome["error"] == ("RuntimeError: out of memory" if fails else "")
+
+
+def test_a_process_workers_first_sigterm_interrupts_its_run_and_a_second_does_not(monkeypatch):
+    """The first stops the run (KeyboardInterrupt, as Ctrl-C) and every run after; a second, arriving while the run
+    removes its half-written folder, must not cut that clean-up short."""
+    monkeypatch.setattr(backends, "_in_run", True)
+    monkeypatch.setattr(backends, "_stopped", False)
+    with pytest.raises(KeyboardInterrupt):
+        backends._interrupt_run(15, None)
+    backends._interrupt_run(15, None)  # no exception
+    assert backends._stopped
+    monkeypatch.setattr(backends, "_in_run", False)
+    with pytest.raises(KeyboardInterrupt):  # a run that would start after
+        backends._process_task({}, 1, None)
+    assert not backends._in_run

@@ -60,7 +60,7 @@ def _run_local(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
 
 def _init_process_worker(threads: int, driver: int) -> None:
     """A worker stops on its driver's word alone: Ctrl-C in a terminal (SIGINT to the whole process group) is
-    ignored here (from the start: a spawned worker then spends seconds importing torch), and the driver, stopping,
+    ignored here (from the start: the driver starts its workers with interrupts held), and the driver, stopping,
     sends each worker one SIGTERM (_stop_workers), which interrupts the run it is in as Ctrl-C would (the run
     leaves nothing half-written) and every run it would start after. A SIGTERM from anyone else does the same: the
     driver takes that worker's run for one whose worker was lost (retried alone)."""
@@ -69,6 +69,7 @@ def _init_process_worker(threads: int, driver: int) -> None:
     forking.die_with_parent(driver)  # a driver killed outright (SIGKILL, the OOM killer) takes its workers with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_run)  # (a forked worker inherits the CLI's SIGTERM-as-Ctrl-C)
+    forking.release_interrupts()  # held since the driver started this worker (_process_pool)
     import torch
 
     torch.set_num_threads(threads)
@@ -80,9 +81,10 @@ _stopped = False  # a process worker was told to stop (SIGTERM): it starts no ru
 
 
 def _interrupt_run(signum, frame) -> None:
+    """The first SIGTERM interrupts the run; a second would interrupt the run's own clean-up."""
     global _stopped
-    _stopped = True
-    if _in_run:
+    first, _stopped = not _stopped, True
+    if first and _in_run:
         raise KeyboardInterrupt
 
 
@@ -97,20 +99,24 @@ def _stop_workers(pool, how: int | None = None) -> None:
 
 
 def _shut_down(pool, runs_dir: Path) -> None:
-    """Shut the pool down once its workers are idle; an interrupt while waiting for them (a second Ctrl-C) kills
-    them, so that no wait is left behind (an interrupted shutdown would otherwise leave the interpreter's exit
-    waiting on workers that are never told to end), and removes the runs they were writing."""
+    """Shut the pool down once its workers are idle, then remove what workers that are gone left half-written (a
+    dead worker's run, a run stopped before it could remove its own). An interrupt while waiting for them (a second
+    Ctrl-C) kills them instead, so that no wait is left behind (an interrupted shutdown would otherwise leave the
+    interpreter's exit waiting on workers that are never told to end). Further interrupts wait for the clean-up."""
     import signal
 
     try:
         pool.shutdown(wait=True, cancel_futures=True)
     except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM))
-        for process in processes:
-            process.join(KILLED_WORKER_SECONDS)
-        _remove_dead_staging(runs_dir)
+        with forking.interrupts_held():
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM))
+            for process in processes:
+                process.join(KILLED_WORKER_SECONDS)
+            _remove_dead_staging(runs_dir)
         raise
+    with forking.interrupts_held():
+        _remove_dead_staging(runs_dir)
 
 
 def start_method(threads: int, devices) -> str:
@@ -139,7 +145,8 @@ def _process_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN)
         _in_run = False
 
 
-WORKER_DIED = ("its worker process died twice, the second time running this run alone (killed for lack of memory? "
+WORKER_DIED = ("its worker process died or was stopped (SIGTERM) twice, the second time running this run alone (killed "
+               "for lack of memory? "
                "a crash in native code? From a script, call run_sweep under `if __name__ == '__main__':`: spawned "
                "workers import the script)")
 
@@ -191,7 +198,8 @@ def _process_pool(jobs, workers: int, opts, command):
             while todo and len(running) < workers and not broken:
                 rid, cfg = todo.pop(0)
                 task = (_process_task, dataclasses.asdict(cfg), opts["threads"], command, config.command_of(cfg))
-                running[pool.submit(*task)] = (rid, cfg)
+                with forking.interrupts_held():  # a worker this starts inherits them held (_init_process_worker)
+                    running[pool.submit(*task)] = (rid, cfg)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 job = running.pop(future)
@@ -205,8 +213,6 @@ def _process_pool(jobs, workers: int, opts, command):
         raise
     finally:
         _shut_down(pool, Path(jobs[0][1].out).parent)
-        if broken:
-            _remove_dead_staging(Path(broken[0][1].out).parent)  # the dead worker's half-written run
 
 
 def _ray_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> dict:
