@@ -240,7 +240,7 @@ def normalized(act, weight_sq, fan_in, fan_out, norm, bias_var=0.0, input_q=1.0,
             if l + 1 < depth:
                 x_cross[l + 1] = gauss.cross(1.0, a_corr[l]) if per_example else mo["o"]
         if per_example:
-            out_cross = np.array([gauss.cross(1.0, c) for c in a_corr])
+            out_cross = np.append(x_cross[1:], gauss.cross(1.0, a_corr[-1]))  # x^l's, the next layer's input's
             v, d, a0, act_mean, corr = a_var, sq1, dsq1, mean1, np.clip(a_corr, -1.0, 1.0)
         else:
             out_cross = np.full(depth, mo["o"])

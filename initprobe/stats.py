@@ -41,7 +41,8 @@ def channel_moments(t: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor
     """(chan_sq_mean, chan_var): the mean over channels of each channel's squared mean, and of each channel's
     (biased) variance, both over the batch and every other dim. chan_sq_mean + chan_var = E[t^2]; with equal
     channel sizes, chan_var + chan_sq_mean = Var(t) + mean(t)^2 exactly."""
-    return all_moments(t, channel_dim)[2:]
+    mean, var = channel_mean_var(t, channel_dim)
+    return mean.square().mean(), var.mean()
 
 
 def all_moments(t: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, ...]:
