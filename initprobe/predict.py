@@ -179,6 +179,12 @@ def add_theory(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPU
     return frame.join(theory_cols, on="layer")
 
 
+def joined_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The theory_* columns add_theory joined to `frame`, one value per layer, as columns() returned them."""
+    first = frame[frame["seed"] == frame["seed"].min()].sort_values("layer")
+    return {c: first[c].to_numpy() for c in THEORY_COLUMNS if c in first}
+
+
 def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q, cols: dict | None = None
            ) -> dict:
     """q*, chi_1, depth scales and regime of the square layers (layer 2 onwards, or the only one), for these
@@ -251,17 +257,18 @@ def deviation(frame: pd.DataFrame) -> dict:
     return out
 
 
-def summary(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q) -> dict:
+def summary(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q, cols: dict | None = None) -> dict:
     """summary.json's "theory": {"nominal": the scheme's scales (None, with "nominal_note", where it has no
     formula), "realized": the scales of the weights this run drew (their E[W^2] averaged over the seeds),
     "max_relative_deviation": of the measurement from the realized network's theory_* columns}; for residual or
     normalized networks also "architecture" (describe), "notes" (what the prediction leaves out) and
-    "no_prediction" (theory_* columns without one, and why)."""
+    "no_prediction" (theory_* columns without one, and why). `cols`: the realized network's columns() for input_q
+    where the caller has them (joined_columns), so that they are not computed again."""
     nominal = expected_second_moment(cfg)
     out = {"nominal": None if nominal is None else scales(cfg, nominal, input_q)}
     if nominal is None:
         out["nominal_note"] = nominal_note(cfg)
-    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy(), input_q)
+    out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy(), input_q, cols)
     out["max_relative_deviation"] = deviation(frame)
     if not is_plain(cfg):
         out.update(architecture=describe(cfg), notes=notes(cfg), no_prediction=no_prediction(cfg))

@@ -142,7 +142,7 @@ def probe_network(cfg: config.RunConfig, device: torch.device, on_seed, plan: tu
     summary = analysis.summarize(frame, {"probe_seconds": probe_seconds},
                                  gradient=blocks.block(cfg.block).stream_gradient)
     frame = predict.add_theory(frame, cfg)
-    summary["theory"] = predict.summary(frame, cfg)
+    summary["theory"] = predict.summary(frame, cfg, cols=predict.joined_columns(frame))
     if jac is not None:
         summary["jacobian"] = {**analysis.jacobian_summary(jac), **predict.jacobian(frame, cfg)}
     summary["checkpoint"] = {"used": checkpointed, "why": why}
