@@ -96,7 +96,7 @@ def reserve(out: str | None, name: str, root: Path = RESULTS_ROOT) -> Reservatio
             raise ConfigError(f"output directory {final} already exists; choose another --out or remove it")
     else:
         final = next_free(Path(root), name)
-    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    staging = staging_path(final)
     created = _highest_missing(final.parent)
     remove_stale_staging(final.parent)  # first: an interrupt while it works leaves no staging folder of this run's
     try:
@@ -200,6 +200,11 @@ def writable_file(path: str | Path) -> Path:
 
 
 _STAGING = re.compile(r"^\..+\.partial-(\d+)$")
+
+
+def staging_path(final: Path) -> Path:
+    """Where this process writes `final` before it is complete: a hidden `.NAME.partial-PID` beside it."""
+    return final.parent / f".{final.name}.partial-{os.getpid()}"
 
 
 def staging_pid(path: Path) -> int | None:

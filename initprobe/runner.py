@@ -113,7 +113,7 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
     else:
         memory.check_model_input(cfg, free)
     res = results.reserve(cfg.out, results.default_name(cfg), root)
-    try:
+    with results.publishing(res):  # bad input found late, Ctrl-C, a crash: nothing half-written is left behind
         info = run_info(cfg, res.final, device, command)
         devices.reset_peak_memory(device)
         if make is None:
@@ -127,11 +127,7 @@ def run(cfg: config.RunConfig, on_seed: Callable[[int], None] | None = None,
             from . import plots
 
             plots.plot_run(res.staging, cfg.plot_format)
-    except BaseException:  # bad input found late, Ctrl-C, a crash: leave nothing half-written behind
-        results.discard(res)
-        raise
-    final = results.publish(res)
-    return RunResult(final, frame, summary, info)
+    return RunResult(res.final, frame, summary, info)
 
 
 def probe_network(cfg: config.RunConfig, device: torch.device, on_seed, plan: tuple[bool, str]):

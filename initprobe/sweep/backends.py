@@ -113,10 +113,10 @@ def _shut_down(pool, runs_dir: Path) -> None:
             _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM))
             for process in processes:
                 process.join(KILLED_WORKER_SECONDS)
-            _remove_dead_staging(runs_dir)
+            results.remove_stale_staging(runs_dir)
         raise
     with forking.interrupts_held():
-        _remove_dead_staging(runs_dir)
+        results.remove_stale_staging(runs_dir)
 
 
 def start_method(threads: int, devices) -> str:
@@ -171,14 +171,6 @@ def _run_process(jobs, opts, command, started) -> Iterator[tuple[str, dict]]:
                 yield rid, {"status": "failed", "error": WORKER_DIED, "wall_seconds": None}
 
 
-def _remove_dead_staging(runs_dir: Path) -> None:
-    """Remove the staging folders of processes that are gone (a killed worker's half-written run)."""
-    for entry in runs_dir.iterdir():
-        pid = results.staging_pid(entry)
-        if pid is not None and not results.pid_alive(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 def _process_pool(jobs, workers: int, opts, command):
     """Run `jobs` in one pool of `workers` processes (forked or spawned: see start_method), at most `workers`
     submitted at a time (so the runs in flight are known), yielding (run_id, outcome) as they finish. Returns
@@ -230,7 +222,7 @@ def _ray_task(cfg_dict: dict, threads: int, command, kind: str = config.RUN) -> 
 
 def _publish_files(final: Path, files: dict[str, bytes]) -> None:
     """Write a run directory from its files' contents, atomically (staging folder + rename, like the runner)."""
-    res = results.Reservation(final, final.parent / f".{final.name}.partial-{os.getpid()}")
+    res = results.Reservation(final, results.staging_path(final))
     shutil.rmtree(res.staging, ignore_errors=True)
     with results.publishing(res) as staging:
         for rel, data in files.items():

@@ -37,7 +37,7 @@ def remove_incomplete(target: Path, ids: list[str]) -> list[str]:
     for rid in ids:
         run_dir = target / "runs" / rid
         if run_dir.is_dir() and results.incomplete(run_dir) is not None:
-            doomed = run_dir.parent / f".{rid}.partial-{os.getpid()}"
+            doomed = results.staging_path(run_dir)
             os.rename(run_dir, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             removed.append(rid)
