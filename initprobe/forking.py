@@ -21,7 +21,7 @@ from typing import Callable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCH_SECONDS = 0.2  # how often a child without the kernel's help looks for its parent
-INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
 def fork_is_safe() -> bool:
@@ -45,24 +45,37 @@ def interrupts_held():
     them blocked until it calls release_interrupts(). At the end the handlers are put back and the first noted
     interrupt is handled by its own handler (Ctrl-C's KeyboardInterrupt). Where threads cannot block signals
     (Windows), only the handlers hold."""
-    arrived, handlers = [], {}
+    arrived = []
+    mask = getattr(signal, "pthread_sigmask", None)
+    with interrupt_handlers(lambda handler: lambda signum, frame: arrived.append((signum, frame))) as handlers:
+        blocked = mask(signal.SIG_BLOCK, INTERRUPTS) if mask is not None else None
+        try:
+            yield
+        finally:
+            if mask is not None:
+                mask(signal.SIG_SETMASK, blocked)
+            _handle_pending()  # what arrived meanwhile goes to the noting handlers
+    for signum, frame in arrived[:1]:
+        handlers[signum](signum, frame)
+
+
+@contextlib.contextmanager
+def interrupt_handlers(wrap: Callable):
+    """Inside the block, each Python handler h of SIGINT and SIGTERM replaced by wrap(h), and every one put back
+    after, even if an interrupt raises meanwhile; yields the replaced {signal: h}. Only the main thread runs Python's
+    signal handlers, so elsewhere nothing is replaced; nor is a signal ignored or left to the system (SIG_IGN,
+    SIG_DFL)."""
+    handlers = {}
     if threading.current_thread() is threading.main_thread():
         for s in INTERRUPTS:
             handler = signal.getsignal(s)
             if callable(handler):
                 handlers[s] = handler
-                signal.signal(s, lambda signum, frame: arrived.append((signum, frame)))
-    mask = getattr(signal, "pthread_sigmask", None)
-    blocked = mask(signal.SIG_BLOCK, INTERRUPTS) if mask is not None else None
+                signal.signal(s, wrap(handler))
     try:
-        yield
+        yield handlers
     finally:
-        if mask is not None:
-            mask(signal.SIG_SETMASK, blocked)
-        _handle_pending()  # what arrived meanwhile goes to the noting handlers
         _put_back(list(handlers.items()))
-    for signum, frame in arrived[:1]:
-        handlers[signum](signum, frame)
 
 
 def _handle_pending() -> None:

@@ -12,13 +12,11 @@ again (a checkpointed probe's recompute) gets the weights it had.
 """
 
 import contextlib
-import signal
-import threading
 
+from . import forking
 from .errors import ConfigError
 from .names import one_line
 
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 _received = 0  # interrupts seen by the handlers marked_signals() installs
 
 
@@ -44,21 +42,10 @@ def call(what: str, fn, *args, keep: tuple = (), **kwargs):
 
 @contextlib.contextmanager
 def marked_signals():
-    """Count SIGINT and SIGTERM arriving in the block, each then handled as before. Only the main thread runs
-    Python's signal handlers, so elsewhere no interrupt can come from outside and nothing is installed; a signal
-    that is ignored or left to the system (SIG_IGN, SIG_DFL) is left as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    """Count SIGINT and SIGTERM arriving in the block, each then handled as before (forking.interrupt_handlers:
+    in the main thread, the only one where an interrupt can come from outside)."""
+    with forking.interrupt_handlers(_marking):
         yield
-        return
-    previous = {s: signal.getsignal(s) for s in _INTERRUPTS}
-    wrapped = {s: h for s, h in previous.items() if callable(h)}
-    for s, handler in wrapped.items():
-        signal.signal(s, _marking(handler))
-    try:
-        yield
-    finally:
-        for s, handler in wrapped.items():
-            signal.signal(s, handler)
 
 
 def _marking(handler):
