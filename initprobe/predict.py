@@ -195,12 +195,26 @@ def scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = I
     if not is_plain(cfg):
         return architecture_scales(cfg, weight_sq_mean, input_q, cols)
     fan_in, _ = fans(cfg)
-    l = 1 if cfg.depth > 1 else 0
-    sigma_w2 = float(fan_in[l] * weight_sq_mean[l])
-    sigma_b2 = float(bias_variance(cfg)[l])
+    sigma_w2, sigma_b2 = square_layer(cfg, weight_sq_mean)
     q1 = float(fan_in[0] * weight_sq_mean[0] * input_q + bias_variance(cfg)[0])
     out = theory.depth_scales(cfg.act, sigma_w2, sigma_b2, cfg.slope, start=q1)
     return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, **out}
+
+
+def square_layer(cfg: config.RunConfig, weight_sq_mean: np.ndarray) -> tuple[float, float]:
+    """(sigma_w^2, sigma_b^2) of the square layers (layer 2 onwards, or the only one), for these E[(W^l)^2]."""
+    fan_in, _ = fans(cfg)
+    l = 1 if cfg.depth > 1 else 0
+    return float(fan_in[l] * weight_sq_mean[l]), float(bias_variance(cfg)[l])
+
+
+def architecture(cfg: config.RunConfig) -> dict:
+    """What summary.json's theory says of a residual or normalized network beside its scales: "architecture"
+    (describe), "notes" (what the prediction leaves out), "no_prediction" (theory_* columns without one, and
+    why); nothing for a plain network."""
+    if is_plain(cfg):
+        return {}
+    return {"architecture": describe(cfg), "notes": notes(cfg), "no_prediction": no_prediction(cfg)}
 
 
 def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input_q: float = INPUT_Q,
@@ -210,9 +224,7 @@ def architecture_scales(cfg: config.RunConfig, weight_sq_mean: np.ndarray, input
     the gradient that carries the signal down (blocks.Block.stream_gradient), their per-layer gains and verdicts
     (analysis.verdict, as the measured ones); alpha for residual blocks; for plain normalized blocks the per-layer
     gradient factor of block_theory.gradient_factor (and, for batch norm, its large-batch limit E[phi'^2]/Var phi)."""
-    fan_in, _ = fans(cfg)
-    l = 1 if cfg.depth > 1 else 0
-    sigma_w2, sigma_b2 = float(fan_in[l] * weight_sq_mean[l]), float(bias_variance(cfg)[l])
+    sigma_w2, sigma_b2 = square_layer(cfg, weight_sq_mean)
     cols = columns(cfg, weight_sq_mean, input_q) if cols is None else cols
     stream = "theory_" + blocks.block(cfg.block).stream_gradient
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -270,9 +282,7 @@ def summary(frame: pd.DataFrame, cfg: config.RunConfig, input_q: float = INPUT_Q
         out["nominal_note"] = nominal_note(cfg)
     out["realized"] = scales(cfg, measured_second_moment(frame).to_numpy(), input_q, cols)
     out["max_relative_deviation"] = deviation(frame)
-    if not is_plain(cfg):
-        out.update(architecture=describe(cfg), notes=notes(cfg), no_prediction=no_prediction(cfg))
-    return out
+    return {**out, **architecture(cfg)}
 
 
 def from_top_gradient(frame: pd.DataFrame) -> pd.DataFrame:
@@ -322,10 +332,7 @@ def for_config(cfg: config.RunConfig) -> tuple[pd.DataFrame, dict]:
         raise config.ConfigError(_no_formula(cfg) + "; `initprobe run` predicts from the weights it produced")
     cols = columns(cfg, moment)
     frame = pd.DataFrame({"layer": np.arange(1, cfg.depth + 1), WEIGHT_MOMENT: moment, **cols})
-    out = scales(cfg, moment, cols=cols)
-    if not is_plain(cfg):
-        out.update(architecture=describe(cfg), notes=notes(cfg), no_prediction=no_prediction(cfg))
-    return frame, out
+    return frame, {**scales(cfg, moment, cols=cols), **architecture(cfg)}
 
 
 def phase_grid(act: str, sigma_w2: np.ndarray, sigma_b2: np.ndarray, slope: float = 0.01) -> pd.DataFrame:
