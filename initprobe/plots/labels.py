@@ -82,13 +82,23 @@ def block_text(cfg: dict) -> str:
     return ", ".join(parts)
 
 
-def correlation_theory_text(config_dict: dict) -> str | None:
-    """Which correlation map the theory line of a residual or normalized run's correlation figure is; None for
-    plain blocks without a norm (the C-map of the figure's usual caption)."""
+def residual_or_normalized(config_dict: dict) -> tuple[blocks.Block, blocks.Norm] | None:
+    """(block, norm) of a run's config.json or a theory config where the network has residual blocks or a norm;
+    None for plain blocks without one (or names this version does not know)."""
     cfg, _ = _split_config(config_dict)
     block, norm = blocks.BLOCKS.get(cfg.get("block", "plain")), blocks.NORMS.get(cfg.get("norm", "none"))
     if block is None or norm is None or not (block.stem or norm.standardizes):
         return None
+    return block, norm
+
+
+def correlation_theory_text(config_dict: dict) -> str | None:
+    """Which correlation map the theory line of a residual or normalized run's correlation figure is; None for
+    plain blocks without a norm (the C-map of the figure's usual caption)."""
+    found = residual_or_normalized(config_dict)
+    if found is None:
+        return None
+    block, norm = found
     if norm.over == "batch":
         return "theory: $-1/(B-1)$, batch norm centres each unit over the batch"
     if block.stem:

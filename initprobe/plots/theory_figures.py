@@ -10,11 +10,10 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from .. import blocks
 from .draw import (BACKWARD, COLOURS, FORWARD, MARKER_DEPTH, NAMES, SPP, add_legend, draw_series, empty_note,
                    finish_log_panel, mark_trouble, new_figure, new_grid, save, seed_matrix, set_correlation_axis,
                    set_layer_axis)
-from .labels import _num, _split_config, join_parts, label_parts, scales_text
+from .labels import _num, join_parts, label_parts, residual_or_normalized, scales_text
 
 PHASE_FIGSIZE = (8, 5.6)
 PHASE_CMAP = "RdBu_r"  # blue: ordered (chi_1 < 1), red: chaotic
@@ -26,11 +25,10 @@ SPP_TITLES = {"chan_sq_mean": "SPP: average channel squared mean", "chan_var": "
 def spp_columns(cfg_dict: dict) -> tuple[str, ...]:
     """The signal propagation plot's quantities the theory figure of a residual or normalized network adds (the
     branch's for residual blocks); none for plain blocks without a norm."""
-    cfg, _ = _split_config(cfg_dict)
-    block, norm = blocks.BLOCKS.get(cfg.get("block", "plain")), blocks.NORMS.get(cfg.get("norm", "none"))
-    if block is None or norm is None or not (block.stem or norm.standardizes):
+    found = residual_or_normalized(cfg_dict)
+    if found is None:
         return ()
-    return SPP if block.stem else SPP[:2]
+    return SPP if found[0].stem else SPP[:2]
 
 
 def theory_panel(ax, frame: pd.DataFrame, columns, title: str, direction: str) -> None:
