@@ -78,12 +78,13 @@ def scales(rows: dict[str, dict], title: str) -> Table:
     and missing predictions as the caption."""
     table = Table(title=escape(f"Mean-field theory — {title}"))
     table.add_column("")
-    columns = scale_columns(next(iter(rows.values())))
+    first = next(iter(rows.values()))
+    columns = scale_columns(first)
     for col in (*columns, "regime"):
         table.add_column(col, overflow="fold")
     for name, values in rows.items():
         table.add_row(name, *[number(values.get(k)) for k in columns.values()], regime(values))
-    table.caption = escape("\n".join(theory_notes(next(iter(rows.values())))))
+    table.caption = escape("\n".join(theory_notes(first)))
     return table
 
 
@@ -122,18 +123,18 @@ def run_theory(theory: dict, title: str) -> Table:
 
 
 PLAIN_LAYER_COLUMNS = ("theory_preact_var", "theory_act_var", "theory_grad_preact_var", "theory_preact_corr")
-# a residual network's stream (x^l, dL/dx^l) and branches; a normalized one's gradients and channel statistics
-LAYER_COLUMNS = {("plain", False): PLAIN_LAYER_COLUMNS,
-                 ("plain", True): ("theory_act_var", "theory_grad_preact_var", "theory_preact_corr",
-                                   "theory_chan_sq_mean", "theory_chan_var"),
-                 ("residual", False): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
-                                       "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean"),
-                 ("residual", True): ("theory_act_var", "theory_branch_var", "theory_grad_act_var",
-                                      "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean")}
+NORMALIZED_LAYER_COLUMNS = ("theory_act_var", "theory_grad_preact_var", "theory_preact_corr", "theory_chan_sq_mean",
+                            "theory_chan_var")  # a normalized network's gradients and channel statistics
+RESIDUAL_LAYER_COLUMNS = ("theory_act_var", "theory_branch_var", "theory_grad_act_var", "theory_grad_preact_var",
+                          "theory_preact_corr", "theory_chan_sq_mean")  # the stream (x^l, dL/dx^l), the branches
 
 
 def layer_columns(block: str, norm: str) -> tuple[str, ...]:
-    return LAYER_COLUMNS[blocks.block(block).name, blocks.norm(norm).standardizes]
+    """The per-layer predictions `initprobe theory` prints for a network of these blocks and norm (a residual
+    network's whatever its norm)."""
+    if blocks.block(block).stem:
+        return RESIDUAL_LAYER_COLUMNS
+    return NORMALIZED_LAYER_COLUMNS if blocks.norm(norm).standardizes else PLAIN_LAYER_COLUMNS
 
 
 def layers(frame, columns=PLAIN_LAYER_COLUMNS) -> Table:
