@@ -9,7 +9,8 @@ that fits neither way.
 """
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 from . import activations, blocks, inits, shapes
 from .config import MODEL_SEQ_LEN, RunConfig
@@ -152,18 +153,16 @@ def plan(cfg: RunConfig, free: Free) -> tuple[bool, str]:
     reason = can_checkpoint(cfg)
     if cfg.checkpoint and reason is not None:
         raise ConfigError(f"{reason}, so it cannot run with --checkpoint")
-    fits = _fitting(cfg, free)
     if cfg.checkpoint is not None:
-        if not fits(cfg, cfg.checkpoint):
+        if not _fits(cfg, free, cfg.checkpoint):
             raise ConfigError(refusal(cfg, free, [cfg.checkpoint]))
         return cfg.checkpoint, "asked for"
-    plain = need(cfg, False)
-    if fits(cfg, False, HALF):
+    if _fits(cfg, free, False, HALF):
         return False, "not needed"
-    if reason is None and fits(cfg, True):
-        return True, (f"automatic: the plain probe needs about {_size(plain.total(free.shared))}, "
+    if reason is None and _fits(cfg, free, True):
+        return True, (f"automatic: the plain probe needs about {_size(need(cfg, False).total(free.shared))}, "
                       f"{_size(_limit(free))} is free")
-    if fits(cfg, False):
+    if _fits(cfg, free, False):
         return False, f"not possible ({reason}); the plain probe fits"
     raise ConfigError(refusal(cfg, free, [False] if reason else [False, True], reason))
 
@@ -172,15 +171,12 @@ def _limit(free: Free) -> int:
     return free.device if not free.shared else free.host
 
 
-def _fitting(cfg: RunConfig, free: Free):
-    """fits(cfg, checkpointed, share=1): whether that probe needs at most 1/share of the free memory."""
-    def fits(c: RunConfig, checkpointed: bool, share: int = 1) -> bool:
-        n = need(c, checkpointed)
-        if free.shared:
-            return n.total(True) * share <= free.host
-        return n.device * share <= free.device and n.host <= free.host
-
-    return fits
+def _fits(cfg: RunConfig, free: Free, checkpointed: bool, share: int = 1) -> bool:
+    """Whether that probe of `cfg` needs at most 1/share of the free memory."""
+    n = need(cfg, checkpointed)
+    if free.shared:
+        return n.total(True) * share <= free.host
+    return n.device * share <= free.device and n.host <= free.host
 
 
 RESIZABLE = ("width", "batch", "depth", "image_size")
@@ -189,7 +185,6 @@ RESIZABLE = ("width", "batch", "depth", "image_size")
 def refusal(cfg: RunConfig, free: Free, ways: list[bool], reason: str | None = None) -> str:
     """The one line that refuses `cfg`: what it needs, what is free, and the largest width, batch, depth (and image
     size) that would fit with the other options as given."""
-    fits = _fitting(cfg, free)
     needed = min(need(cfg, w).total(free.shared) for w in ways)
     way = " checkpointed" if ways == [True] else ""
     text = (f"the{way} probe would need about {_size(needed)} of memory, {_size(_limit(free))} is free"
@@ -198,22 +193,20 @@ def refusal(cfg: RunConfig, free: Free, ways: list[bool], reason: str | None = N
     for key in RESIZABLE:
         if key == "image_size" and cfg.arch != "cnn":
             continue
-        best = _largest(cfg, key, lambda c: any(fits(c, w) for w in ways))
+        best = _largest(cfg, key, lambda c: any(_fits(c, free, w) for w in ways))
         if best is not None and best < getattr(cfg, key):
             options.append(f"--{key.replace('_', '-')} {best}")
     hint = f"; at most {', '.join(options[:-1]) + ' or ' if len(options) > 1 else ''}{options[-1]} would fit " \
            "(with the other options as given)" if options else "; nothing this size fits"
-    return text + hint + _other_way(cfg, fits, ways)
+    return text + hint + _other_way(cfg, free, ways)
 
 
-def _other_way(cfg: RunConfig, fits, ways: list[bool]) -> str:
+def _other_way(cfg: RunConfig, free: Free, ways: list[bool]) -> str:
     """'; with --checkpoint it fits' or '; without --jacobian the checkpointed probe fits', where that is so."""
-    import dataclasses
-
-    if ways == [False] and cfg.checkpoint is False and can_checkpoint(cfg) is None and fits(cfg, True):
+    if ways == [False] and cfg.checkpoint is False and can_checkpoint(cfg) is None and _fits(cfg, free, True):
         return "; with --checkpoint it fits"
-    plain = dataclasses.replace(cfg, jacobian=False, checkpoint=None)
-    if cfg.jacobian and can_checkpoint(plain) is None and fits(plain, True):
+    plain = replace(cfg, jacobian=False, checkpoint=None)
+    if cfg.jacobian and can_checkpoint(plain) is None and _fits(plain, free, True):
         return "; without --jacobian the checkpointed probe fits"
     return ""
 
@@ -221,15 +214,13 @@ def _other_way(cfg: RunConfig, fits, ways: list[bool]) -> str:
 def _largest(cfg: RunConfig, key: str, ok) -> int | None:
     """The largest value of `key` up to its current one for which ok(config) holds (the estimate grows with each),
     or None if not even the smallest does."""
-    import dataclasses
-
     low = 1 if key != "image_size" else cfg.kernel_size
-    if not ok(dataclasses.replace(cfg, **{key: low})):
+    if not ok(replace(cfg, **{key: low})):
         return None
     high = getattr(cfg, key)
     while low < high:
         mid = (low + high + 1) // 2
-        if ok(dataclasses.replace(cfg, **{key: mid})):
+        if ok(replace(cfg, **{key: mid})):
             low = mid
         else:
             high = mid - 1
@@ -269,15 +260,9 @@ def _size(n: int) -> str:
 
 def host_available() -> int:
     """Bytes the host can give a process: MemAvailable (Linux), else physical memory."""
-    return _meminfo("MemAvailable")
-
-
-def _meminfo(key: str) -> int:
-    import os
-
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
-        return int(info[key].split()[0]) * 1024
+        return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
