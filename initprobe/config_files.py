@@ -1,6 +1,6 @@
 """Config files: a TOML file of run options read (bounded, UTF-8), checked (flat or under one [run] table, no other
-table) and merged with the command line's options into a validated config (`load`). The options themselves, their
-checks and validation are config.py's.
+table) and merged with the command line's options into a validated config (`load`). The options themselves are
+config.py's, their checks and validation checks.py's.
 """
 
 import sys

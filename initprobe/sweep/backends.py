@@ -88,14 +88,15 @@ def _interrupt_run(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
-def _stop_workers(pool, how: int | None = None) -> None:
-    """A signal (default SIGTERM: see _init_process_worker) to each of the pool's worker processes."""
+def _stop_workers(pool, how: int | None = None) -> list:
+    """A signal (default SIGTERM: see _init_process_worker) to each of the pool's worker processes; returns them."""
     import signal
 
-    processes = getattr(pool, "_processes", None) or {}  # pid -> Process (ProcessPoolExecutor's own)
-    for process in list(processes.values()):
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # ProcessPoolExecutor's pid -> Process
+    for process in processes:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGTERM if how is None else how)
+    return processes
 
 
 def _shut_down(pool, runs_dir: Path) -> None:
@@ -109,9 +110,7 @@ def _shut_down(pool, runs_dir: Path) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
     except BaseException:
         with forking.interrupts_held():
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM))
-            for process in processes:
+            for process in _stop_workers(pool, getattr(signal, "SIGKILL", signal.SIGTERM)):
                 process.join(KILLED_WORKER_SECONDS)
             results.remove_stale_staging(runs_dir)
         raise

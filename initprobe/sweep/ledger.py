@@ -29,19 +29,16 @@ TRAINABILITY_COLUMNS = ("sigma_w2", "sigma_b2", "xi_q", "xi_c", "six_xi_c", "pre
 RUNS_CSV_EVERY = 1.0  # seconds: rewriting runs.csv after each of many small runs cost more than their probes
 
 
-def remove_incomplete(target: Path, ids: list[str]) -> list[str]:
+def remove_incomplete(target: Path, ids: list[str]) -> None:
     """Remove the run directories of `ids` under target/runs that are not complete runs (results.incomplete), so that
-    they are run again; returns their ids. Each is renamed to a staging folder first: an interruption leaves a hidden
+    they are run again. Each is renamed to a staging folder first: an interruption leaves a hidden
     folder (cleared at the next start), never a partly deleted directory that looks like a run."""
-    removed = []
     for rid in ids:
         run_dir = target / "runs" / rid
         if run_dir.is_dir() and results.incomplete(run_dir) is not None:
             doomed = results.staging_path(run_dir)
             os.rename(run_dir, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
-            removed.append(rid)
-    return removed
 
 
 class Ledger:
