@@ -4,13 +4,12 @@ norm's output for a finite batch, and the per-layer gradient factor of plain nor
 expectations, kernels and conventions are theory.py's; this module adds what a block and a norm change.
 """
 
-import functools
 import math
 
 import numpy as np
 
 from .blocks import EPS as NORM_EPS, Norm, norm as get_norm
-from .theory import _GL, _KINKS, _Z, _act, _arc_cosine, _kernel, _layer_array, _phi_fns, channel_stats, expect_all
+from .theory import _GL, _KINKS, _Z, Gaussian, _act, _arc_cosine, _phi_fns, channel_stats, layer_setup
 
 # ---- residual and normalized networks -----------------------------------------------------------------------------
 #
@@ -20,21 +19,6 @@ from .theory import _GL, _KINKS, _Z, _act, _arc_cosine, _kernel, _layer_array, _
 # many values a unit's (MLP) or a channel's (CNN) statistics are over: batch x positions. A norm hands phi a unit
 # variance: layer norm as N(0, 1) with the examples' correlation kept (infinite width), batch norm as a point uniform
 # on the sphere {sum_a y_a = 0, sum_a y_a^2 = samples} per unit (infinite width, finite batch; batch_moments).
-
-
-class _Gaussian:
-    """One activation's Gaussian expectations at variance q (cached): E[phi], E[phi^2], E[phi'^2], and the cross
-    moment E[phi(u1) phi(u2)] at correlation c (the arc-cosine closed form for piecewise-linear phi)."""
-
-    def __init__(self, act, slope):
-        self.phi, dphi = _phi_fns(act, slope)
-        fns = (self.phi, lambda x: self.phi(x) ** 2, lambda x: dphi(x) ** 2)
-        self.moments = functools.lru_cache(maxsize=None)(lambda q: tuple(expect_all(fns, q)))
-        piecewise_linear = _act(act).negative_slope
-        self.negative_slope = piecewise_linear(slope) if piecewise_linear else None
-
-    def cross(self, q: float, c: float) -> float:
-        return _kernel(self.phi, q, c, self.moments(q)[1], self.negative_slope)
 
 
 SPHERE_MIN = 6  # batch_moments' quadrature needs a sphere of dimension >= 4 (samples >= 6) for its density
@@ -118,13 +102,6 @@ def _inverse_variance(v: float, samples: int) -> float:
     return samples / ((samples - 3) * v) if samples > 3 else math.inf
 
 
-def _setup(weight_sq, fan_in, fan_out, bias_var):
-    w2 = np.asarray(weight_sq, dtype=float).ravel()
-    depth = w2.size
-    fan_in, fan_out = _layer_array(fan_in, depth), _layer_array(fan_out, depth)
-    return depth, w2, fan_in * w2, fan_out * w2, _layer_array(bias_var, depth)
-
-
 def residual(act, weight_sq, fan_in, fan_out, alpha, norm="none", bias_var=0.0, input_q=1.0, samples=256,
              slope=0.01, n_terms=1, input_corr=0.0) -> dict[str, np.ndarray]:
     """Per-layer predictions of a residual network: x^1 = W^1 x^0 + b^1 (the stem), then
@@ -144,7 +121,7 @@ def residual(act, weight_sq, fan_in, fan_out, alpha, norm="none", bias_var=0.0, 
     dL/dW^l = alpha sum over the n_terms samples of dL/dx^l phi(h^l): n_terms alpha^2 (p^l E[phi^2] + (n - 1) P^l
     E[phi_a phi_b]). theory_branch_var = alpha^2 (sigma_w2 E[phi(h)^2] + sigma_b2); theory_preact_corr: c^{l-1}
     without a norm and with layer norm, -1/(n - 1) with batch norm."""
-    depth, w2, sw2, sw2_out, sb2 = _setup(weight_sq, fan_in, fan_out, bias_var)
+    depth, w2, sw2, sw2_out, sb2 = layer_setup(weight_sq, fan_in, fan_out, bias_var)
     branch, mo = _branch_inputs(act, norm, samples, slope)
     q, k, inc, preact, corr, d, a0, o = (np.full(depth, math.nan) for _ in range(8))
     q[0], k[0] = sw2[0] * input_q + sb2[0], sw2[0] * input_q * input_corr + sb2[0]
@@ -167,7 +144,7 @@ def residual(act, weight_sq, fan_in, fan_out, alpha, norm="none", bias_var=0.0, 
 def _branch_inputs(act, norm, samples, slope):
     """(f, batch moments or None): f(q, k) -> (E[phi(h)^2], E[phi'(h)^2], E[phi(h_a) phi(h_b)], Var(h), correlation
     of h) for h = N(x), x of second moment q and cross moment k."""
-    gauss = _Gaussian(act, slope)
+    gauss = Gaussian(act, slope)
     over = _norm(norm).over
     if over is None:
         def branch(q, k):
@@ -224,9 +201,9 @@ def normalized(act, weight_sq, fan_in, fan_out, norm, bias_var=0.0, input_q=1.0,
     (pi/(pi - 1) for ReLU, Yang et al. 2019), >= 1 for every phi (Gaussian Poincare inequality): gradients explode
     whatever the init. dL/dW sums n_terms products dL/da x: n_terms E[(dL/da)^2] E[x^2] for layer norm,
     n_terms E[(dL/da)^2] (E[x^2] - E[x_a x_b]) for batch norm (dL/da sums to 0 over the batch)."""
-    depth, w2, sw2, sw2_out, sb2 = _setup(weight_sq, fan_in, fan_out, bias_var)
+    depth, w2, sw2, sw2_out, sb2 = layer_setup(weight_sq, fan_in, fan_out, bias_var)
     per_example = _norm(norm).over == "example"
-    gauss = _Gaussian(act, slope)
+    gauss = Gaussian(act, slope)
     mean1, sq1, dsq1 = gauss.moments(1.0)
     mo = None if per_example else batch_moments(act, samples, slope)
     x_sq = np.concatenate([[input_q], np.full(depth - 1, sq1 if per_example else mo["d"])])  # E[(x^{l-1})^2]
@@ -268,7 +245,7 @@ def gradient_factor(act, norm, sigma_w2, sigma_b2=0.0, samples=256, slope=0.01) 
     """The per-layer factor of the gradient's second moment going down a plain normalized network, between its
     square layers below the top: layer norm sigma_w2 E[phi'^2] / (sigma_w2 E[phi^2] + sigma_b2); batch norm
     lambda_B (normalized()'s docstring), or as samples -> inf, E[phi'(z)^2] / Var phi(z) (samples=math.inf)."""
-    gauss = _Gaussian(act, slope)
+    gauss = Gaussian(act, slope)
     mean1, sq1, dsq1 = gauss.moments(1.0)
     if _norm(norm).over == "example":
         return sigma_w2 * dsq1 / (sigma_w2 * sq1 + sigma_b2)

@@ -199,6 +199,29 @@ def _layer_array(values, depth: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(values, dtype=float), (depth,)).astype(float)
 
 
+def layer_setup(weight_sq, fan_in, fan_out, bias_var):
+    """(depth, E[(W^l)^2], sigma_w^2 = fan_in E[W^2], fan_out E[W^2], sigma_b^2), arrays over the layers."""
+    w2 = np.asarray(weight_sq, dtype=float).ravel()
+    depth = w2.size
+    fan_in, fan_out = _layer_array(fan_in, depth), _layer_array(fan_out, depth)
+    return depth, w2, fan_in * w2, fan_out * w2, _layer_array(bias_var, depth)
+
+
+class Gaussian:
+    """One activation's Gaussian expectations at variance q (cached): E[phi], E[phi^2], E[phi'^2], and the cross
+    moment E[phi(u1) phi(u2)] at correlation c (the arc-cosine closed form for piecewise-linear phi)."""
+
+    def __init__(self, act, slope):
+        self.phi, dphi = _phi_fns(act, slope)
+        fns = (self.phi, lambda x: self.phi(x) ** 2, lambda x: dphi(x) ** 2)
+        self.moments = functools.lru_cache(maxsize=None)(lambda q: tuple(expect_all(fns, q)))
+        piecewise_linear = _act(act).negative_slope
+        self.negative_slope = piecewise_linear(slope) if piecewise_linear else None
+
+    def cross(self, q: float, c: float) -> float:
+        return _kernel(self.phi, q, c, self.moments(q)[1], self.negative_slope)
+
+
 def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0.01, input_corr=0.0,
             n_terms=1, samples=None) -> dict[str, np.ndarray]:
     """Per-layer mean-field predictions (arrays of length depth) of a plain network without a norm, for the weight
@@ -213,16 +236,9 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
     With `samples` (the values each unit's or channel's statistics are over: batch x positions), also the channel
     statistics of x^l (channel_stats) from q = E[phi(h^l)^2] and k = E[phi(u1) phi(u2)] at the C-map's c^l.
     """
-    phi, dphi = _phi_fns(act, slope)
-    var_w = np.asarray(weight_var, dtype=float).ravel()
-    depth = var_w.size
-    fan_in, fan_out = _layer_array(fan_in, depth), _layer_array(fan_out, depth)
-    sw2, sb2 = fan_in * var_w, _layer_array(bias_var, depth)
+    gauss = Gaussian(act, slope)
+    depth, _, sw2, sw2_out, sb2 = layer_setup(weight_var, fan_in, fan_out, bias_var)
     q, mean, m2, d2, corr, cross = (np.empty(depth) for _ in range(6))
-    fns = (phi, lambda x: phi(x) ** 2, lambda x: dphi(x) ** 2)
-    moments = functools.lru_cache(maxsize=None)(lambda ql: expect_all(fns, ql))
-    piecewise_linear = _act(act).negative_slope
-    negative_slope = piecewise_linear(slope) if piecewise_linear else None
     with np.errstate(all="ignore"):
         for l in range(depth):
             if l == 0:
@@ -230,18 +246,18 @@ def predict(act, weight_var, fan_in, fan_out, bias_var=0.0, input_q=1.0, slope=0
                 corr[0] = (sw2[0] * input_corr * input_q + sb2[0]) / q[0]
             else:
                 q[l] = sw2[l] * m2[l - 1] + sb2[l]
-                cross[l - 1] = _kernel(phi, q[l - 1], corr[l - 1], m2[l - 1], negative_slope)
+                cross[l - 1] = gauss.cross(q[l - 1], corr[l - 1])
                 corr[l] = (sw2[l] * cross[l - 1] + sb2[l]) / q[l]
-            mean[l], m2[l], d2[l] = moments(float(q[l]))
+            mean[l], m2[l], d2[l] = gauss.moments(float(q[l]))
         channels = {}
         if samples is not None:  # x^depth's cross moment too: x^l's are the C-map's kernels
-            cross[-1] = _kernel(phi, q[-1], corr[-1], m2[-1], negative_slope)
+            cross[-1] = gauss.cross(q[-1], corr[-1])
             channels = channel_stats(m2, cross, samples)
         corr = np.clip(corr, -1.0, 1.0)
         grad_x = np.empty(depth)
         grad_x[-1] = 1.0
         for l in range(depth - 1, 0, -1):
-            grad_x[l - 1] = fan_out[l] * var_w[l] * d2[l] * grad_x[l]
+            grad_x[l - 1] = sw2_out[l] * d2[l] * grad_x[l]
         grad_h = d2 * grad_x
         x_prev = np.concatenate([[float(input_q)], m2[:-1]])
         return {
