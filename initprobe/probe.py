@@ -147,7 +147,6 @@ class Recorder:
         self.weight_grads = Rows(depth, 2, rows_dtype, device)
         self.branches = Rows(depth, 2, rows_dtype, device)  # sum, sum of squares of W phi(h) + b (residual blocks)
         self.kept, self.work, self.one_node = {}, None, None
-        self.stems = []  # layers without phi: their saturated_frac is empty
         self.leaves = None  # the plain probe's weights
         self.nodes = []  # the hooked autograd nodes, layer by layer (release_graph)
         self.buffers = {}  # (slot, shape) -> a tensor in the statistics' dtype (in_stat_dtype)
@@ -157,13 +156,11 @@ class Recorder:
         from memory a second time)."""
         self.weights.add(l, self.sums(w, "w"))
 
-    def forward(self, l, h, x, stem=False):
+    def forward(self, l, h, x):
         """Statistics of layer index l (h^l, the input of phi, and x^l), and the hook for its gradients; a stem's h
         is its x."""
         hd, xd = self.in_stat_dtype(h, "h"), self.in_stat_dtype(x, "x")
         self.forward_stats(l, hd, xd)
-        if stem:
-            self.stems.append(l)
         keep = l + 1 in self.hist_layers
         if keep:
             self.kept[("act", l + 1)] = xd if x.dtype == self.dtype else xd.clone()  # not the reused buffer
@@ -272,12 +269,13 @@ class Recorder:
             buf = self.buffers[(slot, t.shape)] = torch.empty(t.shape, dtype=self.dtype, device=t.device)
         return buf.copy_(t)
 
-    def columns(self, batch, n, n_weights, alpha=1.0) -> torch.Tensor:
-        """The COLUMNS of every layer; `alpha` scales the residual branches."""
+    def columns(self, batch, n, n_weights, alpha=1.0, stem=False) -> torch.Tensor:
+        """The COLUMNS of every layer; `alpha` scales the residual branches; with `stem`, layer 1 is a linear stem
+        (no phi: its saturated_frac is empty)."""
         for rows in (self.fwd, self.weights, self.grads, self.weight_grads, self.branches):
             rows.flush()
-        for l in self.stems:
-            self.fwd.buf[l, FORWARD_RAW.index("sat")].fill_(math.nan)
+        if stem:
+            self.fwd.buf[0, FORWARD_RAW.index("sat")].fill_(math.nan)
         r = dict(zip(FORWARD_RAW, self.fwd.buf.unbind(1)))
         r["w_sum"], r["w_sq"] = self.weights.buf.unbind(1)
         r["gh_sum"], r["gh_sq"], r["gx_sum"], r["gx_sq"] = self.grads.buf.unbind(1)
@@ -355,7 +353,7 @@ def probe(cfg, params, phi, x0, cotangent, saturation, hist_layers=(), keep_grad
     n_weights, n = weight_counts(cfg, rec.fwd.buf.dtype, x0.device), x.numel()
     del x
     rec.release_graph()
-    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha, net.residual), rec.kept
 
 
 def record(rec: Recorder, net: models.Net, l: int, step: models.Step, w) -> torch.Tensor:
@@ -363,7 +361,7 @@ def record(rec: Recorder, net: models.Net, l: int, step: models.Step, w) -> torc
     rec.weight(l, w)
     if step.branch is not None:
         rec.branch(l, step.branch)
-    rec.forward(l, step.h, step.x, stem=net.is_stem(l))
+    rec.forward(l, step.h, step.x)
     return step.x
 
 
@@ -410,7 +408,7 @@ def probe_checkpointed(cfg, seeds, phi, x0, cotangent, saturation, hist_layers=(
     rec.release_graph()
     if check is not None:
         check.verify(cfg.init)
-    return rec.columns(x0.shape[0], n, n_weights, net.alpha), rec.kept
+    return rec.columns(x0.shape[0], n, n_weights, net.alpha, net.residual), rec.kept
 
 
 class WeightCheck:
