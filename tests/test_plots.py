@@ -263,6 +263,19 @@ def test_spp_figure_of_a_residual_run_has_the_branch_panel(residual_run):
     assert np.isnan(line_labelled(fig.axes[2], NAMES["branch_var"]).get_ydata()[0])
 
 
+def test_the_branch_panel_of_an_overflowing_residual_run_marks_where_its_branches_overflow(tmp_path):
+    """Branch variance doubles per ReLU/He block without a norm, so float32 overflows after about 128 blocks. The
+    stem's empty branch_var (layer 1) is no overflow: the mark names the first block whose branch is inf/nan."""
+    path = small_run(tmp_path / "overflow", block="residual", act="relu", init="he_normal", depth=200, seeds=1)
+    layers = pd.read_csv(path / "layers.csv")
+    blocks = layers[layers["layer"] > 1]
+    first = int(blocks["layer"][~np.isfinite(blocks["branch_var"])].min())
+    assert 100 < first < 200
+    branch = run_figures.spp_figure(results.read_run(path)).axes[2]
+    assert [t.get_text().strip() for t in branch.texts if "non-finite" in t.get_text()] == \
+        [f"non-finite from layer {first}"]
+
+
 def test_a_residual_run_gets_every_figure(residual_run, monkeypatch):
     assert figures_made(residual_run, monkeypatch) == RUN_PLOTS
 

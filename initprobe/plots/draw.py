@@ -153,12 +153,18 @@ def seed_band(values: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.where(none, np.nan, lo), np.where(none, np.nan, hi)
 
 
+NO_FIRST_LAYER = ("branch_var", "theory_branch_var")  # empty at layer 1 of every network: no branch there (the stem)
+
+
 def start_layer(layers: pd.DataFrame, columns, test, direction: str) -> int | None:
-    """The first layer the pass reaches where `test` holds for any seed in any of `columns`."""
+    """The first layer the pass reaches where `test` holds for any seed in any of `columns` (not counting the
+    empty first row of a NO_FIRST_LAYER column)."""
     cols = [c for c in columns if c in layers]
     if not cols:
         return None
-    hit = test(layers[cols].to_numpy(dtype=float)).any(axis=1)
+    hit = test(layers[cols].to_numpy(dtype=float))
+    hit[np.ix_(layers["layer"].to_numpy() == 1, [c in NO_FIRST_LAYER for c in cols])] = False
+    hit = hit.any(axis=1)
     found = layers["layer"].to_numpy()[hit]
     if found.size == 0:
         return None
