@@ -64,8 +64,9 @@ def theory_figure(frame: pd.DataFrame, scales: dict, cfg_dict: dict) -> Figure:
     if spp:  # residual or normalized: the SPP quantities in a row underneath
         fig, grid = new_grid(2, 3, width_ratios=(3, 3, 2.2), figsize=THEORY_SPP_FIGSIZE)
         (fwd, bwd, corr), below = grid
-        for ax, column in zip(below, spp):
-            theory_panel(ax, frame, (column,), SPP_TITLES[column], "forward")
+        for ax, column in zip(below, spp):  # a residual network's stem (layer 1) has no branch: no point there
+            rows = frame[frame["layer"] > 1] if column == "branch_var" else frame
+            theory_panel(ax, rows, (column,), SPP_TITLES[column], "forward")
         for ax in below[len(spp):]:
             ax.remove()
     else:
